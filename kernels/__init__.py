@@ -1,0 +1,16 @@
+"""Fused style-statistic kernels (``nst_deploy.kernels``).
+
+One file per op (Triton kernel, launcher, autograd Function and the pure-torch reference); this
+module holds the dispatch rule every op follows:
+
+* Triton when triton imports, the tensor is on CUDA and no export/scripting is being traced;
+* the pure-torch reference otherwise;
+* ``NST_KERNELS=torch`` or ``NST_KERNELS=triton`` forces one (``triton`` also off CUDA, which is
+  how the interpreter tests run with ``TRITON_INTERPRET=1``).
+
+Importing this package never imports triton and never initializes CUDA.
+"""
+
+from ._dispatch import BACKENDS, choose_backend, has_triton, is_exporting
+
+__all__ = ["BACKENDS", "choose_backend", "has_triton", "is_exporting"]

@@ -1,0 +1,67 @@
+"""Backend choice for the fused ops: Triton or the pure-torch reference."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+__all__ = ["BACKENDS", "choose_backend", "has_triton", "is_exporting"]
+
+BACKENDS = ("auto", "torch", "triton")
+ENV_VAR = "NST_KERNELS"
+
+
+@functools.lru_cache(maxsize=1)
+def has_triton() -> bool:
+    """Whether triton can be imported (checked once, imported only on first use)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install counts as absent
+        return False
+    return True
+
+
+def is_exporting() -> bool:
+    """True while torch.jit scripting/tracing, torch.export or ONNX export is running."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_exporting") and compiler.is_exporting():
+        return True
+    onnx = getattr(torch, "onnx", None)
+    return bool(onnx is not None and hasattr(onnx, "is_in_onnx_export") and onnx.is_in_onnx_export())
+
+
+def choose_backend(x: torch.Tensor, backend: str = "auto") -> str:
+    """``"triton"`` or ``"torch"`` for an op on ``x``.
+
+    Args:
+        x: the op's main input.
+        backend: ``"auto"`` (the rule above), ``"torch"`` or ``"triton"``; the ``NST_KERNELS``
+            environment variable, when set, overrides ``"auto"``.
+
+    Raises:
+        ValueError: an unknown backend name, or ``"triton"`` asked for without triton.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend '{backend}': choose from {', '.join(BACKENDS)}")
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "").strip().lower()
+        if env and env not in ("auto",):
+            if env not in BACKENDS:
+                raise ValueError(f"{ENV_VAR}={env!r} is not one of torch, triton, auto")
+            backend = env
+    if is_exporting():
+        return "torch"
+    if backend == "triton":
+        if not has_triton():
+            raise ValueError("kernel backend 'triton' was asked for, but triton cannot be imported")
+        return "triton"
+    if backend == "torch":
+        return "torch"
+    return "triton" if x.is_cuda and has_triton() else "torch"

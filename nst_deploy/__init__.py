@@ -1,0 +1,31 @@
+"""nst-deploy: neural style transfer from research algorithms to production deployment.
+
+Importing the package is cheap: it imports torch, numpy and Pillow, never triton, and never
+initializes CUDA.
+"""
+
+from .errors import ImageError, LossNetError, MaskError, NSTError, WeightsError
+from .images import load_image, load_mask, save_image
+from .lossnets import LOSSNETS, LossNetwork, layer_names, load_lossnet
+from .weights import Preprocessing, Weights, load_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LOSSNETS",
+    "ImageError",
+    "LossNetError",
+    "LossNetwork",
+    "MaskError",
+    "NSTError",
+    "Preprocessing",
+    "WeightsError",
+    "Weights",
+    "__version__",
+    "layer_names",
+    "load_image",
+    "load_lossnet",
+    "load_mask",
+    "load_weights",
+    "save_image",
+]

@@ -1,0 +1,389 @@
+"""Safe image input and output.
+
+Loading turns any allowed file into an RGB float tensor of shape ``(1, 3, H, W)`` in ``[0, 1]``:
+
+* formats: an explicit allow-list (PNG, JPEG, WEBP, TIFF, BMP); Pillow's other decoders are never
+  consulted, whatever the file's extension or first bytes;
+* modes: ``1``, ``L``, ``LA``, ``P`` (with or without transparency), ``RGB``, ``RGBA`` (composited on
+  a background colour), ``CMYK``, ``YCbCr``, 16-bit ``I;16*`` (divided by 65535, never clipped),
+  ``I`` and ``F`` (see :func:`from_pil`);
+* EXIF orientation is applied;
+* the declared pixel count is checked against a limit *before* decoding (decompression bombs);
+* resizing by longest side or by pixel count uses antialiased bicubic interpolation.
+
+Every failure, whatever the bytes, is raised as :class:`~nst_deploy.errors.ImageError`.
+Saving encodes in memory first and then writes atomically (see :mod:`nst_deploy.fsutil`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import threading
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageColor, ImageOps
+
+from .errors import ImageError, MaskError
+from .fsutil import atomic_write
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+    "from_pil",
+    "load_image",
+    "load_mask",
+    "resize",
+    "save_image",
+    "target_size",
+    "to_pil",
+]
+
+#: Formats that are decoded at all. Anything else is refused before decoding.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
+#: Default limit on the number of pixels an input may declare (about 10000 x 10000).
+DEFAULT_MAX_PIXELS = 100_000_000
+
+_SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+_PIL_LIMIT_LOCK = threading.Lock()
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------- loading
+def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
+    """Open, check and fully decode an image file; EXIF orientation applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"cannot read image '{path}': no such file")
+    try:
+        with _pil_limit(max_pixels), warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path, formats=ALLOWED_FORMATS)
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageError(
+                    f"refusing image '{path}': it declares {w}x{h} = {w * h:,} pixels, over the limit of "
+                    f"{max_pixels:,} (raise it with max_pixels / --max-pixels if you trust the file)"
+                )
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"refusing image '{path}': {e}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(
+            f"cannot read image '{path}': not a {', '.join(ALLOWED_FORMATS)} image"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - every decoder failure becomes our error
+        raise ImageError(f"cannot read image '{path}': {_reason(e)}") from None
+    if min(img.size) < 1:
+        raise ImageError(f"cannot read image '{path}': it has no pixels")
+    return img
+
+
+class _pil_limit:
+    """Raise Pillow's own bomb limit while we open a file under a larger, explicit limit."""
+
+    def __init__(self, max_pixels: int | None):
+        self.max_pixels = max_pixels
+        self.old = None
+        self.locked = False
+
+    def __enter__(self):
+        pil = Image.MAX_IMAGE_PIXELS
+        if pil is not None and (self.max_pixels is None or self.max_pixels >= 2 * pil):
+            _PIL_LIMIT_LOCK.acquire()
+            self.locked = True
+            self.old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None if self.max_pixels is None else self.max_pixels
+        return self
+
+    def __exit__(self, *exc):
+        if self.locked:
+            Image.MAX_IMAGE_PIXELS = self.old
+            _PIL_LIMIT_LOCK.release()
+        return False
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:200]
+
+
+def _background(color) -> np.ndarray:
+    """A background colour as three floats in [0, 1]; accepts names, '#rrggbb' or 0-255 triples."""
+    try:
+        if isinstance(color, str):
+            rgb = ImageColor.getrgb(color)[:3]
+        else:
+            rgb = tuple(color)
+            if len(rgb) != 3:
+                raise ValueError
+        arr = np.array(rgb, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ImageError(f"invalid background colour {color!r}: use a name, '#rrggbb' or (r, g, b)") from None
+    if arr.max() > 1.0 or all(isinstance(c, int) for c in rgb):
+        arr = arr / 255.0
+    if arr.min() < 0 or arr.max() > 1:
+        raise ImageError(f"invalid background colour {color!r}: components must be 0-255")
+    return arr
+
+
+def _rescale(arr: np.ndarray, what: str) -> np.ndarray:
+    """Scale integer (mode I) or float (mode F) pixel data to [0, 1] without clipping."""
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ImageError(f"cannot read image: its {what} pixel data contains NaN or infinity")
+    lo, hi = float(arr.min()), float(arr.max())
+    if what == "32-bit integer" and lo >= 0 and hi <= 65535:
+        return (arr / 65535.0).astype(np.float32)  # 16-bit data stored as mode I
+    if what == "float" and lo >= 0 and hi <= 1:
+        return arr.astype(np.float32)
+    if hi == lo:
+        return np.zeros_like(arr, dtype=np.float32)
+    return ((arr - lo) / (hi - lo)).astype(np.float32)
+
+
+def _channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels of ``img`` as float32 (H, W, 1 or 3) in [0, 1] and an alpha (H, W, 1) or None."""
+    mode = img.mode
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    elif mode in ("L", "RGB") and "transparency" in img.info:
+        img = img.convert("LA" if mode == "L" else "RGBA")
+    elif mode in ("RGBa", "La"):
+        img = img.convert("RGBA" if mode == "RGBa" else "LA")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        img = img.convert("RGB")
+    elif mode == "1":
+        img = img.convert("L")
+    mode = img.mode
+    if mode.startswith("I;16"):
+        return (np.asarray(img).astype(np.float32) / 65535.0)[..., None], None
+    if mode == "I":
+        return _rescale(np.asarray(img), "32-bit integer")[..., None], None
+    if mode == "F":
+        return _rescale(np.asarray(img), "float")[..., None], None
+    if mode in ("L", "RGB"):
+        arr = np.asarray(img).astype(np.float32) / 255.0
+        return (arr[..., None] if arr.ndim == 2 else arr), None
+    if mode in ("LA", "RGBA"):
+        arr = np.asarray(img).astype(np.float32) / 255.0
+        return arr[..., :-1], arr[..., -1:]
+    raise ImageError(f"unsupported image mode {mode!r}")
+
+
+def from_pil(img: Image.Image, background=(255, 255, 255)) -> torch.Tensor:
+    """Convert a decoded PIL image to an RGB float tensor ``(1, 3, H, W)`` in ``[0, 1]``.
+
+    Transparent pixels are composited over ``background``:
+    ``out = a * rgb + (1 - a) * background``. 16-bit data (``I;16*``) is divided by 65535; mode ``I``
+    is divided by 65535 when its values lie in ``[0, 65535]`` (how 16-bit files decode) and is
+    otherwise stretched from its own minimum and maximum to ``[0, 1]``; mode ``F`` is kept when in
+    ``[0, 1]`` and stretched otherwise. Grey images are repeated to three channels.
+    """
+    color, alpha = _channels(img)
+    if color.shape[-1] == 1:
+        color = np.repeat(color, 3, axis=-1)
+    if alpha is not None:
+        color = color * alpha + _background(background) * (1.0 - alpha)
+    t = torch.from_numpy(np.ascontiguousarray(color, dtype=np.float32)).permute(2, 0, 1)
+    return t.unsqueeze(0).contiguous()
+
+
+def target_size(
+    height: int, width: int, size: int | None = None, pixels: int | None = None
+) -> tuple[int, int]:
+    """The ``(H, W)`` to resize to: longest side ``size``, or about ``pixels`` pixels; aspect kept."""
+    if size is not None and pixels is not None:
+        raise ImageError("give either a longest side (size) or a pixel count (pixels), not both")
+    if size is not None:
+        if size < 1:
+            raise ImageError(f"invalid size {size}: must be a positive number of pixels")
+        scale = size / max(height, width)
+    elif pixels is not None:
+        if pixels < 1:
+            raise ImageError(f"invalid pixel count {pixels}: must be positive")
+        scale = math.sqrt(pixels / (height * width))
+    else:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(x: torch.Tensor, hw: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """Resize ``(N, C, H, W)`` to ``hw`` with antialiasing; values stay in ``[0, 1]``."""
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    y = F.interpolate(x, size=tuple(hw), mode=mode, align_corners=False, antialias=True)
+    return y.clamp_(0.0, 1.0)
+
+
+def _check_min(h: int, w: int, min_side: int | None, what: str) -> None:
+    if min_side is not None and min(h, w) < min_side:
+        raise ImageError(
+            f"{what} is {w}x{h} pixels, too small: the loss network needs at least "
+            f"{min_side}x{min_side} for its deepest layer"
+        )
+
+
+def load_image(
+    path: str | os.PathLike,
+    *,
+    size: int | None = None,
+    pixels: int | None = None,
+    background=(255, 255, 255),
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Load an image file as an RGB tensor ``(1, 3, H, W)`` in ``[0, 1]``.
+
+    Args:
+        path: a PNG, JPEG, WEBP, TIFF or BMP file.
+        size: resize so that the longest side has this many pixels.
+        pixels: resize to about this many pixels (exclusive with ``size``).
+        background: colour under transparent pixels (name, ``'#rrggbb'`` or 0-255 triple).
+        max_pixels: refuse files declaring more pixels than this (``None``: no limit).
+        min_side: refuse images (before and after resizing) whose shorter side is smaller, e.g.
+            :meth:`LossNetwork.min_input_size` of the network that will see them.
+        device, dtype: where and how to return the tensor.
+
+    Raises:
+        ImageError: for any file that cannot be read, is not allowed, or is too large or small.
+    """
+    img = _open(path, max_pixels)
+    w, h = img.size
+    _check_min(h, w, min_side, f"image '{path}'")
+    x = from_pil(img, background)
+    hw = target_size(h, w, size, pixels)
+    _check_min(*hw, min_side, f"image '{path}' resized to {hw[1]}x{hw[0]}")
+    x = resize(x, hw)
+    return x.to(device=device, dtype=dtype)
+
+
+def load_mask(
+    path: str | os.PathLike,
+    size: tuple[int, int] | None = None,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    aspect_tolerance: float = 0.02,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Load a mask as one channel ``(1, 1, H, W)`` in ``[0, 1]``, resized to ``size = (H, W)``.
+
+    The value is the image's luminance (0.299 R + 0.587 G + 0.114 B); transparent pixels count as 0.
+    A mask is only resized when its aspect ratio matches the target's within ``aspect_tolerance``
+    (relative); otherwise :class:`~nst_deploy.errors.MaskError` says both sizes.
+    """
+    try:
+        img = _open(path, max_pixels)
+    except MaskError:
+        raise
+    except ImageError as e:
+        raise MaskError(str(e).replace("image", "mask", 1)) from None
+    color, alpha = _channels(img)
+    value = color[..., 0] if color.shape[-1] == 1 else color @ _LUMA
+    if alpha is not None:
+        value = value * alpha[..., 0]
+    m = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))[None, None].clamp_(0.0, 1.0)
+    if size is not None:
+        th, tw = int(size[0]), int(size[1])
+        mh, mw = m.shape[-2:]
+        if abs((mw / mh) / (tw / th) - 1.0) > aspect_tolerance:
+            raise MaskError(
+                f"mask '{path}' is {mw}x{mh} but its target is {tw}x{th}: the aspect ratios "
+                f"({mw / mh:.3f} vs {tw / th:.3f}) differ, so it cannot be matched without distortion"
+            )
+        m = resize(m, (th, tw), mode="bilinear")
+    return m.to(device=device)
+
+
+# ------------------------------------------------------------------------------------------ saving
+def _as_hwc(x: torch.Tensor) -> np.ndarray:
+    if not isinstance(x, torch.Tensor):
+        raise ImageError(f"cannot save {type(x).__name__}: expected a torch tensor")
+    t = x.detach()
+    if t.dim() == 4:
+        if t.shape[0] != 1:
+            raise ImageError(f"cannot save a batch of {t.shape[0]} images to one file")
+        t = t[0]
+    if t.dim() != 3 or t.shape[0] not in (1, 3):
+        raise ImageError(f"cannot save tensor of shape {tuple(x.shape)}: expected (1|3, H, W) or (1, 3, H, W)")
+    t = t.to("cpu", torch.float32)
+    if not torch.isfinite(t).all():
+        raise ImageError("refusing to save: the image contains NaN or infinite values")
+    return t.clamp(0.0, 1.0).permute(1, 2, 0).numpy()
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """An 8-bit PIL image (``RGB`` or ``L``) from a ``[0, 1]`` tensor ``(C, H, W)`` or ``(1, C, H, W)``."""
+    arr = np.rint(_as_hwc(x) * 255.0).astype(np.uint8)
+    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr, "L" if arr.shape[-1] == 1 else "RGB")
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def _encode_png16(arr: np.ndarray) -> bytes:
+    """A 16-bit PNG (grey or RGB) from float (H, W, C) in [0, 1]; Pillow cannot write 16-bit RGB."""
+    h, w, c = arr.shape
+    px = np.rint(arr * 65535.0).astype(">u2").reshape(h, w * c).view(np.uint8)
+    rows = np.zeros((h, 1 + px.shape[1]), dtype=np.uint8)  # filter byte 0 (None) per row
+    rows[:, 1:] = px
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if c == 3 else 0, 0, 0, 0)
+    return b"".join([
+        b"\x89PNG\r\n\x1a\n",
+        _png_chunk(b"IHDR", ihdr),
+        _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)),
+        _png_chunk(b"IEND", b""),
+    ])
+
+
+def save_image(x: torch.Tensor, path: str | os.PathLike, *, bits: int = 8, quality: int = 95) -> Path:
+    """Write a ``[0, 1]`` image tensor to PNG (8 or 16 bit), JPEG or TIFF, atomically.
+
+    The file is encoded in memory, written to a temporary file in the destination folder, fsynced
+    and renamed over ``path``: a crash leaves the previous file or the new one, never a partial one.
+
+    Raises:
+        ImageError: unknown extension, bad tensor (shape, NaN), bit depth not available for the
+            format, or a destination folder that does not exist.
+    """
+    path = Path(path)
+    fmt = _SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(
+            f"cannot save '{path}': unknown extension '{path.suffix}' (use .png, .jpg or .tif)"
+        )
+    if bits not in (8, 16):
+        raise ImageError(f"cannot save '{path}': bit depth must be 8 or 16, not {bits}")
+    if bits == 16 and fmt != "PNG":
+        raise ImageError(f"cannot save '{path}': 16-bit output is written as PNG only")
+    if not (path.parent if str(path.parent) else Path(".")).is_dir():
+        raise ImageError(f"cannot save '{path}': folder '{path.parent}' does not exist")
+    arr = _as_hwc(x)
+    if bits == 16:
+        data = _encode_png16(arr)
+    else:
+        buf = io.BytesIO()
+        img = to_pil(torch.from_numpy(arr).permute(2, 0, 1))
+        options = {"quality": int(quality)} if fmt == "JPEG" else {}
+        img.save(buf, format=fmt, **options)
+        data = buf.getvalue()
+    try:
+        with atomic_write(path) as fh:
+            fh.write(data)
+    except OSError as e:
+        raise ImageError(f"cannot save '{path}': {e.strerror or e}") from None
+    return path
