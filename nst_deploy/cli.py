@@ -17,9 +17,8 @@ __all__ = ["build_parser", "main"]
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from .lossnets import _min_input_size, layer_info, layer_names
-
     from .errors import LossNetError
+    from .lossnets import _min_input_size, layer_info, layer_names
 
     need = _min_input_size(args.net, "max", layer_names(args.net)[-1])
     if args.size < need:

@@ -63,15 +63,20 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     if not path.is_file():
         raise ImageError(f"cannot read image '{path}': no such file")
     try:
-        with _pil_limit(max_pixels), warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path, formats=ALLOWED_FORMATS)
-            w, h = img.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageError(
-                    f"refusing image '{path}': it declares {w}x{h} = {w * h:,} pixels, over the limit of "
-                    f"{max_pixels:,} (raise it with max_pixels / --max-pixels if you trust the file)"
-                )
+        with _PIL_LIMIT_LOCK:  # Pillow's own bomb check is a global; ours replaces it
+            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(path, formats=ALLOWED_FORMATS)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageError(
+                f"refusing image '{path}': it declares {w}x{h} = {w * h:,} pixels, over the limit of "
+                f"{max_pixels:,} (raise it with max_pixels / --max-pixels if you trust the file)"
+            )
+        with warnings.catch_warnings():  # Pillow warns about skipped corrupt tags; the pixels decide
+            warnings.simplefilter("ignore", UserWarning)
             img.load()
             img = ImageOps.exif_transpose(img)
             img.load()
@@ -88,30 +93,6 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     if min(img.size) < 1:
         raise ImageError(f"cannot read image '{path}': it has no pixels")
     return img
-
-
-class _pil_limit:
-    """Raise Pillow's own bomb limit while we open a file under a larger, explicit limit."""
-
-    def __init__(self, max_pixels: int | None):
-        self.max_pixels = max_pixels
-        self.old = None
-        self.locked = False
-
-    def __enter__(self):
-        pil = Image.MAX_IMAGE_PIXELS
-        if pil is not None and (self.max_pixels is None or self.max_pixels >= 2 * pil):
-            _PIL_LIMIT_LOCK.acquire()
-            self.locked = True
-            self.old = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None if self.max_pixels is None else self.max_pixels
-        return self
-
-    def __exit__(self, *exc):
-        if self.locked:
-            Image.MAX_IMAGE_PIXELS = self.old
-            _PIL_LIMIT_LOCK.release()
-        return False
 
 
 def _reason(e: BaseException) -> str:
@@ -318,7 +299,9 @@ def _as_hwc(x: torch.Tensor) -> np.ndarray:
             raise ImageError(f"cannot save a batch of {t.shape[0]} images to one file")
         t = t[0]
     if t.dim() != 3 or t.shape[0] not in (1, 3):
-        raise ImageError(f"cannot save tensor of shape {tuple(x.shape)}: expected (1|3, H, W) or (1, 3, H, W)")
+        raise ImageError(
+            f"cannot save tensor of shape {tuple(x.shape)}: expected (1|3, H, W) or (1, 3, H, W)"
+        )
     t = t.to("cpu", torch.float32)
     if not torch.isfinite(t).all():
         raise ImageError("refusing to save: the image contains NaN or infinite values")

@@ -39,7 +39,7 @@ def _pool(pooling: str, kernel: int, stride: int, padding: int = 0, ceil_mode: b
 def _vgg(blocks: tuple[int, ...], pooling: str) -> list[tuple[str, nn.Module]]:
     layers: list[tuple[str, nn.Module]] = []
     cin = 3
-    for b, (n, cout) in enumerate(zip(blocks, (64, 128, 256, 512, 512)), start=1):
+    for b, (n, cout) in enumerate(zip(blocks, (64, 128, 256, 512, 512), strict=False), start=1):
         for i in range(1, n + 1):
             layers += [(f"conv{b}_{i}", nn.Conv2d(cin, cout, 3, padding=1)), (f"relu{b}_{i}", nn.ReLU())]
             cin = cout
@@ -48,7 +48,9 @@ def _vgg(blocks: tuple[int, ...], pooling: str) -> list[tuple[str, nn.Module]]:
 
 
 def _alexnet(pooling: str) -> list[tuple[str, nn.Module]]:
-    spec = [(3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1)]
+    spec = [
+        (3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1)
+    ]
     layers: list[tuple[str, nn.Module]] = []
     for j, (cin, cout, k, s, p) in enumerate(spec, start=1):
         layers += [(f"conv{j}", nn.Conv2d(cin, cout, k, s, p)), (f"relu{j}", nn.ReLU())]
@@ -204,10 +206,9 @@ class LossNetwork(nn.Module):
         previous = None
         for name in self.layer_names[: self._index[wanted[-1]] + 1]:
             module = self._modules[name]
-            if isinstance(module, nn.ReLU) and previous not in keep:
-                x = F.relu(x, inplace=True)  # the conv output it overwrites is not returned
-            else:
-                x = module(x)
+            # A ReLU may overwrite the conv output before it when that output is not returned.
+            inplace = isinstance(module, nn.ReLU) and previous not in keep
+            x = F.relu(x, inplace=True) if inplace else module(x)
             if name in keep:
                 out[name] = x
             previous = name

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,11 +154,16 @@ def _torch_load(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        raise WeightsError(
-            f"refusing weights file '{path}': it holds Python objects, not just tensors "
-            f"(weights-only load refused it: {first})"
-        ) from None
+        text = str(e)
+        found = re.search(r"GLOBAL (\S+)", text)
+        if "Unsupported global" in text or found:
+            what = f" (it would call {found.group(1)})" if found else ""
+            raise WeightsError(
+                f"refusing weights file '{path}': it holds Python objects, not just tensors{what}; "
+                "nothing in it was run"
+            ) from None
+        detail = (text.split("WeightsUnpickler error:")[-1].strip().splitlines() or [""])[0][:120]
+        raise WeightsError(f"cannot read weights file '{path}': not a PyTorch tensor file ({detail})") from None
     except Exception as e:  # noqa: BLE001 - any read failure is the file's fault
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise WeightsError(f"cannot read weights file '{path}': {reason}") from None
@@ -194,7 +200,8 @@ def _torchvision_renames(arch: str) -> tuple[dict[str, str], tuple[str, ...]]:
     """Module renames torchvision -> ours, and prefixes of keys that are allowed but not used."""
     if arch in _VGG_CONV_INDEX:
         names = [f"conv{b}_{i}" for b, n in enumerate(_VGG_BLOCKS[arch], 1) for i in range(1, n + 1)]
-        return {f"features.{i}": n for i, n in zip(_VGG_CONV_INDEX[arch], names)}, ("classifier.",)
+        renames = {f"features.{i}": n for i, n in zip(_VGG_CONV_INDEX[arch], names, strict=True)}
+        return renames, ("classifier.",)
     if arch == "alexnet":
         return {f"features.{i}": f"conv{j}" for j, i in enumerate((0, 3, 6, 8, 10), 1)}, ("classifier.",)
     if arch == "googlenet":

@@ -1,0 +1,30 @@
+"""Shared fixtures: small images made on the fly, the bundled sample images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+DATA = Path(__file__).resolve().parents[1] / "nst_deploy" / "data"
+
+
+@pytest.fixture
+def rgb_array() -> np.ndarray:
+    """A 24x32 RGB uint8 gradient with distinct channels."""
+    y, x = np.mgrid[0:24, 0:32]
+    return np.stack([x * 8, y * 10, (x + y) * 4], axis=-1).astype(np.uint8)
+
+
+@pytest.fixture
+def png_file(tmp_path, rgb_array) -> Path:
+    path = tmp_path / "img.png"
+    Image.fromarray(rgb_array, "RGB").save(path)
+    return path
+
+
+@pytest.fixture
+def chelsea() -> Path:
+    return DATA / "chelsea.jpg"
