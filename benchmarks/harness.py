@@ -11,6 +11,7 @@ machines without it. All times are in milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -70,6 +71,8 @@ def environment(device: str | None = None) -> dict[str, Any]:
     if not device.startswith("cuda"):
         env["cpu_cores"] = os.cpu_count()
         env["torch_threads"] = torch.get_num_threads()
+        with contextlib.suppress(OSError):  # other work on the machine skews CPU timings
+            env["loadavg_1m"] = os.getloadavg()[0]
     try:
         import triton  # optional: imported lazily
 
@@ -195,6 +198,9 @@ def write_results(subject: str, rows: list[dict[str, Any]], out_dir: str | os.Pa
     path = folder / f"{subject}-{slug(name)}.json"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=2, default=str)
             fh.write("\n")

@@ -63,20 +63,20 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     if not path.is_file():
         raise ImageError(f"cannot read image '{path}': no such file")
     try:
-        with _PIL_LIMIT_LOCK:  # Pillow's own bomb check is a global; ours replaces it
-            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                img = Image.open(path, formats=ALLOWED_FORMATS)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
-        w, h = img.size
-        if max_pixels is not None and w * h > max_pixels:
-            raise ImageError(
-                f"refusing image '{path}': it declares {w}x{h} = {w * h:,} pixels, over the limit of "
-                f"{max_pixels:,} (raise it with max_pixels / --max-pixels if you trust the file)"
-            )
         with warnings.catch_warnings():  # Pillow warns about skipped corrupt tags; the pixels decide
             warnings.simplefilter("ignore", UserWarning)
+            with _PIL_LIMIT_LOCK:  # Pillow's own bomb check is a global; ours replaces it
+                old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    img = Image.open(path, formats=ALLOWED_FORMATS)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = old
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageError(
+                    f"refusing image '{path}': it declares {w}x{h} = {w * h:,} pixels, over the limit of "
+                    f"{max_pixels:,} (raise it with max_pixels / --max-pixels if you trust the file)"
+                )
             img.load()
             img = ImageOps.exif_transpose(img)
             img.load()
@@ -123,7 +123,7 @@ def _rescale(arr: np.ndarray, what: str) -> np.ndarray:
     """Scale integer (mode I) or float (mode F) pixel data to [0, 1] without clipping."""
     arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
-        raise ImageError(f"cannot read image: its {what} pixel data contains NaN or infinity")
+        raise ImageError(f"its {what} pixel data contains NaN or infinity")
     lo, hi = float(arr.min()), float(arr.max())
     if what == "32-bit integer" and lo >= 0 and hi <= 65535:
         return (arr / 65535.0).astype(np.float32)  # 16-bit data stored as mode I
@@ -245,7 +245,10 @@ def load_image(
     img = _open(path, max_pixels)
     w, h = img.size
     _check_min(h, w, min_side, f"image '{path}'")
-    x = from_pil(img, background)
+    try:
+        x = from_pil(img, background)
+    except ImageError as e:
+        raise ImageError(f"cannot read image '{path}': {e}") from None
     hw = target_size(h, w, size, pixels)
     _check_min(*hw, min_side, f"image '{path}' resized to {hw[1]}x{hw[0]}")
     x = resize(x, hw)
@@ -268,11 +271,12 @@ def load_mask(
     """
     try:
         img = _open(path, max_pixels)
-    except MaskError:
-        raise
     except ImageError as e:
         raise MaskError(str(e).replace("image", "mask", 1)) from None
-    color, alpha = _channels(img)
+    try:
+        color, alpha = _channels(img)
+    except ImageError as e:
+        raise MaskError(f"cannot read mask '{path}': {e}") from None
     value = color[..., 0] if color.shape[-1] == 1 else color @ _LUMA
     if alpha is not None:
         value = value * alpha[..., 0]

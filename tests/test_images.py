@@ -312,3 +312,12 @@ def test_crash_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_image(torch.ones(1, 3, 4, 4), out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_float_image_with_nan_refused(tmp_path):
+    f = np.array([[0.0, np.nan], [1.0, 0.5]], dtype=np.float32)
+    Image.fromarray(f, "F").save(tmp_path / "nan.tif")
+    with pytest.raises(ImageError, match="NaN"):
+        load_image(tmp_path / "nan.tif")
+    with pytest.raises(MaskError, match="cannot read mask .*NaN"):
+        load_mask(tmp_path / "nan.tif")
