@@ -7,11 +7,13 @@ image (the network's weights are frozen). Providers:
 * ``eager``: the bundled VGG19, NCHW.
 * ``channels_last``: the same network in channels_last memory format.
 * ``compile``: ``torch.compile`` of the eager step; the first call's wall time is ``compile_s``.
+  By default (``--compile-cache cold``) it compiles into a fresh, temporary inductor cache, so that
+  ``compile_s`` does not depend on earlier runs (a warm on-disk cache cuts it about tenfold).
 
 Usage::
 
     python benchmarks/bench_lossnet.py [--sizes 256 512] [--providers eager channels_last compile]
-        [--device auto] [--min-run-time 2.0]
+        [--device auto] [--min-run-time 2.0] [--compile-cache cold]
 
 Results go to ``benchmarks/results/lossnet_vgg19-<device>.json``.
 """
@@ -19,6 +21,7 @@ Results go to ``benchmarks/results/lossnet_vgg19-<device>.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -73,28 +76,49 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_one(size: int, provider: str, device: str, min_run_time: float) -> dict:
+def _fresh_inductor_cache() -> contextlib.AbstractContextManager:
+    """A temporary, empty inductor/triton cache (private torch API: a no-op if it is missing)."""
+    try:
+        from torch._inductor.utils import fresh_cache
+    except ImportError:
+        return contextlib.nullcontext()
+    return fresh_cache()
+
+
+def _measure(size: int, provider: str, device: str, min_run_time: float, extra: dict) -> dict:
+    net = nst_deploy.load_lossnet("vgg19", device=device, channels_last=provider == "channels_last")
+    x = torch.rand(1, 3, size, size, device=device, requires_grad=True)
+    step = make_step(net, x)
+    if provider == "compile":
+        # One eager step first: LossNetwork.forward validates the input size with an lru_cached
+        # binary search over meta-tensor passes (lossnets._min_input_size). If that cache is cold,
+        # Dynamo traces the search with a symbolic size and fails ("Output size is too small").
+        step()
+        torch._dynamo.reset()  # a fresh compile per size, so compile_s is comparable
+        step = torch.compile(step)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        extra["compile_s"] = time.perf_counter() - start
+    return harness.bench(step, device=device, min_run_time=min_run_time)
+
+
+def run_one(size: int, provider: str, device: str, min_run_time: float, compile_cache: str = "cold") -> dict:
     """Measure one (size, provider) pair and return its result row (never raises)."""
     shape = (1, 3, size, size)
     precision = "tf32" if device.startswith("cuda") and torch.backends.cudnn.allow_tf32 else "fp32"
     extra: dict = {"device": device, "layers": LAYERS, "gflop_per_step": conv_flops(size) / 1e9}
     timing = None
+    if provider == "compile":
+        extra["compile_cache"] = compile_cache
+    cold = provider == "compile" and compile_cache == "cold"
     try:
-        net = nst_deploy.load_lossnet("vgg19", device=device, channels_last=provider == "channels_last")
-        x = torch.rand(shape, device=device, requires_grad=True)
-        step = make_step(net, x)
-        if provider == "compile":
-            torch._dynamo.reset()  # a fresh compile per size, so compile_s is comparable
-            step = torch.compile(step)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            extra["compile_s"] = time.perf_counter() - start
-        timing = harness.bench(step, device=device, min_run_time=min_run_time)
+        with _fresh_inductor_cache() if cold else contextlib.nullcontext():
+            timing = _measure(size, provider, device, min_run_time, extra)
         extra["gflops_per_s"] = conv_flops(size) / (timing["median_ms"] / 1e3) / 1e9
     except Exception as exc:  # record the failure (e.g. no C++ compiler for inductor) and go on
-        message = str(exc).strip().splitlines()
-        extra["error"] = f"{type(exc).__name__}: {message[0] if message else ''}"
+        message = " ".join(str(exc).split())  # one line
+        extra["error"] = f"{type(exc).__name__}: {message[:300]}"
         timing = None
     return harness.row(SUBJECT, provider, shape, "float32", precision, timing, **extra)
 
@@ -106,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
     parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds per measurement (CPU)")
+    parser.add_argument(
+        "--compile-cache",
+        choices=("cold", "warm"),
+        default="cold",
+        help="cold: compile into a fresh temporary inductor cache; warm: use the usual on-disk cache",
+    )
     parser.add_argument("--out-dir", default=None, help="default: benchmarks/results")
     args = parser.parse_args(argv)
 
@@ -115,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for size in args.sizes:
         for provider in args.providers:
-            r = run_one(size, provider, device, args.min_run_time)
+            r = run_one(size, provider, device, args.min_run_time, args.compile_cache)
             harness.emit(r)
             rows.append(r)
     path = harness.write_results(SUBJECT, rows, args.out_dir)

@@ -53,7 +53,10 @@ def device_name(device: str | None = None) -> str:
     """The CUDA device name, or the CPU model name, for ``device`` (default: ``"auto"``)."""
     device = device_from_arg(device or "auto")
     if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
+        try:
+            return torch.cuda.get_device_name(torch.device(device))
+        except (AssertionError, RuntimeError):  # no CUDA build or device: name it, don't fail
+            return f"{device}-unavailable"
     return _cpu_model()
 
 

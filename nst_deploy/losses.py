@@ -1,0 +1,125 @@
+"""Perceptual losses of Gatys et al.: content, Gram style, total variation.
+
+With ``F`` the output's features at a layer (``N`` channels, ``M = H*W`` positions), ``P`` the
+content's and ``A`` the style's Gram matrix:
+
+* content: ``L_c = 1/2 sum (F - P)^2``;
+* style: ``E_l = 1/(4 N^2 M^2) sum (G - A)^2`` with ``G = F F^T``; computed as
+  ``1/(4 N^2) sum (G' - A')^2`` on Gram matrices normalized by ``M`` (the same value, better
+  conditioned);
+* total: ``alpha * sum_l w_l L_c^l + beta * sum_l w_l E_l + tv * R_TV``.
+
+Every style statistic goes through :mod:`nst_deploy.kernels`, so fused kernels plug in here
+without changing the loop. Targets are computed once (:class:`PerceptualLoss` caches them); one
+loss-network pass of the output per step serves every term. Layers of weight 0 are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import NSTError
+from .kernels import gram
+from .lossnets import LossNetwork
+
+__all__ = ["LossTerms", "PerceptualLoss", "content_loss", "gram_style_loss", "tv_loss"]
+
+
+def content_loss(f: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``1/2 sum (F - P)^2`` (summed over the batch too)."""
+    return 0.5 * (f - p).square().sum()
+
+
+def gram_style_loss(f: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1/(4 N^2 M^2) sum (F F^T - A)^2`` for features ``f`` and ``target = A / M`` (Gram / HW)."""
+    n = f.shape[1]
+    g = gram(f, normalize="hw")
+    return (g - target).square().sum() / (4.0 * n * n)
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    """Total variation ``sum (x[i+1, j] - x[i, j])^2 + (x[i, j+1] - x[i, j])^2``, mean over pixels."""
+    dh = (x[..., 1:, :] - x[..., :-1, :]).square().sum()
+    dw = (x[..., :, 1:] - x[..., :, :-1]).square().sum()
+    return (dh + dw) / x[..., 0, :, :].numel()
+
+
+@dataclass
+class LossTerms:
+    """The weighted loss terms of one step (plain floats, for logs and progress)."""
+
+    total: float
+    content: float
+    style: float
+    tv: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"total": self.total, "content": self.content, "style": self.style, "tv": self.tv}
+
+
+@dataclass
+class PerceptualLoss:
+    """Content + style + TV loss with targets computed once.
+
+    Args:
+        net: the loss network.
+        content_layers: ``{layer: weight}`` for the content term.
+        style_layers: ``{layer: weight}`` for the style term.
+        content_weight, style_weight, tv_weight: alpha, beta and the TV weight.
+    """
+
+    net: LossNetwork
+    content_layers: dict[str, float]
+    style_layers: dict[str, float]
+    content_weight: float = 1.0
+    style_weight: float = 1.0
+    tv_weight: float = 0.0
+    _content_targets: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _style_targets: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.content_layers = {k: float(v) for k, v in self.content_layers.items() if v != 0}
+        self.style_layers = {k: float(v) for k, v in self.style_layers.items() if v != 0}
+        if self.content_weight == 0:
+            self.content_layers = {}
+        if self.style_weight == 0:
+            self.style_layers = {}
+        if not self.content_layers and not self.style_layers and self.tv_weight == 0:
+            raise NSTError("nothing to optimize: every content and style layer has weight 0")
+        wanted = list(self.content_layers) + list(self.style_layers)
+        self.layers = self.net.resolve(wanted) if wanted else []
+
+    @torch.no_grad()
+    def set_content(self, image: torch.Tensor) -> None:
+        """Compute and keep the content targets ``P`` of ``image``."""
+        if not self.content_layers:
+            return
+        feats = self.net(image, list(self.content_layers))
+        self._content_targets = {k: v.detach().clone() for k, v in feats.items()}
+
+    @torch.no_grad()
+    def set_style(self, image: torch.Tensor) -> None:
+        """Compute and keep the style targets (Gram matrices normalized by H*W) of ``image``."""
+        if not self.style_layers:
+            return
+        feats = self.net(image, list(self.style_layers))
+        self._style_targets = {k: gram(v, normalize="hw").mean(0, keepdim=True) for k, v in feats.items()}
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
+        """The total loss of ``x`` (differentiable) and its weighted terms."""
+        if self.content_layers and not self._content_targets:
+            raise NSTError("set_content() must be called before computing the loss")
+        if self.style_layers and not self._style_targets:
+            raise NSTError("set_style() must be called before computing the loss")
+        feats = self.net(x, self.layers) if self.layers else {}
+        zero = x.new_zeros(())
+        c = sum((w * content_loss(feats[k], self._content_targets[k]) for k, w in self.content_layers.items()),
+                zero)
+        s = sum((w * gram_style_loss(feats[k], self._style_targets[k]) for k, w in self.style_layers.items()),
+                zero)
+        t = tv_loss(x) if self.tv_weight else zero
+        c, s, t = self.content_weight * c, self.style_weight * s, self.tv_weight * t
+        total = c + s + t
+        return total, LossTerms(float(total), float(c), float(s), float(t))
