@@ -122,4 +122,4 @@ class PerceptualLoss:
         t = tv_loss(x) if self.tv_weight else zero
         c, s, t = self.content_weight * c, self.style_weight * s, self.tv_weight * t
         total = c + s + t
-        return total, LossTerms(float(total), float(c), float(s), float(t))
+        return total, LossTerms(float(total.detach()), float(c.detach()), float(s.detach()), float(t.detach()))
