@@ -96,7 +96,9 @@ class _NonFinite(Exception):
 
 def _make_optimizer(name: str, x: torch.Tensor, lr: float, history: int, line_search: str | None):
     if name == "lbfgs":
-        return torch.optim.LBFGS([x], lr=lr, max_iter=1, history_size=history, line_search_fn=line_search)
+        # One iteration per step; the loop decides when to stop, so the tolerances are off.
+        return torch.optim.LBFGS([x], lr=lr, max_iter=1, history_size=history, line_search_fn=line_search,
+                                 tolerance_grad=0.0, tolerance_change=0.0)
     if name == "adam":
         return torch.optim.Adam([x], lr=lr)
     return torch.optim.SGD([x], lr=lr)
@@ -115,6 +117,7 @@ def optimize_pixels(
 ) -> tuple[torch.Tensor, list[LossTerms]]:
     """Minimize ``loss_fn`` over the pixels, starting from ``x0``; returns the best iterate and the log.
 
+    L-BFGS minimizes the loss divided by its first value (well conditioned whatever the loss scale).
     On a NaN/Inf loss or gradient the best iterate is restored; L-BFGS falls back to Adam (plain
     gradient descent and Adam continue with a halved learning rate) and a warning is issued. The
     returned image is always finite.
@@ -127,6 +130,9 @@ def optimize_pixels(
     failures = 0
     step = 0
     seen: list[LossTerms] = []  # the evaluations of the current step (L-BFGS may make several)
+    # L-BFGS sees the loss divided by its first value: the same minimizer, but without this its
+    # first steps overflow to inf at the paper's loss scale (about 1e13 for a 256 px image).
+    scale: list[float] = []
 
     def closure():
         nonlocal best_loss, best_x
@@ -134,6 +140,10 @@ def optimize_pixels(
         loss, terms = loss_fn(x)
         if not math.isfinite(terms.total):
             raise _NonFinite
+        if not scale:
+            scale.append(max(abs(terms.total), 1e-12))
+        if optimizer == "lbfgs":
+            loss = loss / scale[0]
         loss.backward()
         if not torch.isfinite(x.grad).all():
             raise _NonFinite

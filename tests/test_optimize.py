@@ -72,3 +72,13 @@ def test_options_validation():
         StylizeOptions(optimizer="newton").resolved()
     o = StylizeOptions(preset="multiscale-content").resolved()
     assert o.optimizer == "adam" and set(o.content_layers) == {"conv3_2", "conv4_2"}
+
+
+def test_lbfgs_runs_unguarded_at_paper_loss_scale(recwarn):
+    """The Gatys loss is about 1e13 here; L-BFGS must not need the NaN guard."""
+    log = []
+    out = stylize(DATA / "chelsea.jpg", DATA / "starry_night.jpg", size=96, steps=10, optimizer="lbfgs",
+                  callback=lambda info: log.append((info.optimizer, info.terms.total)))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert all(name == "lbfgs" for name, _ in log) and log[-1][1] < 0.5 * log[0][1]
+    assert torch.isfinite(out).all()
