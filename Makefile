@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The bundled demo: stylizes a photo shipped in the package with Starry Night, writes nst-demo.png.
 demo: $(STAMP)
-	$(BIN)/nst info
-	$(BIN)/nst layers --net vgg19
+	$(BIN)/nst stylize
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,6 +7,8 @@ initializes CUDA.
 from .errors import ImageError, LossNetError, MaskError, NSTError, WeightsError
 from .images import load_image, load_mask, save_image
 from .lossnets import LOSSNETS, LossNetwork, layer_names, load_lossnet
+from .optimize import StylizeOptions, stylize
+from .recipes import PRESETS, read_recipe
 from .weights import Preprocessing, Weights, load_weights
 
 __version__ = "0.1.0"
@@ -16,9 +18,11 @@ __all__ = [
     "ImageError",
     "LossNetError",
     "LossNetwork",
+    "PRESETS",
     "MaskError",
     "NSTError",
     "Preprocessing",
+    "StylizeOptions",
     "WeightsError",
     "Weights",
     "__version__",
@@ -27,5 +31,7 @@ __all__ = [
     "load_lossnet",
     "load_mask",
     "load_weights",
+    "read_recipe",
     "save_image",
+    "stylize",
 ]

@@ -7,8 +7,13 @@ Every subcommand is a function ``cmd_<name>(args) -> int``; errors a user can ca
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import platform
 import sys
+import time
+import warnings
+from pathlib import Path
 
 from . import __version__
 from .errors import NSTError
@@ -53,6 +58,222 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+DATA_DIR = Path(__file__).resolve().parent / "data"
+#: The bundled demo: what ``nst stylize`` runs with no images (about 100 s on a 2-core CPU).
+DEMO = {"size": 384, "scales": [192, 384], "steps": [100, 80], "output": "nst-demo.png"}
+
+
+def _ints(text: str) -> int | list[int]:
+    """``"200"`` or ``"100,50"``."""
+    try:
+        parts = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or integers separated by commas, not '{text}'") from None
+    if not parts:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return parts[0] if len(parts) == 1 and "," not in text else parts
+
+
+class Progress:
+    """A one-line progress bar on stderr (a line every 10% when stderr is not a terminal)."""
+
+    def __init__(self, steps: list[int], stream=None):
+        self.stream = stream or sys.stderr
+        self.steps = steps
+        self.total = sum(steps)
+        self.tty = self.stream.isatty()
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.done = 0
+
+    def __call__(self, info) -> None:
+        self.done = sum(self.steps[: info.scale]) + info.step
+        now = time.perf_counter()
+        final = self.done == self.total
+        every = max(1, self.total // 10)
+        if self.tty and not final and now - self.last < 0.1:
+            return
+        if not self.tty and not final and self.done % every:
+            return
+        self.last = now
+        elapsed = now - self.t0
+        rate = elapsed / self.done
+        eta = rate * (self.total - self.done)
+        width = 24
+        fill = round(width * self.done / self.total)
+        t = info.terms
+        scale = f"scale {info.scale + 1}/{info.scales} " if info.scales > 1 else ""
+        h, w = info.image.shape[-2:]
+        line = (f"{scale}{w}x{h} step {info.step}/{info.steps} [{'#' * fill}{'.' * (width - fill)}] "
+                f"{rate:.2f} s/step eta {eta:.0f}s  loss {t.total:.3e} (content {t.content:.2e} "
+                f"style {t.style:.2e}{f' tv {t.tv:.2e}' if t.tv else ''})")
+        if info.optimizer:
+            line += f" {info.optimizer}"
+        if self.tty:
+            self.stream.write("\r" + line[: os.get_terminal_size(self.stream.fileno()).columns - 1]
+                              if _has_size(self.stream) else "\r" + line)
+            if final:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _has_size(stream) -> bool:
+    try:
+        os.get_terminal_size(stream.fileno())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+_STYLIZE_FLAGS = (
+    "preset", "size", "steps", "scales", "optimizer", "lr", "init", "content_layers", "style_layers",
+    "content_weight", "style_weight", "tv_weight", "style_scale", "preserve_color", "net", "weights", "pooling",
+    "device", "seed", "lbfgs_history", "line_search", "deterministic", "save_every", "workspace", "log_json",
+    "checkpoint", "checkpoint_every", "resume",
+)
+
+
+def _check_output(path: Path) -> None:
+    from .images import _SAVE_FORMATS
+
+    if path.suffix.lower() not in _SAVE_FORMATS:
+        raise NSTError(f"cannot write '{path}': use one of {', '.join(sorted(_SAVE_FORMATS))}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise NSTError(f"cannot write '{path}': folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise NSTError(f"cannot write '{path}': folder '{parent}' is not writable")
+    if path.is_dir():
+        raise NSTError(f"cannot write '{path}': it is a folder")
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    from .images import save_image
+    from .optimize import StylizeOptions, stylize
+    from .recipes import read_recipe
+
+    values: dict = {}
+    if args.recipe:
+        values.update(read_recipe(args.recipe))
+    for name in _STYLIZE_FLAGS:
+        v = getattr(args, name)
+        if v is not None and v is not False:
+            values[name] = v
+    if args.line_search == "none":
+        values["line_search"] = None
+    content = args.content or values.pop("content", None)
+    style = args.style or values.pop("style", None)
+    values.pop("content", None)
+    values.pop("style", None)
+    output = args.output or values.pop("output", None)
+    values.pop("output", None)
+    demo = content is None and style is None
+    if demo:
+        content, style = DATA_DIR / "chelsea.jpg", DATA_DIR / "starry_night.jpg"
+        if not any(k in values for k in ("size", "scales", "steps")):  # the demo's own schedule
+            values.update({k: DEMO[k] for k in ("size", "scales", "steps")})
+        output = output or DEMO["output"]
+        print(f"nst: no images given: the bundled demo ({Path(content).name} in the style of "
+              f"{Path(style).name}) -> {output}", file=sys.stderr)
+    elif content is None:
+        raise NSTError("give a content image (or neither image, for the bundled demo)")
+    elif style is None:
+        raise NSTError("give a style image with --style (or neither image, for the bundled demo)")
+    if output is None:
+        output = f"{Path(content).stem}-{Path(style).stem}.png"
+    output = Path(output)
+    _check_output(output)
+    for what, p in (("content", content), ("style", style)):
+        if not Path(p).is_file():
+            raise NSTError(f"{what} image '{p}' does not exist")
+    opts = StylizeOptions().update(**values)
+    o = opts.resolved()
+    progress = None if args.quiet else Progress(o.scale_steps)
+    t0 = time.perf_counter()
+    last = {}
+
+    def callback(info):
+        last["terms"] = info.terms
+        if progress is not None:
+            progress(info)
+
+    try:
+        result = stylize(content, style, opts, callback=callback, as_tensor=True)
+    except KeyboardInterrupt:
+        if o.checkpoint:
+            print(f"nst: interrupted; checkpoint in '{o.checkpoint}': run the same command with --resume "
+                  "to go on", file=sys.stderr)
+        else:
+            print("nst: interrupted (nothing saved; --checkpoint FILE makes a run resumable)", file=sys.stderr)
+        return 130
+    save_image(result, output, bits=args.bits, quality=args.quality)
+    terms = last.get("terms")
+    loss = f", final loss {terms.total:.4g}" if terms is not None and math.isfinite(terms.total) else ""
+    if not args.quiet:
+        print(f"nst: wrote {output} ({result.shape[-1]}x{result.shape[-2]}, {sum(o.scale_steps)} steps in "
+              f"{time.perf_counter() - t0:.1f} s{loss})", file=sys.stderr)
+    return 0
+
+
+def _add_stylize(sub) -> None:
+    from .optimize import INITS, OPTIMIZERS
+    from .recipes import PRESETS
+
+    p = sub.add_parser(
+        "stylize",
+        help="stylize an image by optimizing its pixels (Gatys et al.); no images: the bundled demo",
+        description="Stylize CONTENT with STYLE by optimizing the output's pixels on a loss network. "
+        "With no images, runs the bundled demo and writes nst-demo.png. Options not given come from "
+        "--recipe, then from --preset.",
+    )
+    p.add_argument("content", nargs="?", help="content image (PNG, JPEG, WEBP, TIFF, BMP)")
+    p.add_argument("--style", "-s", help="style image")
+    p.add_argument("--output", "-o", help="output image: .png (8 or 16 bit), .jpg or .tif "
+                   "(default CONTENT-STYLE.png; the demo writes nst-demo.png)")
+    p.add_argument("--recipe", help="TOML file with any of these options (and content, style, output)")
+    g = p.add_argument_group("method")
+    g.add_argument("--preset", choices=list(PRESETS), help="layers, weights, optimizer and init of a paper "
+                   "(default gatys)")
+    g.add_argument("--content-layers", help="e.g. conv4_2 or conv3_2:0.5,conv4_2:0.5 ('' for none)")
+    g.add_argument("--style-layers", help="e.g. conv1_1,conv2_1,conv3_1,conv4_1,conv5_1 (name:weight allowed)")
+    g.add_argument("--content-weight", type=float, help="alpha (preset default 1)")
+    g.add_argument("--style-weight", type=float, help="beta (preset default 1e3 for gatys)")
+    g.add_argument("--tv-weight", type=float, help="total-variation weight (default 0)")
+    g.add_argument("--net", choices=("vgg19", "vgg16", "alexnet", "googlenet"), help="loss network (vgg19)")
+    g.add_argument("--weights", help="loss-network weights: bundled (vgg19 default), torchvision, or a file")
+    g.add_argument("--pooling", choices=("max", "avg"), help="pooling in the loss network (max)")
+    g = p.add_argument_group("image")
+    g.add_argument("--size", type=int, help="longest side of the output in pixels (default 256)")
+    g.add_argument("--scales", type=_ints, help="coarse-to-fine: a number of scales (each twice the last) "
+                   "or sizes, e.g. 128,256,512")
+    g.add_argument("--style-scale", type=float, help="style image size relative to the output (default 1)")
+    g.add_argument("--preserve-color", action="store_true", help="luminance-only transfer; keep the content's "
+                   "colours")
+    g.add_argument("--bits", type=int, choices=(8, 16), default=8, help="PNG bit depth (default 8)")
+    g.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--steps", type=_ints, help="steps (per scale; or one per scale: 100,50) (default 200)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="lbfgs (default), adam or sgd")
+    g.add_argument("--lr", type=float, help="learning rate (lbfgs 1, adam 0.02, sgd 1e-4)")
+    g.add_argument("--init", help=f"{', '.join(INITS)} or an image path (preset default content)")
+    g.add_argument("--lbfgs-history", type=int, help="L-BFGS history size (default 100)")
+    g.add_argument("--line-search", choices=("strong_wolfe", "none"), help="L-BFGS line search (default none)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--seed", type=int, help="seed for the noise init and everything random (default 0)")
+    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (slower on GPU)")
+    g = p.add_argument_group("run")
+    g.add_argument("--save-every", type=int, help="save the image every N steps into --workspace")
+    g.add_argument("--workspace", help="folder for --save-every images")
+    g.add_argument("--log-json", help="write the per-step losses to this JSON file")
+    g.add_argument("--checkpoint", help="checkpoint file (pixels and optimizer state), written atomically")
+    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 50)")
+    g.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_stylize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nst",
@@ -68,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="versions, devices and the bundled weights")
     p.set_defaults(func=cmd_info)
+
+    _add_stylize(sub)
     return parser
 
 
@@ -77,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    old_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"\nnst: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
     try:
         return int(args.func(args))
     except NSTError as e:
@@ -87,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nst: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = old_show
 
 
 if __name__ == "__main__":

@@ -1,41 +1,78 @@
 """The per-image optimization loop (Gatys et al.): optimize the output's pixels.
 
-``stylize(content, style, **options)`` loads the loss network, computes the targets once, and runs
-L-BFGS (default), Adam or plain gradient descent on the pixels (RGB in ``[0, 1]``). A guard watches
-every loss for NaN/Inf: it restores the best iterate so far, switches L-BFGS to Adam (a safer
-optimizer once the curvature history is poisoned) and warns, so the result is never NaN or black.
+``stylize(content, style, **options)`` loads the loss network, computes the targets once per
+scale, and runs L-BFGS (default), Adam or plain gradient descent on the pixels (RGB in ``[0, 1]``).
+
+* A guard watches every loss and gradient for NaN/Inf: it restores the best iterate so far,
+  switches L-BFGS to Adam (a safer optimizer once the curvature history is poisoned; Adam and
+  gradient descent halve their learning rate) and warns, so the result is never NaN or black.
+* Coarse-to-fine (``scales``): the first scale starts from ``init``; each next scale starts from
+  the previous result, upsampled.
+* Colour preservation (``preserve_color``): luminance-only transfer (Gatys et al. 2016,
+  "Preserving color in neural artistic style transfer"): the style's luminance is matched to the
+  content's mean and standard deviation, the optimization runs on luminance images, and the
+  result's luminance is recombined with the content's chroma (YIQ).
+* Checkpoints (``checkpoint``, ``checkpoint_every``, ``resume``) hold the pixels, the best
+  iterate and the optimizer's state, written atomically; a resumed run continues exactly where the
+  checkpoint was taken. Ctrl-C finishes the current step, writes the checkpoint, then stops.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
+import signal
+import threading
+import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import NSTError
-from .images import load_image, resize
+from .fsutil import atomic_write
+from .images import from_pil, load_image, resize, save_image, target_size, to_pil
 from .losses import LossTerms, PerceptualLoss
-from .lossnets import load_lossnet
+from .lossnets import LOSSNETS, load_lossnet
 from .recipes import PRESETS, parse_layers
 
-__all__ = ["INITS", "OPTIMIZERS", "StepInfo", "StylizeOptions", "optimize_pixels", "stylize"]
+__all__ = [
+    "INITS",
+    "OPTIMIZERS",
+    "PixelOptimizer",
+    "StepInfo",
+    "StylizeOptions",
+    "optimize_pixels",
+    "stylize",
+]
 
 OPTIMIZERS = ("lbfgs", "adam", "sgd")
 INITS = ("content", "noise", "style", "white")
 _DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02, "sgd": 1e-4}
+CHECKPOINT_FORMAT = "nst-deploy/stylize-checkpoint"
+CHECKPOINT_VERSION = 1
+#: Options that only steer the run (where files go, how often): a checkpoint may be resumed with
+#: other values of these, and with more or fewer steps.
+RUN_CONTROL = ("steps", "device", "save_every", "workspace", "log_json", "checkpoint", "checkpoint_every",
+               "resume", "deterministic")
 
 
 @dataclass
 class StylizeOptions:
-    """Every option of a per-image stylization (the CLI flags and the API keywords)."""
+    """Every option of a per-image stylization: the CLI flags, the API keywords, the recipe keys.
+
+    ``None`` means "the preset's value". See ``nst stylize --help`` for each option.
+    """
 
     preset: str | None = "gatys"
     size: int = 256
-    steps: int = 200
+    steps: int | list[int] = 200
+    scales: int | list[int] | None = None
     optimizer: str | None = None
     lr: float | None = None
     init: str | None = None
@@ -44,6 +81,8 @@ class StylizeOptions:
     content_weight: float | None = None
     style_weight: float | None = None
     tv_weight: float = 0.0
+    style_scale: float = 1.0
+    preserve_color: bool = False
     net: str = "vgg19"
     weights: str | None = None
     pooling: str = "max"
@@ -52,19 +91,38 @@ class StylizeOptions:
     lbfgs_history: int = 100
     line_search: str | None = None
     deterministic: bool = False
-    extra: dict = field(default_factory=dict)
+    save_every: int = 0
+    workspace: str | None = None
+    log_json: str | None = None
+    checkpoint: str | None = None
+    checkpoint_every: int = 50
+    resume: bool = False
+    # filled in by resolved()
+    scale_sizes: list[int] = field(default_factory=list, repr=False)
+    scale_steps: list[int] = field(default_factory=list, repr=False)
+
+    def update(self, **kw) -> StylizeOptions:
+        """Set fields by name (``-`` or ``_``); an unknown name is an :class:`NSTError`."""
+        names = {f.name for f in fields(self)} - {"scale_sizes", "scale_steps"}
+        for key, value in kw.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise NSTError(f"unknown option '{key}'")
+            setattr(self, name, value)
+        return self
 
     def resolved(self) -> StylizeOptions:
-        """A copy with the preset's values filled in where an option was not given."""
-        preset = PRESETS.get(self.preset) if self.preset else None
-        if self.preset and preset is None:
-            raise NSTError(f"unknown preset '{self.preset}': choose from {', '.join(PRESETS)}")
+        """A checked copy with the preset's values filled in where an option was not given."""
         out = StylizeOptions(**{f.name: getattr(self, f.name) for f in fields(self)})
+        _check_types(out)
+        preset = PRESETS.get(out.preset) if out.preset else None
+        if out.preset and preset is None:
+            raise NSTError(f"unknown preset '{out.preset}': choose from {', '.join(PRESETS)}")
         base = preset or PRESETS["gatys"]
         out.content_layers = parse_layers(out.content_layers if out.content_layers is not None
-                                          else base.content_layers, "content layers")
+                                          else base.content_layers, "content layers", allow_empty=True)
         out.style_layers = parse_layers(out.style_layers if out.style_layers is not None
-                                        else base.style_layers, "style layers")
+                                        else base.style_layers, "style layers", allow_empty=True)
         for name in ("content_weight", "style_weight", "optimizer", "init"):
             if getattr(out, name) is None:
                 setattr(out, name, getattr(base, name))
@@ -72,11 +130,92 @@ class StylizeOptions:
             raise NSTError(f"unknown optimizer '{out.optimizer}': choose from {', '.join(OPTIMIZERS)}")
         if out.lr is None:
             out.lr = _DEFAULT_LR[out.optimizer]
-        if out.steps < 1:
-            raise NSTError(f"steps must be at least 1, not {out.steps}")
+        if not out.lr > 0:
+            raise NSTError(f"lr must be positive, not {out.lr}")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            v = getattr(out, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise NSTError(f"{name.replace('_', '-')} must be a finite number >= 0, not {v}")
+        if not (out.style_scale > 0 and math.isfinite(out.style_scale)):
+            raise NSTError(f"style-scale must be positive, not {out.style_scale}")
         if out.line_search not in (None, "strong_wolfe"):
             raise NSTError(f"unknown line search '{out.line_search}': use strong_wolfe or none")
+        if out.net.lower() not in LOSSNETS:
+            raise NSTError(f"unknown loss network '{out.net}': choose from {', '.join(LOSSNETS)}")
+        if out.pooling not in ("max", "avg"):
+            raise NSTError(f"unknown pooling '{out.pooling}': use max or avg")
+        for name in ("save_every", "checkpoint_every", "lbfgs_history"):
+            if getattr(out, name) < (1 if name == "lbfgs_history" else 0):
+                raise NSTError(f"{name.replace('_', '-')} must be a positive number, not {getattr(out, name)}")
+        if out.save_every and not out.workspace:
+            raise NSTError("save-every needs a workspace folder (workspace)")
+        if out.resume and not out.checkpoint:
+            raise NSTError("resume needs a checkpoint file (checkpoint)")
+        out.scale_sizes = _scale_sizes(out.size, out.scales)
+        out.size = out.scale_sizes[-1]
+        out.scale_steps = _scale_steps(out.steps, len(out.scale_sizes))
         return out
+
+    def settings(self) -> dict:
+        """The resolved options that determine the result (what a checkpoint must agree on)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in RUN_CONTROL + ("scale_steps", "scales", "size"):
+            d.pop(name, None)
+        return json.loads(json.dumps(d))
+
+
+_TYPES: dict[str, tuple] = {
+    "preset": (str, type(None)), "size": (int,), "optimizer": (str, type(None)), "lr": (float, int, type(None)),
+    "init": (str, type(None)), "content_weight": (float, int, type(None)), "style_weight": (float, int, type(None)),
+    "tv_weight": (float, int), "style_scale": (float, int), "preserve_color": (bool,), "net": (str,),
+    "weights": (str, type(None)), "pooling": (str,), "device": (str,), "seed": (int,), "lbfgs_history": (int,),
+    "line_search": (str, type(None)), "deterministic": (bool,), "save_every": (int,),
+    "workspace": (str, Path, type(None)), "log_json": (str, Path, type(None)),
+    "checkpoint": (str, Path, type(None)), "checkpoint_every": (int,), "resume": (bool,),
+    "content_layers": (str, dict, list, type(None)), "style_layers": (str, dict, list, type(None)),
+    "steps": (int, list), "scales": (int, list, type(None)),
+}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table",
+               list: "a list", type(None): "unset", Path: "a path"}
+
+
+def _check_types(o: StylizeOptions) -> None:
+    for name, allowed in _TYPES.items():
+        v = getattr(o, name)
+        ok = isinstance(v, allowed) and not (isinstance(v, bool) and bool not in allowed)
+        if not ok:
+            want = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in allowed if t is not Path))
+            raise NSTError(f"option '{name}' must be {want}, not {v!r}")
+        if isinstance(v, float) and float in allowed and not math.isfinite(v):
+            raise NSTError(f"option '{name}' must be finite, not {v!r}")
+
+
+def _scale_sizes(size: int, scales) -> list[int]:
+    if size < 16:
+        raise NSTError(f"size must be at least 16 pixels, not {size}")
+    if scales is None or scales == 1:
+        return [size]
+    if isinstance(scales, int):
+        if not 1 <= scales <= 8:
+            raise NSTError(f"scales must be between 1 and 8 (or a list of sizes), not {scales}")
+        return [max(16, round(size / 2 ** (scales - 1 - i))) for i in range(scales)]
+    sizes = list(scales)
+    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in sizes):
+        raise NSTError(f"scales must be sizes of at least 16 pixels, not {scales}")
+    if sizes != sorted(sizes):
+        raise NSTError(f"scales must go from coarse to fine (increasing), not {scales}")
+    return sizes
+
+
+def _scale_steps(steps, n: int) -> list[int]:
+    if isinstance(steps, int):
+        steps = [steps] * n
+    steps = list(steps)
+    if len(steps) != n:
+        raise NSTError(f"steps gives {len(steps)} values for {n} scales: give one, or one per scale")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
+        raise NSTError(f"steps must be at least 1, not {steps}")
+    return steps
 
 
 @dataclass
@@ -88,6 +227,9 @@ class StepInfo:
     terms: LossTerms
     optimizer: str
     image: torch.Tensor
+    scale: int = 0
+    scales: int = 1
+    seconds: float = 0.0
 
 
 class _NonFinite(Exception):
@@ -101,7 +243,140 @@ def _make_optimizer(name: str, x: torch.Tensor, lr: float, history: int, line_se
                                  tolerance_grad=0.0, tolerance_change=0.0)
     if name == "adam":
         return torch.optim.Adam([x], lr=lr)
-    return torch.optim.SGD([x], lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD([x], lr=lr)
+    raise NSTError(f"unknown optimizer '{name}': choose from {', '.join(OPTIMIZERS)}")
+
+
+class PixelOptimizer:
+    """Minimizes ``loss_fn`` over the pixels from ``x0``, one step at a time, with the NaN guard.
+
+    L-BFGS minimizes the loss divided by its first value (the same minimizer, well conditioned
+    whatever the loss scale: at the paper's scale, about 1e13 for 256 px, its first steps would
+    otherwise overflow). Adam and gradient descent keep the pixels in ``[0, 1]`` (projected steps).
+    """
+
+    def __init__(self, loss_fn, x0: torch.Tensor, *, optimizer: str = "lbfgs", lr: float | None = None,
+                 lbfgs_history: int = 100, line_search: str | None = None):
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.lr = _DEFAULT_LR[optimizer] if lr is None else lr
+        self.history = lbfgs_history
+        self.line_search = line_search
+        self.x = x0.detach().clone().requires_grad_(True)
+        self.opt = _make_optimizer(optimizer, self.x, self.lr, lbfgs_history, line_search)
+        self.best_loss = math.inf
+        self.best_x = self.x.detach().clone()
+        self.loss_scale: float | None = None
+        self.failures = 0
+        self.step_count = 0
+        self._seen: list[LossTerms] = []
+
+    def _closure(self):
+        x = self.x
+        x.grad = None
+        loss, terms = self.loss_fn(x)
+        if not math.isfinite(terms.total):
+            raise _NonFinite
+        if self.loss_scale is None:
+            self.loss_scale = max(abs(terms.total), 1e-12)
+        if self.optimizer == "lbfgs":
+            loss = loss / self.loss_scale
+        loss.backward()
+        if not torch.isfinite(x.grad).all():
+            raise _NonFinite
+        if terms.total < self.best_loss:
+            self.best_loss, self.best_x = terms.total, x.detach().clone()
+        self._seen.append(terms)
+        return loss
+
+    def step(self) -> LossTerms:
+        """One optimizer step; returns the loss terms at the step's start. Retries after a NaN."""
+        while True:
+            self._seen.clear()
+            try:
+                self.opt.step(self._closure)
+                if not torch.isfinite(self.x).all():
+                    raise _NonFinite
+            except _NonFinite:
+                self._recover()
+                continue
+            if self.optimizer != "lbfgs":
+                with torch.no_grad():
+                    self.x.clamp_(0.0, 1.0)
+            self.step_count += 1
+            return self._seen[0]
+
+    def _recover(self) -> None:
+        self.failures += 1
+        if self.failures > 5:
+            raise NSTError("the loss stayed NaN/Inf after 5 recoveries; check the weights and inputs")
+        with torch.no_grad():
+            self.x.copy_(self.best_x)
+        if self.optimizer == "lbfgs":
+            self.optimizer, self.lr = "adam", _DEFAULT_LR["adam"]
+        else:
+            self.lr = self.lr / 2
+        best = "none yet" if math.isinf(self.best_loss) else f"{self.best_loss:.4g}"
+        warnings.warn(
+            f"non-finite loss at step {self.step_count + 1}: restored the best iterate (loss {best}) "
+            f"and continue with {self.optimizer} (lr {self.lr:g})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self.opt = _make_optimizer(self.optimizer, self.x, self.lr, self.history, self.line_search)
+
+    def result(self) -> torch.Tensor:
+        """The best iterate, clamped to ``[0, 1]`` (the last one is scored first)."""
+        with torch.no_grad():
+            _, terms = self.loss_fn(self.x)
+        if math.isfinite(terms.total) and terms.total <= self.best_loss and torch.isfinite(self.x).all():
+            self.best_loss, self.best_x = terms.total, self.x.detach().clone()
+        return self.best_x.clamp(0.0, 1.0)
+
+    def state_dict(self) -> dict:
+        return {
+            "x": self.x.detach().cpu().clone(),
+            "best_x": self.best_x.cpu().clone(),
+            "best_loss": self.best_loss,
+            "loss_scale": self.loss_scale,
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "failures": self.failures,
+            "step": self.step_count,
+            "opt_state": _to_cpu(self.opt.state_dict()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.x.copy_(state["x"].to(self.x))
+        self.best_x = state["best_x"].to(self.x)
+        self.best_loss = float(state["best_loss"])
+        self.loss_scale = state["loss_scale"]
+        self.optimizer, self.lr = state["optimizer"], float(state["lr"])
+        self.failures, self.step_count = int(state["failures"]), int(state["step"])
+        self.opt = _make_optimizer(self.optimizer, self.x, self.lr, self.history, self.line_search)
+        self.opt.load_state_dict(_to_device(state["opt_state"], self.x.device))
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
 
 
 def optimize_pixels(
@@ -117,75 +392,46 @@ def optimize_pixels(
 ) -> tuple[torch.Tensor, list[LossTerms]]:
     """Minimize ``loss_fn`` over the pixels, starting from ``x0``; returns the best iterate and the log.
 
-    L-BFGS minimizes the loss divided by its first value (well conditioned whatever the loss scale).
-    On a NaN/Inf loss or gradient the best iterate is restored; L-BFGS falls back to Adam (plain
-    gradient descent and Adam continue with a halved learning rate) and a warning is issued. The
-    returned image is always finite.
+    See :class:`PixelOptimizer` for the NaN guard. The returned image is always finite.
     """
-    lr = _DEFAULT_LR[optimizer] if lr is None else lr
-    x = x0.detach().clone().requires_grad_(True)
-    opt = _make_optimizer(optimizer, x, lr, lbfgs_history, line_search)
-    best_loss, best_x = math.inf, x.detach().clone()
+    po = PixelOptimizer(loss_fn, x0, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history,
+                        line_search=line_search)
     log: list[LossTerms] = []
-    failures = 0
-    step = 0
-    seen: list[LossTerms] = []  # the evaluations of the current step (L-BFGS may make several)
-    # L-BFGS sees the loss divided by its first value: the same minimizer, but without this its
-    # first steps overflow to inf at the paper's loss scale (about 1e13 for a 256 px image).
-    scale: list[float] = []
-
-    def closure():
-        nonlocal best_loss, best_x
-        x.grad = None
-        loss, terms = loss_fn(x)
-        if not math.isfinite(terms.total):
-            raise _NonFinite
-        if not scale:
-            scale.append(max(abs(terms.total), 1e-12))
-        if optimizer == "lbfgs":
-            loss = loss / scale[0]
-        loss.backward()
-        if not torch.isfinite(x.grad).all():
-            raise _NonFinite
-        if terms.total < best_loss:
-            best_loss, best_x = terms.total, x.detach().clone()
-        seen.append(terms)
-        return loss
-
-    while step < steps:
-        seen.clear()
-        try:
-            opt.step(closure)
-            if not torch.isfinite(x).all():
-                raise _NonFinite
-        except _NonFinite:
-            failures += 1
-            if failures > 5:
-                raise NSTError("the loss stayed NaN/Inf after 5 recoveries; check the weights and inputs") from None
-            with torch.no_grad():
-                x.copy_(best_x)
-            if optimizer == "lbfgs":
-                optimizer, lr = "adam", _DEFAULT_LR["adam"]
-            else:
-                lr = lr / 2
-            warnings.warn(
-                f"non-finite loss at step {step + 1}: restored the best iterate (loss {best_loss:.4g}) "
-                f"and continue with {optimizer} (lr {lr:g})",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            opt = _make_optimizer(optimizer, x, lr, lbfgs_history, line_search)
-            continue
-        step += 1
-        log.append(seen[0])
+    for step in range(1, steps + 1):
+        t0 = time.perf_counter()
+        terms = po.step()
+        log.append(terms)
         if callback is not None:
-            callback(StepInfo(step, steps, seen[0], optimizer, x.detach()))
-    with torch.no_grad():  # the last iterate has not been evaluated yet: score it
-        _, terms = loss_fn(x)
-    if math.isfinite(terms.total) and terms.total <= best_loss and torch.isfinite(x).all():
-        best_x = x.detach().clone()
-    return best_x.clamp(0.0, 1.0), log
+            callback(StepInfo(step, steps, terms, po.optimizer, po.x.detach(), seconds=time.perf_counter() - t0))
+    return po.result(), log
 
+
+# --- colour -------------------------------------------------------------------------------------
+
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]])
+
+
+def rgb_to_yiq(x: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, H, W)`` RGB to YIQ (Y in ``[0, 1]``)."""
+    return torch.einsum("ij,njhw->nihw", _RGB2YIQ.to(x), x)
+
+
+def yiq_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_yiq`."""
+    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(_RGB2YIQ).to(x), x)
+
+
+def match_luminance(style_y: torch.Tensor, content_y: torch.Tensor) -> torch.Tensor:
+    """The style's luminance with the content's mean and standard deviation (clamped to [0, 1])."""
+    s_std = style_y.std().clamp_min(1e-6)
+    return ((style_y - style_y.mean()) * (content_y.std() / s_std) + content_y.mean()).clamp(0.0, 1.0)
+
+
+def _grey(y: torch.Tensor) -> torch.Tensor:
+    return y.expand(-1, 3, -1, -1).contiguous()
+
+
+# --- inputs -------------------------------------------------------------------------------------
 
 def _device(name: str) -> torch.device:
     if name == "auto":
@@ -196,10 +442,52 @@ def _device(name: str) -> torch.device:
         raise NSTError(f"unknown device '{name}'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise NSTError(f"device '{name}' was asked for, but CUDA is not available")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise NSTError(f"device '{name}' was asked for, but MPS is not available")
     return dev
 
 
-def _initial(init: str, content: torch.Tensor, style: torch.Tensor, seed: int, min_side: int) -> torch.Tensor:
+def _as_tensor(img, what: str, size: int | None = None) -> torch.Tensor:
+    """An image given as a path, PIL image, HxWx3 uint8 array or tensor, as (1, 3, H, W) in [0, 1].
+
+    A file is decoded and resized to longest side ``size`` at once (other inputs are resized later).
+    """
+    from PIL import Image
+
+    if isinstance(img, (str, Path)):
+        return load_image(img, size=size)
+    if isinstance(img, Image.Image):
+        return from_pil(img)
+    if isinstance(img, np.ndarray):
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise NSTError(f"{what} array must be HxWx3 uint8, got {img.shape} {img.dtype}")
+        return torch.from_numpy(img.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    if isinstance(img, torch.Tensor):
+        x = img.detach()
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[:2] != (1, 3):
+            raise NSTError(f"{what} tensor must be (1, 3, H, W) or (3, H, W) RGB, got {tuple(img.shape)}")
+        if not x.is_floating_point():
+            raise NSTError(f"{what} tensor must be floating point in [0, 1], got {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise NSTError(f"{what} tensor has NaN or Inf values")
+        return x.float().cpu().clamp(0.0, 1.0)
+    raise NSTError(f"{what} must be a path, PIL image, numpy array or tensor, not {type(img).__name__}")
+
+
+def _sized(x: torch.Tensor, size: int) -> torch.Tensor:
+    return resize(x, target_size(x.shape[-2], x.shape[-1], size=size))
+
+
+def _check_min(x: torch.Tensor, min_side: int, what: str, size: int) -> None:
+    h, w = x.shape[-2:]
+    if min(h, w) < min_side:
+        raise NSTError(f"the {what} at size {size} is {w}x{h} pixels; the loss network's layers need at least "
+                       f"{min_side}x{min_side}: use a larger size")
+
+
+def _initial(init: str, content: torch.Tensor, style: torch.Tensor, seed: int) -> torch.Tensor:
     hw = tuple(content.shape[-2:])
     if init == "content":
         return content.clone()
@@ -213,51 +501,245 @@ def _initial(init: str, content: torch.Tensor, style: torch.Tensor, seed: int, m
     path = Path(init)
     if not path.exists():
         raise NSTError(f"unknown init '{init}': use content, noise, style, white or an image path")
-    img = load_image(path, min_side=min_side)
-    return resize(img, hw).to(content)
+    return resize(load_image(path), hw).to(content)
 
+
+def _digest(x: torch.Tensor) -> str:
+    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+# --- checkpoints, logs, interrupts --------------------------------------------------------------
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    try:
+        with atomic_write(path, "wb") as fh:
+            torch.save(state, fh)
+    except OSError as e:
+        raise NSTError(f"cannot write checkpoint '{path}': {e.strerror or e}") from None
+
+
+def _load_checkpoint(path: Path) -> dict:
+    if not path.exists():
+        raise NSTError(f"checkpoint '{path}' does not exist (resume needs one written by --checkpoint)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (torch raises many kinds for malformed files)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NSTError(f"checkpoint '{path}' cannot be read: {reason[:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise NSTError(f"'{path}' is not a stylize checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise NSTError(f"checkpoint '{path}' has version {state.get('version')}, this release reads "
+                       f"{CHECKPOINT_VERSION}")
+    return state
+
+
+def _write_json(path: Path, obj) -> None:
+    try:
+        with atomic_write(path, "w") as fh:
+            json.dump(obj, fh, indent=1)
+    except OSError as e:
+        raise NSTError(f"cannot write '{path}': {e.strerror or e}") from None
+
+
+class _DeferredInterrupt:
+    """Within the main thread, Ctrl-C sets a flag the loop reads between steps; a second one stops now."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError):
+                self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+# --- stylize ------------------------------------------------------------------------------------
 
 def stylize(
-    content: str | Path | torch.Tensor,
-    style: str | Path | torch.Tensor,
+    content,
+    style,
     options: StylizeOptions | None = None,
     *,
     callback: Callable[[StepInfo], None] | None = None,
+    as_tensor: bool | None = None,
     **kw,
-) -> torch.Tensor:
+):
     """Stylize ``content`` with ``style`` by optimizing the pixels (Gatys et al.).
 
     Args:
-        content, style: image paths or RGB tensors ``(1, 3, H, W)`` in ``[0, 1]``.
-        options: a :class:`StylizeOptions`; keyword arguments override its fields.
+        content, style: image paths, PIL images, ``HxWx3`` uint8 arrays or RGB tensors
+            ``(1, 3, H, W)`` in ``[0, 1]``.
+        options: a :class:`StylizeOptions`; keyword arguments (its field names) override it.
         callback: called after every step with a :class:`StepInfo`.
+        as_tensor: return a tensor (``True``) or a PIL image (``False``); by default a tensor
+            exactly when ``content`` is one.
 
     Returns:
-        The stylized image ``(1, 3, H, W)`` in ``[0, 1]`` on the CPU, ``H, W`` the content's size
-        (longest side ``options.size``).
+        The stylized image, the content's aspect with longest side ``size`` (the last of
+        ``scales``): a tensor ``(1, 3, H, W)`` on the CPU when ``content`` is a tensor, otherwise a
+        PIL image.
+
+    Raises:
+        NSTError: bad options or inputs, a checkpoint that does not match, a loss that stays NaN.
+        KeyboardInterrupt: after Ctrl-C, once the current step is done and the checkpoint (if
+            any) is written.
     """
-    options = options or StylizeOptions()
-    unknown = set(kw) - {f.name for f in fields(StylizeOptions)}
-    if unknown:
-        raise TypeError(f"unknown stylize options: {', '.join(sorted(unknown))}")
-    for k, v in kw.items():
-        setattr(options, k, v)
+    options = StylizeOptions(**{f.name: getattr(options, f.name) for f in fields(options)}) if options else \
+        StylizeOptions()
+    options.update(**kw)
     o = options.resolved()
     device = _device(o.device)
+    c_full = _as_tensor(content, "content", o.size)
+    s_full = _as_tensor(style, "style", max(1, round(o.size * o.style_scale)))
+    out = _run(o, c_full, s_full, device, callback)
+    if as_tensor is None:
+        as_tensor = isinstance(content, torch.Tensor)
+    return out if as_tensor else to_pil(out)
+
+
+def _run(o: StylizeOptions, c_full, s_full, device, callback) -> torch.Tensor:
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_bench = torch.backends.cudnn.benchmark
     if o.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        return _run_scales(o, c_full, s_full, device, callback)
+    finally:
+        torch.use_deterministic_algorithms(old_det)
+        torch.backends.cudnn.benchmark = old_bench
+
+
+def _run_scales(o: StylizeOptions, c_full, s_full, device, callback) -> torch.Tensor:
     torch.manual_seed(o.seed)
     net = load_lossnet(o.net, o.weights, pooling=o.pooling, device=device)
     loss = PerceptualLoss(net, o.content_layers, o.style_layers, o.content_weight, o.style_weight, o.tv_weight)
     min_side = net.min_input_size(loss.layers) if loss.layers else 1
-    c = content if isinstance(content, torch.Tensor) else load_image(content, size=o.size, min_side=min_side)
-    s = style if isinstance(style, torch.Tensor) else load_image(style, size=o.size, min_side=min_side)
-    c, s = c.to(device), s.to(device)
-    loss.set_content(c)
-    loss.set_style(s)
-    x0 = _initial(o.init, c, s, o.seed, min_side)
-    out, _ = optimize_pixels(
-        loss, x0, steps=o.steps, optimizer=o.optimizer, lr=o.lr, lbfgs_history=o.lbfgs_history,
-        line_search=o.line_search, callback=callback,
-    )
-    return out.cpu()
+    settings = o.settings() | {"content_digest": _digest(c_full), "style_digest": _digest(s_full)}
+    ckpt_path = Path(o.checkpoint) if o.checkpoint else None
+    workspace = Path(o.workspace) if o.workspace else None
+    if workspace is not None:
+        try:
+            workspace.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise NSTError(f"cannot create workspace '{workspace}': {e.strerror or e}") from None
+
+    resume = None
+    if o.resume and ckpt_path is not None and ckpt_path.exists():
+        resume = _load_checkpoint(ckpt_path)
+        theirs = resume.get("settings", {})
+        diff = sorted(k for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k))
+        if diff:
+            raise NSTError(f"checkpoint '{ckpt_path}' was made with other settings ({', '.join(diff)}); "
+                           "resume with the same options and images, or start without --resume")
+    elif o.resume:
+        raise NSTError(f"checkpoint '{ckpt_path}' does not exist (resume needs one written by --checkpoint)")
+
+    log: list[dict] = list(resume["log"]) if resume else []
+    status = "running"
+
+    def write_log():
+        if o.log_json:
+            _write_json(Path(o.log_json), {"format": "nst-deploy/stylize-log", "status": status,
+                                           "settings": settings, "steps": log})
+
+    n = len(o.scale_sizes)
+    prev: torch.Tensor | None = None
+    start_scale = int(resume["scale"]) if resume else 0
+    if resume and start_scale >= n:
+        raise NSTError(f"checkpoint '{ckpt_path}' is at scale {start_scale + 1}, but only {n} scales are set")
+    result = None
+    with _DeferredInterrupt() as interrupt:
+        try:
+            for si in range(start_scale, n):
+                size = o.scale_sizes[si]
+                c = _sized(c_full, size)
+                s = _sized(s_full, max(1, round(size * o.style_scale)))
+                _check_min(c, min_side, "content", size)
+                _check_min(s, min_side, "style (after style-scale)", size)
+                chroma = None
+                if o.preserve_color:
+                    yiq = rgb_to_yiq(c)
+                    chroma = yiq[:, 1:]
+                    s = _grey(match_luminance(rgb_to_yiq(s)[:, :1], yiq[:, :1]))
+                    c = _grey(yiq[:, :1])
+                c, s = c.to(device), s.to(device)
+                loss.set_content(c)
+                loss.set_style(s)
+
+                def finish(x, chroma=chroma):
+                    x = x.detach().cpu()
+                    if chroma is None:
+                        return x.clamp(0.0, 1.0)
+                    y = x.mean(1, keepdim=True)
+                    return yiq_to_rgb(torch.cat([y, chroma], 1)).clamp(0.0, 1.0)
+
+                # the first scale starts from init (under preserve_color, c and s are luminance
+                # images already); the next ones from the last result, upsampled
+                x0 = _initial(o.init, c, s, o.seed) if prev is None else resize(prev.cpu(), tuple(c.shape[-2:])).to(c)
+                po = PixelOptimizer(loss, x0, optimizer=o.optimizer, lr=o.lr, lbfgs_history=o.lbfgs_history,
+                                    line_search=o.line_search)
+                if resume is not None and si == start_scale:
+                    po.load_state_dict(resume["optimizer_state"])
+                    resume = None
+                steps = o.scale_steps[si]
+
+                def checkpoint(si=si, po=po):
+                    if ckpt_path is not None:
+                        _save_checkpoint(ckpt_path, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                                                     "settings": settings, "scale": si,
+                                                     "optimizer_state": po.state_dict(), "log": log})
+                        write_log()
+
+                while po.step_count < steps:
+                    t0 = time.perf_counter()
+                    terms = po.step()
+                    dt = time.perf_counter() - t0
+                    step = po.step_count
+                    log.append({"scale": si, "size": list(c.shape[-2:]), "step": step, "optimizer": po.optimizer,
+                                **terms.as_dict(), "seconds": round(dt, 6)})
+                    if callback is not None:
+                        callback(StepInfo(step, steps, terms, po.optimizer, po.x.detach(), si, n, dt))
+                    if o.save_every and step % o.save_every == 0:
+                        name = f"step_{step:05d}.png" if n == 1 else f"scale{si + 1}_step_{step:05d}.png"
+                        save_image(finish(po.x), workspace / name)
+                    if o.checkpoint_every and (step % o.checkpoint_every == 0 or step == steps):
+                        checkpoint()
+                    if interrupt.requested:
+                        checkpoint()
+                        raise KeyboardInterrupt
+                best = po.result()
+                prev = best
+                result = finish(best)
+            status = "done"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except NSTError:
+            status = "failed"
+            raise
+        finally:
+            with contextlib.suppress(NSTError):
+                write_log()
+    return result
+
+
+def options_dict(o: StylizeOptions) -> dict:
+    """The options as plain JSON-able values (for logs and ``nst stylize --print-recipe``)."""
+    d = asdict(o)
+    d.pop("scale_sizes", None)
+    d.pop("scale_steps", None)
+    return json.loads(json.dumps(d, default=str))

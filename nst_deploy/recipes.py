@@ -6,11 +6,13 @@ A layer specification is a comma-separated list of ``name`` or ``name:weight``
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import NSTError
 
-__all__ = ["PRESETS", "Preset", "parse_layers"]
+__all__ = ["PRESETS", "Preset", "parse_layers", "read_recipe"]
 
 GATYS_STYLE = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
@@ -67,8 +69,13 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def parse_layers(spec: str | dict[str, float] | list[str], what: str = "layers") -> dict[str, float]:
-    """``"a,b:0.5"`` (or a list of such items, or a dict) to ``{"a": 1.0, "b": 0.5}``."""
+def parse_layers(spec: str | dict[str, float] | list[str], what: str = "layers",
+                 allow_empty: bool = False) -> dict[str, float]:
+    """``"a,b:0.5"`` (or a list of such items, or a dict) to ``{"a": 1.0, "b": 0.5}``.
+
+    ``allow_empty``: an empty specification (``""``) gives ``{}`` (e.g. no content layers, for
+    texture synthesis) instead of an error.
+    """
     if isinstance(spec, dict):
         items = [(str(k), v) for k, v in spec.items()]
     else:
@@ -91,6 +98,62 @@ def parse_layers(spec: str | dict[str, float] | list[str], what: str = "layers")
         if w < 0 or w != w:
             raise NSTError(f"invalid {what} '{spec}': weight of {name} must be >= 0")
         out[name] = w
-    if not out:
+    if not out and not allow_empty:
         raise NSTError(f"invalid {what} '{spec}': no layers given")
+    return out
+
+
+#: Keys of a recipe besides the options: the images and the output.
+RECIPE_FILES = ("content", "style", "output")
+_PATH_KEYS = ("content", "style", "output", "workspace", "log_json", "checkpoint", "init", "weights")
+_NOT_PATHS = {"content", "noise", "style", "white", "bundled", "torchvision", "random"}
+
+
+def read_recipe(path: str | Path) -> dict:
+    """Read a TOML recipe: the options of ``nst stylize`` plus ``content``, ``style`` and ``output``.
+
+    Keys are the option names (``style_weight`` or ``style-weight``); an optional ``[stylize]``
+    table may hold them instead of the top level. Relative paths (images, output, workspace, log,
+    checkpoint, an init image, a weights file) are relative to the recipe's folder. Unknown keys
+    and wrong types are errors that name the key.
+
+    Returns:
+        ``{name: value}`` with ``-`` in names turned into ``_``.
+    """
+    from .optimize import StylizeOptions, _check_types
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NSTError(f"recipe '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise NSTError(f"cannot read recipe '{path}': {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise NSTError(f"recipe '{path}' is not valid TOML: {e}") from None
+    if "stylize" in data and isinstance(data["stylize"], dict):
+        data = {**{k: v for k, v in data.items() if k != "stylize"}, **data["stylize"]}
+    known = {f for f in StylizeOptions.__dataclass_fields__} - {"scale_sizes", "scale_steps"}
+    out: dict = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known and name not in RECIPE_FILES:
+            raise NSTError(f"recipe '{path}': unknown key '{key}'")
+        if name in _PATH_KEYS:
+            if not isinstance(value, str):
+                raise NSTError(f"recipe '{path}': '{key}' must be a string, not {value!r}")
+            if value not in _NOT_PATHS or name in RECIPE_FILES:
+                value = str(path.parent / value) if not Path(value).is_absolute() else value
+        if isinstance(value, float) and name in ("size", "seed", "save_every", "checkpoint_every"):
+            raise NSTError(f"recipe '{path}': '{key}' must be an integer, not {value!r}")
+        out[name] = value
+    try:
+        _check_types(StylizeOptions(**{k: v for k, v in out.items() if k not in RECIPE_FILES}))
+    except NSTError as e:
+        raise NSTError(f"recipe '{path}': {e}") from None
     return out
