@@ -65,3 +65,108 @@ def test_console_scripts_installed(script):
     assert exe, f"{script} is not on PATH: is the package installed?"
     res = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "usage:" in res.stdout
+
+
+# --- nst stylize -------------------------------------------------------------------------------
+
+DATA = Path(__file__).resolve().parents[1] / "nst_deploy" / "data"
+FAST = ["--size", "48", "--steps", "3", "-q"]
+
+
+def _one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("nst: error: "), err
+    return err[0]
+
+
+def test_stylize_writes_a_stylized_image(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "out.png"
+    log = tmp_path / "log.json"
+    rc = main(["stylize", str(DATA / "chelsea.jpg"), "--style", str(DATA / "starry_night.jpg"), "-o", str(out),
+               "--size", "64", "--steps", "6", "--log-json", str(log)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "step 6/6" in err and "loss" in err and f"wrote {out}" in err
+    img = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32)
+    ref = np.asarray(Image.open(DATA / "chelsea.jpg").convert("RGB").resize((64, 43)), dtype=np.float32)
+    assert img.shape == (43, 64, 3) and np.abs(img - ref).mean() > 5  # changed, not a copy
+    import json
+
+    assert [s["step"] for s in json.loads(log.read_text())["steps"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_stylize_demo_without_images(tmp_path, monkeypatch, capsys):
+    import nst_deploy.cli as cli
+
+    monkeypatch.setitem(cli.DEMO, "size", 48)
+    monkeypatch.setitem(cli.DEMO, "scales", [32, 48])
+    monkeypatch.setitem(cli.DEMO, "steps", [2, 2])
+    monkeypatch.chdir(tmp_path)
+    assert main(["stylize", "-q"]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "nst-demo.png").size == (48, 32)
+    assert "bundled demo" in capsys.readouterr().err
+
+
+def test_stylize_recipe_and_flags_override(tmp_path):
+    (tmp_path / "r.toml").write_text(
+        f'content = "{DATA / "chelsea.jpg"}"\nstyle = "{DATA / "the_scream.jpg"}"\noutput = "o.png"\n'
+        'size = 40\nsteps = 2\noptimizer = "adam"\n')
+    assert main(["stylize", "--recipe", str(tmp_path / "r.toml"), "--size", "48", "-q"]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "o.png").size == (48, 32)  # output relative to the recipe, --size wins
+
+
+def test_stylize_checkpoint_and_resume(tmp_path):
+    ck = tmp_path / "c.ckpt"
+    args = ["stylize", str(DATA / "chelsea.jpg"), "--style", str(DATA / "starry_night.jpg"), "--size", "48", "-q",
+            "--checkpoint", str(ck), "-o", str(tmp_path / "o.png")]
+    assert main(args + ["--steps", "2"]) == 0 and ck.exists()
+    assert main(args + ["--steps", "4", "--resume"]) == 0
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["-o", "{tmp}/out.gif"], "use one of"),
+    (["-o", "{tmp}/missing/out.png"], "does not exist"),
+    (["--style", "{tmp}/nope.jpg"], "style image .* does not exist"),
+    (["--style-weight", "1e300"], "NaN/Inf"),
+    (["--resume"], "resume needs a checkpoint"),
+    (["--content-layers", "conv9_9"], "conv9_9"),
+    (["--steps", "0"], "steps must be at least 1"),
+    (["--recipe", "{tmp}/none.toml"], "does not exist"),
+])
+def test_stylize_errors_are_one_line_and_leave_no_file(tmp_path, capsys, extra, msg):
+    import re
+
+    out = tmp_path / "out.png"
+    args = ["stylize", str(DATA / "chelsea.jpg"), "--style", str(DATA / "starry_night.jpg"), "-o", str(out)] + FAST
+    args += [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    rc = main(args)
+    assert rc == 2
+    if "1e300" in extra:  # the NaN guard warns as it recovers, then gives up with one error line
+        lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+        assert all(x.startswith("nst: warning: ") for x in lines[:-1]) and len(lines) == 6
+        line = lines[-1]
+    else:
+        line = _one_error_line(capsys)
+    assert re.search(msg, line), line
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_stylize_needs_a_style_for_a_content(tmp_path, capsys):
+    assert main(["stylize", str(DATA / "chelsea.jpg"), "-o", str(tmp_path / "o.png")]) == 2
+    assert "--style" in _one_error_line(capsys)
+
+
+def test_stylize_unreadable_content_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    assert main(["stylize", str(bad), "--style", str(DATA / "starry_night.jpg"), "-o", str(tmp_path / "o.png")]
+                + FAST) == 2
+    assert "bad.png" in _one_error_line(capsys)
+    assert not (tmp_path / "o.png").exists()
