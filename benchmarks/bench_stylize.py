@@ -258,7 +258,7 @@ def _run_ours(o, content_path: Path, style_path: Path, size: int, steps: int, op
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         out = stylize(content_path, style_path, size=size, steps=steps, optimizer=optimizer, device=device,
-                      callback=callback)
+                      callback=callback, as_tensor=True)
     recoveries = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     lr = nst_optimize.StylizeOptions(optimizer=optimizer).resolved().lr  # what stylize() uses
     extra = {"lr": lr, "lr_units": "RGB 0-1", "recoveries": recoveries}

@@ -162,6 +162,15 @@ class LossNetwork(nn.Module):
         self.channels_last = enabled
         return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
+    def truncate(self, layer: str) -> LossNetwork:
+        """Drop every module after ``layer`` (frees their weights); later layers become unknown."""
+        last = self._index[self.resolve(layer)[-1]]
+        for name in self.layer_names[last + 1:]:
+            delattr(self, name)
+        self.layer_names = self.layer_names[: last + 1]
+        self._index = {n: i for i, n in enumerate(self.layer_names)}
+        return self
+
     def resolve(self, layers: Iterable[str] | str | None) -> list[str]:
         """Validate layer names (``None``: every layer), in network order."""
         if layers is None:

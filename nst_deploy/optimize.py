@@ -652,6 +652,8 @@ def _run_scales(o: StylizeOptions, c_full, s_full, device, callback) -> torch.Te
     torch.manual_seed(o.seed)
     net = load_lossnet(o.net, o.weights, pooling=o.pooling, device=device)
     loss = PerceptualLoss(net, o.content_layers, o.style_layers, o.content_weight, o.style_weight, o.tv_weight)
+    if loss.layers:
+        net.truncate(loss.layers[-1])  # the weights past the deepest layer used are never needed
     min_side = net.min_input_size(loss.layers) if loss.layers else 1
     settings = o.settings() | {"content_digest": _digest(c_full), "style_digest": _digest(s_full)}
     ckpt_path = Path(o.checkpoint) if o.checkpoint else None

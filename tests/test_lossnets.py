@@ -150,3 +150,18 @@ def test_cuda_matches_cpu(vgg19):
     out = gpu(x.cuda(), "conv5_1")["conv5_1"].cpu()
     ref = vgg19(x, "conv5_1")["conv5_1"]
     assert torch.allclose(out, ref, rtol=1e-3, atol=1e-2 * ref.abs().max().item())
+
+
+def test_truncate_frees_later_layers():
+    from nst_deploy import load_lossnet
+
+    net = load_lossnet("vgg19", "random")
+    x = torch.rand(1, 3, 32, 32)
+    before = net(x, ["conv1_1", "conv3_1"])
+    n_params = sum(p.numel() for p in net.parameters())
+    net.truncate("conv3_1")
+    after = net(x, ["conv1_1", "conv3_1"])
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert sum(p.numel() for p in net.parameters()) < n_params and not hasattr(net, "conv3_2")
+    with pytest.raises(LossNetError, match="conv4_1"):
+        net(x, ["conv4_1"])
