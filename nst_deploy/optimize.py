@@ -54,6 +54,8 @@ __all__ = [
 OPTIMIZERS = ("lbfgs", "adam", "sgd")
 INITS = ("content", "noise", "style", "white")
 _DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02, "sgd": 1e-4}
+#: Longest side accepted (a 16384 px image is about 2 GB in fp32 before any work).
+MAX_SIZE = 16384
 CHECKPOINT_FORMAT = "nst-deploy/stylize-checkpoint"
 CHECKPOINT_VERSION = 1
 #: Options that only steer the run (where files go, how often): a checkpoint may be resumed with
@@ -191,8 +193,8 @@ def _check_types(o: StylizeOptions) -> None:
 
 
 def _scale_sizes(size: int, scales) -> list[int]:
-    if size < 16:
-        raise NSTError(f"size must be at least 16 pixels, not {size}")
+    if not 16 <= size <= MAX_SIZE:
+        raise NSTError(f"size must be between 16 and {MAX_SIZE} pixels, not {size}")
     if scales is None or scales == 1:
         return [size]
     if isinstance(scales, int):
@@ -200,8 +202,8 @@ def _scale_sizes(size: int, scales) -> list[int]:
             raise NSTError(f"scales must be between 1 and 8 (or a list of sizes), not {scales}")
         return [max(16, round(size / 2 ** (scales - 1 - i))) for i in range(scales)]
     sizes = list(scales)
-    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in sizes):
-        raise NSTError(f"scales must be sizes of at least 16 pixels, not {scales}")
+    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and 16 <= s <= MAX_SIZE for s in sizes):
+        raise NSTError(f"scales must be sizes between 16 and {MAX_SIZE} pixels, not {scales}")
     if sizes != sorted(sizes):
         raise NSTError(f"scales must go from coarse to fine (increasing), not {scales}")
     return sizes
@@ -512,6 +514,44 @@ def _check_min(x: torch.Tensor, min_side: int, what: str, size: int) -> None:
                        f"{min_side}x{min_side}: use a larger size")
 
 
+def estimate_memory(hw: tuple[int, int], style_hw: tuple[int, int], optimizer: str, history: int) -> int:
+    """Bytes a VGG19 stylization of an ``hw`` output needs, about (fp32).
+
+    Measured on the CPU (``benchmarks/bench_stylize.py``, 256 and 512 px): about 3.4 KB per output
+    pixel with Adam (activations kept for the backward pass), 6.0 KB with L-BFGS at history 100 (each
+    history pair holds two copies of the image); the style image's forward pass needs no gradient.
+    """
+    px, spx = hw[0] * hw[1], style_hw[0] * style_hw[1]
+    per_px = 3500 + (26 * history if optimizer == "lbfgs" else 60)
+    return 100 * 2**20 + px * per_px + spx * 1500
+
+
+def _available_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(o: StylizeOptions, hw, style_hw, device: torch.device) -> None:
+    need = estimate_memory(hw, style_hw, o.optimizer, o.lbfgs_history)
+    have = _available_memory(device)
+    if have is not None and need > have:
+        where = "GPU memory free" if device.type == "cuda" else "memory available"
+        raise NSTError(
+            f"a {hw[1]}x{hw[0]} stylization needs about {need / 2**30:.1f} GiB, and only {have / 2**30:.1f} GiB "
+            f"of {where}: use a smaller --size" + (", --optimizer adam or a smaller --lbfgs-history"
+                                                    if o.optimizer == "lbfgs" else "")
+        )
+
+
 def _initial(init: str, content: torch.Tensor, style: torch.Tensor, seed: int) -> torch.Tensor:
     hw = tuple(content.shape[-2:])
     if init == "content":
@@ -656,6 +696,8 @@ def _run_scales(o: StylizeOptions, c_full, s_full, device, callback) -> torch.Te
         net.truncate(loss.layers[-1])  # the weights past the deepest layer used are never needed
     min_side = net.min_input_size(loss.layers) if loss.layers else 1
     settings = o.settings() | {"content_digest": _digest(c_full), "style_digest": _digest(s_full)}
+    hw = target_size(*c_full.shape[-2:], size=o.size)
+    _check_memory(o, hw, target_size(*s_full.shape[-2:], size=max(1, round(o.size * o.style_scale))), device)
     ckpt_path = Path(o.checkpoint) if o.checkpoint else None
     workspace = Path(o.workspace) if o.workspace else None
     if workspace is not None:

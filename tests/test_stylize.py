@@ -236,3 +236,15 @@ def test_recipe(tmp_path):
     (tmp_path / "bad.toml").write_text('steps = [\n')
     with pytest.raises(NSTError, match="not valid TOML"):
         read_recipe(tmp_path / "bad.toml")
+
+
+def test_a_size_beyond_memory_is_refused_before_work(images, monkeypatch):
+    import nst_deploy.optimize as opt
+
+    c, s = images
+    monkeypatch.setattr(opt, "_available_memory", lambda device: 200 * 2**20)
+    with pytest.raises(NSTError, match=r"needs about .* GiB.*smaller --size"):
+        stylize(c, s, size=2048, steps=1)
+    # the estimate follows the measured peaks (benchmarks/results/stylize-*.json): within 20%
+    est = opt.estimate_memory((341, 512), (320, 512), "lbfgs", 100) / 2**20
+    assert 1100 < est < 1600
