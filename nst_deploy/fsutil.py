@@ -12,6 +12,20 @@ from typing import IO
 __all__ = ["atomic_write"]
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask is not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and ``os.replace`` it onto ``path``.
@@ -23,6 +37,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; give it the permissions a plain open() would (0666 & ~umask),
+        # or an existing target's own permissions.
+        try:
+            perms = path.stat().st_mode & 0o7777
+        except OSError:
+            perms = 0o666 & ~_umask()
+        os.chmod(tmp, perms)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

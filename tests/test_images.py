@@ -321,3 +321,19 @@ def test_float_image_with_nan_refused(tmp_path):
         load_image(tmp_path / "nan.tif")
     with pytest.raises(MaskError, match="cannot read mask .*NaN"):
         load_mask(tmp_path / "nan.tif")
+
+
+def test_saved_files_get_normal_permissions(tmp_path):
+    import os
+
+    from nst_deploy.images import save_image
+
+    old = os.umask(0o022)
+    try:
+        path = save_image(torch.rand(1, 3, 8, 8), tmp_path / "a.png")
+        assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        os.chmod(path, 0o640)
+        save_image(torch.rand(1, 3, 8, 8), path)
+        assert path.stat().st_mode & 0o777 == 0o640  # an existing file keeps its permissions
+    finally:
+        os.umask(old)
