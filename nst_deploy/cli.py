@@ -85,10 +85,13 @@ class Progress:
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.done = 0
+        self.base: int | None = None
 
     def __call__(self, info) -> None:
         self.done = sum(self.steps[: info.scale]) + info.step
         now = time.perf_counter()
+        if self.base is None:  # time from the first step on (not the setup; a resumed run counts on)
+            self.base, self.t0 = self.done - 1, now - info.seconds
         final = self.done == self.total
         every = max(1, self.total // 10)
         if self.tty and not final and now - self.last < 0.1:
@@ -97,7 +100,7 @@ class Progress:
             return
         self.last = now
         elapsed = now - self.t0
-        rate = elapsed / self.done
+        rate = elapsed / max(1, self.done - self.base)
         eta = rate * (self.total - self.done)
         width = 24
         fill = round(width * self.done / self.total)

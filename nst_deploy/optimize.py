@@ -458,6 +458,16 @@ def _grey(y: torch.Tensor) -> torch.Tensor:
     return y.expand(-1, 3, -1, -1).contiguous()
 
 
+class _GreyLoss:
+    """A loss of RGB images as a loss of one-channel luminance images (shown as grey)."""
+
+    def __init__(self, loss):
+        self.loss = loss
+
+    def __call__(self, y: torch.Tensor):
+        return self.loss(y.expand(-1, 3, -1, -1))
+
+
 # --- inputs -------------------------------------------------------------------------------------
 
 def _device(name: str) -> torch.device:
@@ -753,13 +763,19 @@ def _run_scales(o: StylizeOptions, c_full, s_full, device, callback) -> torch.Te
                     x = x.detach().cpu()
                     if chroma is None:
                         return x.clamp(0.0, 1.0)
-                    y = x.mean(1, keepdim=True)
-                    return yiq_to_rgb(torch.cat([y, chroma], 1)).clamp(0.0, 1.0)
+                    return yiq_to_rgb(torch.cat([x[:, :1], chroma], 1)).clamp(0.0, 1.0)
 
-                # the first scale starts from init (under preserve_color, c and s are luminance
-                # images already); the next ones from the last result, upsampled
-                x0 = _initial(o.init, c, s, o.seed) if prev is None else resize(prev.cpu(), tuple(c.shape[-2:])).to(c)
-                po = PixelOptimizer(loss, x0, optimizer=o.optimizer, lr=o.lr, lbfgs_history=o.lbfgs_history,
+                # The first scale starts from init, the next ones from the last result, upsampled.
+                # Under preserve_color the variable is the luminance alone (one channel, shown to
+                # the network as a grey image), so no colour can appear and cancel out later.
+                if prev is not None:
+                    x0 = resize(prev.cpu(), tuple(c.shape[-2:])).to(c)
+                else:
+                    x0 = _initial(o.init, c, s, o.seed)
+                    if o.preserve_color:
+                        x0 = rgb_to_yiq(x0)[:, :1].clamp(0.0, 1.0)
+                objective = loss if not o.preserve_color else _GreyLoss(loss)
+                po = PixelOptimizer(objective, x0, optimizer=o.optimizer, lr=o.lr, lbfgs_history=o.lbfgs_history,
                                     line_search=o.line_search)
                 if resume is not None and si == start_scale:
                     po.load_state_dict(resume["optimizer_state"])
