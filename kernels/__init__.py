@@ -12,6 +12,6 @@ Importing this package never imports triton and never initializes CUDA.
 """
 
 from ._dispatch import BACKENDS, choose_backend, has_triton, is_exporting
-from .gram import gram, gram_ref
+from .gram import gram, gram_loss, gram_loss_ref, gram_ref
 
-__all__ = ["BACKENDS", "choose_backend", "gram", "gram_ref", "has_triton", "is_exporting"]
+__all__ = ["BACKENDS", "choose_backend", "gram", "gram_loss", "gram_loss_ref", "gram_ref", "has_triton", "is_exporting"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import NSTError
-from .kernels import gram
+from .kernels import gram, gram_loss
 from .lossnets import LossNetwork
 
 __all__ = ["LossTerms", "PerceptualLoss", "content_loss", "gram_style_loss", "tv_loss"]
@@ -33,10 +33,13 @@ def content_loss(f: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def gram_style_loss(f: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``1/(4 N^2 M^2) sum (F F^T - A)^2`` for features ``f`` and ``target = A / M`` (Gram / HW)."""
+    """``1/(4 N^2 M^2) sum (F F^T - A)^2`` for features ``f`` and ``target = A / M`` (Gram / HW).
+
+    Computed by the fused :func:`nst_deploy.kernels.gram_loss` (Triton on CUDA): the forward keeps
+    only ``G - A``, the backward is one pass over ``F``.
+    """
     n = f.shape[1]
-    g = gram(f, normalize="hw")
-    return (g - target).square().sum() / (4.0 * n * n)
+    return gram_loss(f, target, normalize="hw", scale=1.0 / (4.0 * n * n))
 
 
 def tv_loss(x: torch.Tensor) -> torch.Tensor:

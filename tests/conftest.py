@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# Without a GPU the Triton kernels run in Triton's interpreter (read when a kernel is defined, so
+# before any kernel module is imported).
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 DATA = Path(__file__).resolve().parents[1] / "nst_deploy" / "data"
 

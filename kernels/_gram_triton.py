@@ -1,0 +1,70 @@
+"""Triton kernel of the Gram matrix (imported lazily by :mod:`nst_deploy.kernels.gram`).
+
+Importing this module imports triton; ``nst_deploy`` itself never does until a Triton op runs.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _gram_fwd_kernel(
+    f_ptr,  # features (B, C, K), K = H*W; any float dtype, strides below
+    ws_ptr,  # fp32 workspace (SPLIT, B, C, C): split s writes its partial sums into ws[s]
+    ti_ptr,  # int32 (T,): row-tile index of each upper-triangle tile (ti <= tj)
+    tj_ptr,  # int32 (T,): column-tile index of each upper-triangle tile
+    C,
+    K,
+    k_per_split,
+    stride_fb,
+    stride_fc,
+    stride_fk,
+    stride_ws,
+    stride_wb,
+    stride_wc,
+    scale,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    t = tl.program_id(0)
+    s = tl.program_id(1)
+    b = tl.program_id(2)
+    ti = tl.load(ti_ptr + t)
+    tj = tl.load(tj_ptr + t)
+    rows = ti * BLOCK_C + tl.arange(0, BLOCK_C)
+    cols = tj * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = rows < C
+    col_ok = cols < C
+    k_start = s * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    base = f_ptr + b.to(tl.int64) * stride_fb
+    acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < k_end
+        a = tl.load(base + rows[:, None] * stride_fc + ks[None, :] * stride_fk,
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        c = tl.load(base + cols[:, None] * stride_fc + ks[None, :] * stride_fk,
+                    mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(c), acc, input_precision=PRECISION)
+    acc = acc * scale
+    out = ws_ptr + s.to(tl.int64) * stride_ws + b.to(tl.int64) * stride_wb
+    ok = row_ok[:, None] & col_ok[None, :]
+    tl.store(out + rows[:, None] * stride_wc + cols[None, :], acc, mask=ok)
+    if ti != tj:  # the mirrored tile below the diagonal: G[cols, rows] = acc^T
+        tl.store(out + cols[None, :] * stride_wc + rows[:, None], acc, mask=ok)
+
+
+def launch_gram(f, ws, ti, tj, k_per_split: int, scale: float, block_c: int, block_k: int, precision: str,
+                num_warps: int = 4, num_stages: int = 3) -> None:
+    """Run the kernel: ``f`` (B, C, K), ``ws`` (SPLIT, B, C, C) fp32, ``ti``/``tj`` the tile list."""
+    split, b = ws.shape[0], ws.shape[1]
+    grid = (ti.numel(), split, b)
+    _gram_fwd_kernel[grid](
+        f, ws, ti, tj, f.shape[1], f.shape[2], k_per_split,
+        f.stride(0), f.stride(1), f.stride(2), ws.stride(0), ws.stride(1), ws.stride(2), scale,
+        BLOCK_C=block_c, BLOCK_K=block_k, PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+    )
