@@ -123,6 +123,38 @@ LAYOUTS: dict[str, Callable[[list[dict], Path], str]] = {
 }
 
 
+def gram_kernels_table(rows: list[dict], path: Path) -> str:
+    """Gram and fused Gram loss per style layer, op and provider (``benchmarks/bench_kernels.py``)."""
+    env = rows[0].get("environment", {})
+    versions = env.get("versions", {})
+    where = f"{env.get('cpu_cores', '?')} cores, " if not str(env.get("device", "cpu")).startswith("cuda") else ""
+    head = (
+        f"**{rows[0]['subject']}** on {env.get('device_name', '?')} "
+        f"({where}torch {versions.get('torch', '?')}, triton {versions.get('triton', '-')}, "
+        f"{env.get('utc', '?')[:10]}); from `{_source(path)}`\n\n"
+    )
+    lines = [
+        "| image | layer | C x H x W | op | provider | median ms | GB/s | GFLOP/s | of HBM peak | compile s |",
+        "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        c, h, w = r["shape"][1:]
+        first = (f"| {r.get('image_size', '')} | {r.get('layer', '')} | {c}x{h}x{w} | {r.get('op', '')} | "
+                 f"{r['provider']} |")
+        if r.get("error"):
+            lines.append(f"{first} failed: {r['error'][:50]} | | | | |")
+            continue
+        frac = r.get("fraction_of_peak")
+        lines.append(
+            f"{first} {_fmt(r.get('median_ms'), 2)} | {_fmt(r.get('gb_per_s'))} | {_fmt(r.get('gflops_per_s'))} | "
+            f"{'' if frac is None else f'{100 * frac:.0f}%'} | {_fmt(r.get('compile_s'))} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+LAYOUTS["kernels"] = gram_kernels_table
+
+
 def table(path: Path) -> str:
     """A markdown table for one results file, laid out by its subject."""
     rows = json.loads(path.read_text())

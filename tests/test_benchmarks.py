@@ -96,3 +96,17 @@ def test_stylize_table(stylize_rows, tmp_path):
     assert "| size | optimizer | tool | s/step | peak memory MB | final loss | own final loss | lr |" in lines
     assert sum(line.startswith("| 64 (64x43) |") for line in lines) == 2
     assert "agree to" in text
+
+
+def test_bench_kernels_rows_and_table(tmp_path):
+    import bench_kernels
+
+    assert bench_kernels.main(["--sizes", "32", "--providers", "eager", "fused-torch", "--layers", "conv1_1",
+                               "--min-run-time", "0.01", "--device", "cpu", "--out-dir", str(tmp_path)]) == 0
+    path = next(tmp_path.glob("kernels-*.json"))
+    rows = json.loads(path.read_text())
+    assert [(r["op"], r["provider"]) for r in rows] == [
+        ("gram/fwd", "eager"), ("gram/fwd+bwd", "eager"), ("gram_loss/fwd+bwd", "eager"),
+        ("gram_loss/fwd+bwd", "fused-torch")]
+    assert all(r["median_ms"] > 0 and r["shape"] == [1, 64, 32, 32] for r in rows)
+    assert "| 32 | conv1_1 | 64x32x32 | gram/fwd | eager |" in report.table(path)
