@@ -13,5 +13,19 @@ Importing this package never imports triton and never initializes CUDA.
 
 from ._dispatch import BACKENDS, choose_backend, has_triton, is_exporting
 from .gram import gram, gram_loss, gram_loss_ref, gram_ref
+from .masked_gram import masked_gram, masked_gram_ref, masked_gram_style_loss, masked_gram_style_loss_ref
 
-__all__ = ["BACKENDS", "choose_backend", "gram", "gram_loss", "gram_loss_ref", "gram_ref", "has_triton", "is_exporting"]
+__all__ = [
+    "BACKENDS",
+    "choose_backend",
+    "gram",
+    "gram_loss",
+    "gram_loss_ref",
+    "gram_ref",
+    "has_triton",
+    "is_exporting",
+    "masked_gram",
+    "masked_gram_ref",
+    "masked_gram_style_loss",
+    "masked_gram_style_loss_ref",
+]
