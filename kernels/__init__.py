@@ -12,11 +12,29 @@ Importing this package never imports triton and never initializes CUDA.
 """
 
 from ._dispatch import BACKENDS, choose_backend, has_triton, is_exporting
+from .autocorr import (
+    AutocorrSpectrum,
+    autocorr,
+    autocorr_fft,
+    autocorr_ref,
+    autocorr_spectrum,
+    autocorr_style_loss,
+    autocorr_style_loss_ref,
+    require_same_feature_size,
+)
 from .gram import gram, gram_loss, gram_loss_ref, gram_ref
+from .local_gram import local_gram, local_gram_loss, local_gram_loss_ref, local_gram_ref
 from .masked_gram import masked_gram, masked_gram_ref, masked_gram_style_loss, masked_gram_style_loss_ref
 
 __all__ = [
+    "AutocorrSpectrum",
     "BACKENDS",
+    "autocorr",
+    "autocorr_fft",
+    "autocorr_ref",
+    "autocorr_spectrum",
+    "autocorr_style_loss",
+    "autocorr_style_loss_ref",
     "choose_backend",
     "gram",
     "gram_loss",
@@ -24,8 +42,13 @@ __all__ = [
     "gram_ref",
     "has_triton",
     "is_exporting",
+    "local_gram",
+    "local_gram_loss",
+    "local_gram_loss_ref",
+    "local_gram_ref",
     "masked_gram",
     "masked_gram_ref",
     "masked_gram_style_loss",
     "masked_gram_style_loss_ref",
+    "require_same_feature_size",
 ]

@@ -1,0 +1,212 @@
+"""Localized Gram matrices of feature maps and their loss, without materializing ``C^2 H W``.
+
+Pixel-wise (``window=0``): for features ``F`` of shape ``(B, C, H, W)``::
+
+    G_ij(p) = F_i(p) F_j(p),        G(p) = F(p) F(p)^T  (a rank-1 C x C matrix per pixel p)
+
+Windowed (``window=s >= 1``): the pixel-wise Grams of a ``(2s+1) x (2s+1)`` neighbourhood, weighted::
+
+    G^s(p) = sum_{|dy|, |dx| <= s} w(d) F(p + d) F(p + d)^T,    w(d) = (1 / (1 + dy^2 + dx^2)) / Z
+
+with ``Z`` the sum of ``1 / (1 + dy^2 + dx^2)`` over the window, so that the weights sum to 1: a
+constant map has the same ``G^s`` as ``G`` in the interior, whatever ``s``, and ``s = 0`` is the
+pixel-wise Gram. Borders: ``F`` is zero outside the map (zero padding), so at a border the
+weights that fall outside simply drop (``G^s`` fades towards the edge rather than being
+re-normalized); this keeps ``G^s`` a linear filter of the pixel-wise products, which the loss
+expansion below relies on.
+
+No spatial normalization is applied (each ``G(p)`` is already a per-pixel quantity); use
+``reduction="mean"`` for a resolution-independent loss.
+
+Memory. :func:`local_gram_ref` materializes ``(B, C, C, H, W)``: ``C^2 H W`` values per image, i.e.
+``512^2 * 32 * 32 * 4`` bytes = 1 GiB for one 32 x 32 map of 512 channels, quadratic in ``C``. The loss
+:func:`local_gram_loss_ref` never forms it: per pixel ``<u u^T, v v^T>_F = (u . v)^2``, so::
+
+    ||G_F(p) - G_S(p)||_F^2 = |F(p)|^4 - 2 (F(p) . S(p))^2 + |S(p)|^4        (window 0)
+
+three channel reductions, ``O(C H W)``. For a window, ``G^s(p)`` is a weighted sum of rank-1 terms,
+and with ``e = d' - d``, ``q = p + d``::
+
+    sum_p ||G^s_F(p) - G^s_S(p)||^2
+      = sum_e sum_q M_e(q) [ K^FF_e(q)^2 - 2 K^FS_e(q)^2 + K^SS_e(q)^2 ],
+    K^AB_e(q) = A(q) . B(q + e),   M_e(q) = sum_{d, d + e in window, q - d in the map} w(d) w(d + e)
+
+over the ``(4s+1)^2`` offsets ``e`` and ``q`` in the map grown by ``s``: ``3 (4s+1)^2`` channel
+reductions, ``O((4s+1)^2 C H W)`` time and ``O(C H W + (4s+1)^2 H W)`` memory (against
+``O((2s+1)^2 C^2 H W)`` to materialize), differentiable by autograd.
+
+There is no Triton kernel (yet): every backend computes the reference; a fused kernel is worth
+it only where benchmarks say so.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._dispatch import choose_backend
+
+__all__ = [
+    "REDUCTIONS",
+    "local_gram",
+    "local_gram_loss",
+    "local_gram_loss_ref",
+    "local_gram_ref",
+    "window_weights",
+]
+
+#: ``"sum"``: over batch, pixels and both channel indices; ``"mean"``: divided by ``B*C*C*H*W``.
+REDUCTIONS = ("sum", "mean")
+
+
+def _check_features(x: torch.Tensor, what: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{what} expects (B, C, H, W) features, got shape {tuple(x.shape)}")
+
+
+def _check_window(window: int) -> int:
+    if isinstance(window, bool) or int(window) != window or window < 0:
+        raise ValueError(f"local Gram window must be an integer >= 0, got {window!r}")
+    return int(window)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 are computed (and returned) in fp32, like :func:`gram_ref`."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def window_weights(window: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The ``(2s+1, 2s+1)`` weights ``w(dy, dx) = (1 / (1 + dy^2 + dx^2)) / Z``, summing to 1.
+
+    ``[s + dy, s + dx]`` holds ``w(dy, dx)``; ``window=0`` gives ``[[1]]``.
+    """
+    s = _check_window(window)
+    d = torch.arange(-s, s + 1, dtype=torch.float64)
+    w = 1.0 / (1.0 + d[:, None] ** 2 + d[None, :] ** 2)
+    return (w / w.sum()).to(dtype=dtype, device=device)
+
+
+def local_gram_ref(x: torch.Tensor, window: int = 0) -> torch.Tensor:
+    """Reference localized Gram ``(B, C, H, W) -> (B, C, C, H, W)`` (the definition).
+
+    ``out[b, i, j, y, x] = G^s_ij(y, x)``: the pixel-wise products ``F_i F_j`` for ``window=0``, else
+    their weighted ``(2s+1)^2`` neighbourhood sum with zero padding (module docstring). Materializes
+    ``C^2 H W`` values; see :func:`local_gram_loss_ref` for the loss without them. fp32 for
+    fp16/bf16 inputs; differentiable.
+    """
+    _check_features(x, "local_gram")
+    s = _check_window(window)
+    f = _compute_dtype(x)
+    b, c, h, w = f.shape
+    g = f[:, :, None] * f[:, None]
+    if s == 0 or g.numel() == 0:
+        return g
+    k = window_weights(s, f.dtype, f.device)
+    out = F.conv2d(g.reshape(b * c * c, 1, h, w), k[None, None], padding=s)
+    return out.reshape(b, c, c, h, w)
+
+
+def _require_same_size(x: torch.Tensor, target: torch.Tensor) -> None:
+    _check_features(x, "local_gram_loss")
+    _check_features(target, "local_gram_loss")
+    if tuple(x.shape[-2:]) != tuple(target.shape[-2:]):
+        raise ValueError(
+            f"localized Gram loss: the target features are {target.shape[-2]}x{target.shape[-1]} but the "
+            f"features are {x.shape[-2]}x{x.shape[-1]}; it compares the Grams pixel by pixel, so both need the "
+            "same spatial size"
+        )
+    if target.shape[1] != x.shape[1]:
+        raise ValueError(f"localized Gram loss: {target.shape[1]} target channels but {x.shape[1]} feature channels")
+    if target.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"localized Gram loss: a target batch of {target.shape[0]} for features of batch {x.shape[0]}")
+
+
+def _reduction_scale(x: torch.Tensor, reduction: str) -> float:
+    if reduction == "sum":
+        return 1.0
+    if reduction == "mean":
+        b, c, h, w = x.shape
+        return 1.0 / max(1, b * c * c * h * w)
+    raise ValueError(f"unknown reduction '{reduction}': choose from {', '.join(REDUCTIONS)}")
+
+
+def _multiplicity(h: int, w: int, s: int, e: tuple[int, int], wts: torch.Tensor) -> torch.Tensor:
+    """``M_e(q)`` on the grown grid ``q in [-s, H+s) x [-s, W+s)`` (index ``q + s``)."""
+    ey, ex = e
+    m = wts.new_zeros(h + 2 * s, w + 2 * s)
+    for dy in range(-s, s + 1):
+        for dx in range(-s, s + 1):
+            if abs(dy + ey) > s or abs(dx + ex) > s:
+                continue
+            m[s + dy : s + dy + h, s + dx : s + dx + w] += wts[s + dy, s + dx] * wts[s + dy + ey, s + dx + ex]
+    return m
+
+
+def local_gram_loss_ref(x: torch.Tensor, target: torch.Tensor, window: int = 0, reduction: str = "sum") -> torch.Tensor:
+    """``sum_{b, p, i, j} (G^s_x(p) - G^s_t(p))_ij^2`` by the inner-product expansion (module docstring).
+
+    Equals ``(local_gram_ref(x, s) - local_gram_ref(target, s)).square().sum()`` without forming the
+    ``C^2 H W`` Grams: ``O((4s+1)^2 C H W)`` time, ``O(C H W)`` memory beyond the inputs.
+
+    Args:
+        x: features ``(B, C, H, W)``.
+        target: features ``(1 or B, C, H, W)`` of the same size (the loss is pixel by pixel);
+            detached (no gradient flows into it).
+        window: ``s >= 0``; 0 is the pixel-wise Gram.
+        reduction: ``"sum"`` (default) or ``"mean"`` (divided by ``B*C*C*H*W``).
+
+    Raises:
+        ValueError: different spatial size, channel count or batch.
+    """
+    _require_same_size(x, target)
+    s = _check_window(window)
+    red = _reduction_scale(x, reduction)
+    f = _compute_dtype(x)
+    t = _compute_dtype(target.detach()).to(f.dtype)
+    b, c, h, w = f.shape
+    if s == 0:
+        ff = f.square().sum(1)
+        ss = t.square().sum(1)
+        fs = (f * t).sum(1)
+        return (ff.square() - 2.0 * fs.square() + ss.square()).sum() * red
+    wts = window_weights(s, f.dtype, f.device)
+    p = 3 * s  # q in [-s, H+s), q + e in [-3s, H+3s)
+    fp = F.pad(f, (p, p, p, p))
+    tp = F.pad(t, (p, p, p, p))
+    hq, wq = h + 2 * s, w + 2 * s
+
+    def at(a: torch.Tensor, ey: int, ex: int) -> torch.Tensor:  # a(q + e) for q on the grown grid
+        return a[..., 2 * s + ey : 2 * s + ey + hq, 2 * s + ex : 2 * s + ex + wq]
+
+    f0, t0 = at(fp, 0, 0), at(tp, 0, 0)
+    total = f.new_zeros(())
+    for ey in range(-2 * s, 2 * s + 1):
+        for ex in range(-2 * s, 2 * s + 1):
+            fe, te = at(fp, ey, ex), at(tp, ey, ex)
+            k_ff = (f0 * fe).sum(1)
+            k_fs = (f0 * te).sum(1)
+            k_ss = (t0 * te).sum(1)
+            m = _multiplicity(h, w, s, (ey, ex), wts)
+            total = total + ((k_ff.square() - 2.0 * k_fs.square() + k_ss.square()) * m).sum()
+    return total * red
+
+
+def local_gram(x: torch.Tensor, window: int = 0, backend: str = "auto") -> torch.Tensor:
+    """Localized Gram ``(B, C, C, H, W)`` (:func:`local_gram_ref`); differentiable.
+
+    ``backend`` follows :func:`nst_deploy.kernels.choose_backend`; there is no fused kernel, every
+    backend computes the reference.
+    """
+    choose_backend(x, backend)  # validates the backend name and the NST_KERNELS override
+    return local_gram_ref(x, window)
+
+
+def local_gram_loss(
+    x: torch.Tensor, target: torch.Tensor, window: int = 0, reduction: str = "sum", backend: str = "auto"
+) -> torch.Tensor:
+    """Localized Gram loss (:func:`local_gram_loss_ref`, ``O(C H W)`` memory); differentiable.
+
+    ``backend`` is validated; every backend computes the reference.
+    """
+    choose_backend(x, backend)
+    return local_gram_loss_ref(x, target, window, reduction)
