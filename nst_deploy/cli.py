@@ -77,9 +77,12 @@ def _ints(text: str) -> int | list[int]:
 class Progress:
     """A one-line progress bar on stderr (a line every 10% when stderr is not a terminal)."""
 
-    def __init__(self, steps: list[int], stream=None):
+    def __init__(self, steps: list[int], sizes: list[int] | None = None, stream=None):
         self.stream = stream or sys.stderr
         self.steps = steps
+        # the cost of a step grows with the pixels: weight each scale's steps by size^2 for the ETA
+        sizes = sizes or [1] * len(steps)
+        self.cost = [float(z * z) / max(sizes) ** 2 for z in sizes]
         self.total = sum(steps)
         self.tty = self.stream.isatty()
         self.t0 = time.perf_counter()
@@ -100,8 +103,12 @@ class Progress:
             return
         self.last = now
         elapsed = now - self.t0
-        rate = elapsed / max(1, self.done - self.base)
-        eta = rate * (self.total - self.done)
+        rate = elapsed / max(1, self.done - self.base)  # seconds per step so far, shown
+        work = [c * n for c, n in zip(self.cost, self.steps, strict=True)]
+        done_work = sum(work[: info.scale]) + self.cost[info.scale] * info.step
+        base_work = self._work_at(self.base)
+        per_work = elapsed / max(done_work - base_work, 1e-12)
+        eta = per_work * (sum(work) - done_work)
         width = 24
         fill = round(width * self.done / self.total)
         t = info.terms
@@ -120,6 +127,15 @@ class Progress:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def _work_at(self, done: int) -> float:
+        """The size-weighted work of the first ``done`` steps."""
+        work, left = 0.0, done
+        for c, n in zip(self.cost, self.steps, strict=True):
+            k = min(n, left)
+            work += c * k
+            left -= k
+        return work
 
 
 def _has_size(stream) -> bool:
@@ -193,7 +209,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
             raise NSTError(f"{what} image '{p}' does not exist")
     opts = StylizeOptions().update(**values)
     o = opts.resolved()
-    progress = None if args.quiet else Progress(o.scale_steps)
+    progress = None if args.quiet else Progress(o.scale_steps, o.scale_sizes)
     t0 = time.perf_counter()
     last = {}
 
