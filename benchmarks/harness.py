@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from nst_deploy.fsutil import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -199,19 +200,7 @@ def write_results(subject: str, rows: list[dict[str, Any]], out_dir: str | os.Pa
     folder.mkdir(parents=True, exist_ok=True)
     name = rows[0]["environment"]["device_name"] if rows else device_name()
     path = folder / f"{subject}-{slug(name)}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(rows, fh, indent=2, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as fh:
+        json.dump(rows, fh, indent=2, default=str)
+        fh.write("\n")
     return path

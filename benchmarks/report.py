@@ -38,13 +38,15 @@ def _source(path: Path) -> str:
         return path.name
 
 
-def _head(rows: list[dict], path: Path) -> str:
+def _head(rows: list[dict], path: Path, triton: bool = False) -> str:
+    """The line above a table: subject, device (cores on a CPU), versions, date, source file."""
     env = rows[0].get("environment", {})
     versions = env.get("versions", {})
+    where = f"{env.get('cpu_cores', '?')} cores, " if not str(env.get("device", "cpu")).startswith("cuda") else ""
+    tri = f"triton {versions.get('triton', '-')}, " if triton else ""
     return (
         f"**{rows[0]['subject']}** on {env.get('device_name', '?')} "
-        f"({env.get('cpu_cores', '?')} cores, torch {versions.get('torch', '?')}, {env.get('utc', '?')[:10]}); "
-        f"from `{_source(path)}`\n\n"
+        f"({where}torch {versions.get('torch', '?')}, {tri}{env.get('utc', '?')[:10]}); from `{_source(path)}`\n\n"
     )
 
 
@@ -75,13 +77,7 @@ def _loss(value) -> str:
 
 def stylize_table(rows: list[dict], path: Path) -> str:
     """Per-image optimization, ours against pastiche (``benchmarks/bench_stylize.py``)."""
-    env = rows[0].get("environment", {})
-    versions = env.get("versions", {})
-    where = f"{env.get('cpu_cores', '?')} cores, " if not str(env.get("device", "cpu")).startswith("cuda") else ""
-    head = (
-        f"**{rows[0]['subject']}** on {env.get('device_name', '?')} "
-        f"({where}torch {versions.get('torch', '?')}, {env.get('utc', '?')[:10]}); from `{_source(path)}`\n\n"
-    )
+    head = _head(rows, path)
     lines = [
         "| size | optimizer | tool | s/step | peak memory MB | final loss | own final loss | lr |",
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -125,14 +121,7 @@ LAYOUTS: dict[str, Callable[[list[dict], Path], str]] = {
 
 def gram_kernels_table(rows: list[dict], path: Path) -> str:
     """Gram and fused Gram loss per style layer, op and provider (``benchmarks/bench_kernels.py``)."""
-    env = rows[0].get("environment", {})
-    versions = env.get("versions", {})
-    where = f"{env.get('cpu_cores', '?')} cores, " if not str(env.get("device", "cpu")).startswith("cuda") else ""
-    head = (
-        f"**{rows[0]['subject']}** on {env.get('device_name', '?')} "
-        f"({where}torch {versions.get('torch', '?')}, triton {versions.get('triton', '-')}, "
-        f"{env.get('utc', '?')[:10]}); from `{_source(path)}`\n\n"
-    )
+    head = _head(rows, path, triton=True)
     lines = [
         "| image | layer | C x H x W | op | provider | median ms | GB/s | GFLOP/s | of HBM peak | compile s |",
         "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",

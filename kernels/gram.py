@@ -19,13 +19,12 @@ import math
 import torch
 
 from ._dispatch import choose_backend, is_exporting
+from ._launch import PRECISIONS, precision_mode, upper_tile_pairs
 
 __all__ = ["NORMS", "PRECISIONS", "gram", "gram_loss", "gram_loss_ref", "gram_ref"]
 
 #: ``"chw"``: divide by C*H*W; ``"hw"``: divide by H*W; ``"none"``: no normalization.
 NORMS = ("chw", "hw", "none")
-#: fp32 matmul precision of the Triton kernel (``None``: follow ``torch.get_float32_matmul_precision``).
-PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 
 def _norm(x: torch.Tensor, normalize: str) -> float:
@@ -100,25 +99,6 @@ def gram_loss_ref(x: torch.Tensor, targets: torch.Tensor, weights=None, normaliz
 
 # --- Triton launcher ----------------------------------------------------------------------------
 
-def _precision(precision: str | None) -> str:
-    if precision is None:
-        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}': choose from {', '.join(PRECISIONS)}")
-    return precision
-
-
-_TILES: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _tiles(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    key = (n, str(device))
-    if key not in _TILES:
-        iu = torch.triu_indices(n, n)
-        _TILES[key] = (iu[0].to(torch.int32).to(device), iu[1].to(torch.int32).to(device))
-    return _TILES[key]
-
-
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -133,9 +113,7 @@ def gram_forward(x: torch.Tensor, normalize: str = "hw", precision: str | None =
     b, c, h, w = x.shape
     k = h * w
     out = torch.zeros(b, c, c, device=x.device, dtype=torch.float32)
-    if b == 0 or c == 0:
-        return out
-    if k == 0:
+    if b == 0 or c == 0 or k == 0:
         return out
     f = x.reshape(b, c, k)
     if f.stride(2) != 1:
@@ -143,7 +121,7 @@ def gram_forward(x: torch.Tensor, normalize: str = "hw", precision: str | None =
     block_c = 16 if c <= 16 else 32 if c <= 32 else 64
     block_k = 64 if k >= 64 else 32 if k >= 32 else 16
     nt = math.ceil(c / block_c)
-    ti, tj = _tiles(nt, x.device)
+    ti, tj = upper_tile_pairs(nt, x.device)
     # Enough programs to fill the GPU about four times over, each with at least 4 K-blocks.
     want = 4 * _sm_count(x.device)
     split = max(1, min(math.ceil(want / (ti.numel() * b)), math.ceil(k / (4 * block_k))))
@@ -151,7 +129,7 @@ def gram_forward(x: torch.Tensor, normalize: str = "hw", precision: str | None =
     split = math.ceil(k / k_per_split)
     ws = out.unsqueeze(0) if split == 1 else torch.empty(split, b, c, c, device=x.device, dtype=torch.float32)
     _gram_triton.launch_gram(f, ws, ti, tj, k_per_split, 1.0 / _norm(x, normalize), block_c, block_k,
-                             _precision(precision))
+                             precision_mode(precision))
     return out if split == 1 else ws.sum(0)
 
 

@@ -34,13 +34,13 @@ receives it, also where ``M_k(p) = 0``).
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from ._dispatch import choose_backend
+from ._launch import PRECISIONS, precision_mode, upper_tile_pairs
 
 __all__ = [
     "EPS",
@@ -161,13 +161,6 @@ def masked_gram_style_loss_ref(x: torch.Tensor, masks: torch.Tensor, targets: to
 # 3. Launchers
 
 
-@functools.lru_cache(maxsize=64)
-def _tile_pairs(tiles: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """int32 row/column tile indices of the upper triangle (ti <= tj) of a tiles x tiles grid."""
-    idx = torch.triu_indices(tiles, tiles, device=device).to(torch.int32)
-    return idx[0].contiguous(), idx[1].contiguous()
-
-
 def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
@@ -198,19 +191,6 @@ def _config(x: torch.Tensor, c: int, p: int, batch: int, k: int, num_splits: int
     return bc, bp, p_per_split, warps, 3
 
 
-#: fp32 matmul precision of the kernel (``None``: ``ieee`` when ``torch.get_float32_matmul_precision()`` is
-#: ``"highest"``, else ``tf32``: matched to torch's own fp32 matmuls). Half inputs ignore it.
-PRECISIONS = ("ieee", "tf32x3", "tf32")
-
-
-def _precision(precision: str | None) -> str:
-    if precision is None:
-        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}': choose from {', '.join(PRECISIONS)}")
-    return precision
-
-
 def masked_gram_forward(x: torch.Tensor, masks: torch.Tensor, eps: float = EPS, *, precision: str | None = None,
                         num_splits: int | None = None, block_c: int | None = None,
                         block_p: int | None = None) -> torch.Tensor:
@@ -224,7 +204,7 @@ def masked_gram_forward(x: torch.Tensor, masks: torch.Tensor, eps: float = EPS, 
     masks = _as_float_masks(masks, x)
     if x.dtype not in _KERNEL_DTYPES:
         return masked_gram_ref(x, masks, eps)
-    prec = _precision(precision)
+    prec = precision_mode(precision)
     b, c, h, w = x.shape
     p, k = h * w, masks.shape[1]
     if b == 0 or c == 0 or p == 0:
@@ -237,7 +217,7 @@ def masked_gram_forward(x: torch.Tensor, masks: torch.Tensor, eps: float = EPS, 
     bc, bp, p_per_split, warps, stages = _config(x, c, p, b, min(k, GROUP), num_splits, block_c, block_p)
     split = -(-p // p_per_split)
     ws = torch.empty((split, b, k, c, c), dtype=torch.float32, device=x.device)  # every element is written
-    ti, tj = _tile_pairs(-(-c // bc), x.device)
+    ti, tj = upper_tile_pairs(-(-c // bc), x.device)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         for k0 in range(0, k, GROUP):  # groups of up to 4 masks: F is read once per group
             k1 = min(k0 + GROUP, k)

@@ -120,8 +120,8 @@ class Progress:
         if info.optimizer:
             line += f" {info.optimizer}"
         if self.tty:
-            self.stream.write("\r" + line[: os.get_terminal_size(self.stream.fileno()).columns - 1]
-                              if _has_size(self.stream) else "\r" + line)
+            cols = _columns(self.stream)
+            self.stream.write("\r" + (line[: cols - 1] if cols else line))
             if final:
                 self.stream.write("\n")
         else:
@@ -138,12 +138,12 @@ class Progress:
         return work
 
 
-def _has_size(stream) -> bool:
+def _columns(stream) -> int | None:
+    """The terminal width of ``stream``, or None when it has none."""
     try:
-        os.get_terminal_size(stream.fileno())
-        return True
+        return os.get_terminal_size(stream.fileno()).columns
     except (OSError, ValueError):
-        return False
+        return None
 
 
 _STYLIZE_FLAGS = (

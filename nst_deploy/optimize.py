@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +115,7 @@ class StylizeOptions:
 
     def resolved(self) -> StylizeOptions:
         """A checked copy with the preset's values filled in where an option was not given."""
-        out = StylizeOptions(**{f.name: getattr(self, f.name) for f in fields(self)})
+        out = replace(self)
         _check_types(out)
         preset = PRESETS.get(out.preset) if out.preset else None
         if out.preset and preset is None:
@@ -370,7 +370,7 @@ class PixelOptimizer:
             "failures": self.failures,
             "resets": self.resets,
             "step": self.step_count,
-            "opt_state": _to_cpu(self.opt.state_dict()),
+            "opt_state": _map_tensors(self.opt.state_dict(), lambda t: t.detach().cpu().clone()),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -383,26 +383,17 @@ class PixelOptimizer:
         self.failures, self.step_count = int(state["failures"]), int(state["step"])
         self.resets = int(state.get("resets", 0))
         self.opt = _make_optimizer(self.optimizer, self.x, self.lr, self.history, self.line_search)
-        self.opt.load_state_dict(_to_device(state["opt_state"], self.x.device))
+        self.opt.load_state_dict(_map_tensors(state["opt_state"], lambda t: t.to(self.x.device)))
 
 
-def _to_cpu(obj):
+def _map_tensors(obj, fn):
+    """``obj`` (nested dicts, lists, tuples) with ``fn`` applied to every tensor in it."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
+        return fn(obj)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
+        return type(obj)(_map_tensors(v, fn) for v in obj)
     return obj
 
 
@@ -672,8 +663,7 @@ def stylize(
         KeyboardInterrupt: after Ctrl-C, once the current step is done and the checkpoint (if
             any) is written.
     """
-    options = StylizeOptions(**{f.name: getattr(options, f.name) for f in fields(options)}) if options else \
-        StylizeOptions()
+    options = replace(options) if options else StylizeOptions()
     options.update(**kw)
     o = options.resolved()
     device = _device(o.device)
@@ -821,10 +811,3 @@ def _run_scales(o: StylizeOptions, c_full, s_full, device, callback) -> torch.Te
                 write_log()
     return result
 
-
-def options_dict(o: StylizeOptions) -> dict:
-    """The options as plain JSON-able values (for logs and ``nst stylize --print-recipe``)."""
-    d = asdict(o)
-    d.pop("scale_sizes", None)
-    d.pop("scale_steps", None)
-    return json.loads(json.dumps(d, default=str))
