@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import NSTError
-from .kernels import gram, gram_loss
+from .kernels import gram_loss
 from .lossnets import LossNetwork
+from .styles import StyleLoss
 
 __all__ = ["LossTerms", "PerceptualLoss", "content_loss", "gram_style_loss", "tv_loss"]
 
@@ -69,8 +70,10 @@ class PerceptualLoss:
     Args:
         net: the loss network.
         content_layers: ``{layer: weight}`` for the content term.
-        style_layers: ``{layer: weight}`` for the style term.
+        style_layers: ``{layer: weight}`` for the style term (one Gram style), unless ``style`` is given.
         content_weight, style_weight, tv_weight: alpha, beta and the TV weight.
+        style: a :class:`~nst_deploy.styles.StyleLoss` (several styles, masks, other representations);
+            by default one Gram style on ``style_layers``.
     """
 
     net: LossNetwork
@@ -79,19 +82,22 @@ class PerceptualLoss:
     content_weight: float = 1.0
     style_weight: float = 1.0
     tv_weight: float = 0.0
+    style: StyleLoss | None = None
     _content_targets: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    _style_targets: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _style_set: bool = field(default=False, repr=False)
 
     def __post_init__(self):
         self.content_layers = {k: float(v) for k, v in self.content_layers.items() if v != 0}
         self.style_layers = {k: float(v) for k, v in self.style_layers.items() if v != 0}
+        if self.style is None:
+            self.style = StyleLoss([self.style_layers], [1.0])
         if self.content_weight == 0:
             self.content_layers = {}
-        if self.style_weight == 0:
-            self.style_layers = {}
-        if not self.content_layers and not self.style_layers and self.tv_weight == 0:
+        if self.style_weight == 0 or not self.style.layers:
+            self.style = None
+        if not self.content_layers and self.style is None and self.tv_weight == 0:
             raise NSTError("nothing to optimize: every content and style layer has weight 0")
-        wanted = list(self.content_layers) + list(self.style_layers)
+        wanted = list(self.content_layers) + (self.style.layers if self.style else [])
         self.layers = self.net.resolve(wanted) if wanted else []
 
     @torch.no_grad()
@@ -103,25 +109,28 @@ class PerceptualLoss:
         self._content_targets = {k: v.detach().clone() for k, v in feats.items()}
 
     @torch.no_grad()
-    def set_style(self, image: torch.Tensor) -> None:
-        """Compute and keep the style targets (Gram matrices normalized by H*W) of ``image``."""
-        if not self.style_layers:
+    def set_style(self, image: torch.Tensor | list[torch.Tensor], style_masks: list | None = None) -> None:
+        """Compute and keep the style targets of ``image`` (one per style; see :class:`StyleLoss`)."""
+        if self.style is None:
             return
-        feats = self.net(image, list(self.style_layers))
-        self._style_targets = {k: gram(v, normalize="hw").mean(0, keepdim=True) for k, v in feats.items()}
+        images = image if isinstance(image, (list, tuple)) else [image]
+        if len(images) != self.style.n:
+            raise NSTError(f"{len(images)} style images for {self.style.n} styles")
+        feats = [self.net(img, self.style.layers) for img in images]
+        self.style.set_targets(feats, style_masks)
+        self._style_set = True
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
         """The total loss of ``x`` (differentiable) and its weighted terms."""
         if self.content_layers and not self._content_targets:
             raise NSTError("set_content() must be called before computing the loss")
-        if self.style_layers and not self._style_targets:
+        if self.style is not None and not self._style_set:
             raise NSTError("set_style() must be called before computing the loss")
         feats = self.net(x, self.layers) if self.layers else {}
         zero = x.new_zeros(())
         c = sum((w * content_loss(feats[k], self._content_targets[k]) for k, w in self.content_layers.items()),
                 zero)
-        s = sum((w * gram_style_loss(feats[k], self._style_targets[k]) for k, w in self.style_layers.items()),
-                zero)
+        s = self.style(feats) if self.style is not None else zero
         t = tv_loss(x) if self.tv_weight else zero
         c, s, t = self.content_weight * c, self.style_weight * s, self.tv_weight * t
         total = c + s + t

@@ -40,6 +40,7 @@ from .images import from_pil, load_image, resize, save_image, target_size, to_pi
 from .losses import LossTerms, PerceptualLoss
 from .lossnets import LOSSNETS, load_lossnet
 from .recipes import PRESETS, parse_layers
+from .styles import MULTI_STYLE, STYLE_REPS, Style, StyleLoss, as_styles, assign_layers, load_style_mask
 
 __all__ = [
     "INITS",
@@ -85,6 +86,9 @@ class StylizeOptions:
     tv_weight: float = 0.0
     style_scale: float = 1.0
     preserve_color: bool = False
+    style_rep: str = "gram"
+    window: int = 0
+    multi_style: str = "hierarchical"
     net: str = "vgg19"
     weights: str | None = None
     pooling: str = "max"
@@ -140,6 +144,17 @@ class StylizeOptions:
                 raise NSTError(f"{name.replace('_', '-')} must be a finite number >= 0, not {v}")
         if not (out.style_scale > 0 and math.isfinite(out.style_scale)):
             raise NSTError(f"style-scale must be positive, not {out.style_scale}")
+        if out.style_rep not in STYLE_REPS:
+            raise NSTError(f"unknown style representation '{out.style_rep}': choose from {', '.join(STYLE_REPS)}")
+        if out.multi_style not in MULTI_STYLE:
+            raise NSTError(f"unknown multi-style mode '{out.multi_style}': choose from {', '.join(MULTI_STYLE)}")
+        if not 0 <= out.window <= 8:
+            raise NSTError(f"window must be between 0 (pixel-wise) and 8, not {out.window}")
+        if out.window and out.style_rep != "local":
+            raise NSTError("window is the localized Gram's window: it needs style-rep local")
+        if out.style_rep != "gram" and out.style_scale != 1:
+            raise NSTError(f"style-scale must be 1 with style-rep {out.style_rep}: that representation compares the "
+                           "style with the output at the same size")
         if out.line_search not in (None, "strong_wolfe"):
             raise NSTError(f"unknown line search '{out.line_search}': use strong_wolfe or none")
         if out.net.lower() not in LOSSNETS:
@@ -175,7 +190,8 @@ _TYPES: dict[str, tuple] = {
     "workspace": (str, Path, type(None)), "log_json": (str, Path, type(None)),
     "checkpoint": (str, Path, type(None)), "checkpoint_every": (int,), "resume": (bool,),
     "content_layers": (str, dict, list, type(None)), "style_layers": (str, dict, list, type(None)),
-    "steps": (int, list), "scales": (int, list, type(None)),
+    "steps": (int, list), "scales": (int, list, type(None)), "style_rep": (str,), "window": (int,),
+    "multi_style": (str,),
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table",
                list: "a list", type(None): "unset", Path: "a path"}
@@ -541,8 +557,8 @@ def _available_memory(device: torch.device) -> int | None:
     return None
 
 
-def _check_memory(o: StylizeOptions, hw, style_hw, device: torch.device) -> None:
-    need = estimate_memory(hw, style_hw, o.optimizer, o.lbfgs_history)
+def _check_memory(o: StylizeOptions, hw, style_hw, device: torch.device, n_styles: int = 1) -> None:
+    need = estimate_memory(hw, style_hw, o.optimizer, o.lbfgs_history) + (n_styles - 1) * 8 * 2**20
     have = _available_memory(device)
     if have is not None and need > have:
         where = "GPU memory free" if device.type == "cuda" else "memory available"
@@ -643,11 +659,14 @@ def stylize(
     as_tensor: bool | None = None,
     **kw,
 ):
-    """Stylize ``content`` with ``style`` by optimizing the pixels (Gatys et al.).
+    """Stylize ``content`` with one or several styles by optimizing the pixels (Gatys et al.).
 
     Args:
-        content, style: image paths, PIL images, ``HxWx3`` uint8 arrays or RGB tensors
-            ``(1, 3, H, W)`` in ``[0, 1]``.
+        content: an image path, PIL image, ``HxWx3`` uint8 array or RGB tensor ``(1, 3, H, W)`` in
+            ``[0, 1]``.
+        style: an image (same kinds), a :class:`~nst_deploy.styles.Style` (image, weight, layers,
+            mask, style mask), or a list of either (several styles: hierarchical by default, or
+            ``multi_style="blend"``; with masks, each style in its region).
         options: a :class:`StylizeOptions`; keyword arguments (its field names) override it.
         callback: called after every step with a :class:`StepInfo`.
         as_tensor: return a tensor (``True``) or a PIL image (``False``); by default a tensor
@@ -666,38 +685,101 @@ def stylize(
     options = replace(options) if options else StylizeOptions()
     options.update(**kw)
     o = options.resolved()
+    styles = as_styles(style)
     device = _device(o.device)
     c_full = _as_tensor(content, "content", o.size)
-    s_full = _as_tensor(style, "style", max(1, round(o.size * o.style_scale)))
-    out = _run(o, c_full, s_full, device, callback)
+    s_size = o.size if o.style_rep != "gram" else max(1, round(o.size * o.style_scale))
+    many = len(styles) > 1
+    s_full = [_as_tensor(st.image, f"style {i}" if many else "style", s_size) for i, st in enumerate(styles, 1)]
+    masks = [None if st.mask is None else load_style_mask(st.mask, tuple(c_full.shape[-2:]),
+                                                          f"mask of style {i}" if many else "mask")
+             for i, st in enumerate(styles, 1)]
+    if any(m is not None for m in masks) and not all(m is not None for m in masks):
+        raise NSTError("give a mask for every style, or for none")
+    s_masks = [None if st.style_mask is None else load_style_mask(st.style_mask, tuple(sf.shape[-2:]),
+                                                                  f"style mask {i}" if many else "style mask")
+               for i, (st, sf) in enumerate(zip(styles, s_full, strict=True), 1)]
+    inputs = _Inputs(c_full, styles, s_full, None if masks[0] is None else torch.cat(masks, 1), s_masks)
+    out = _run(o, inputs, device, callback)
     if as_tensor is None:
         as_tensor = isinstance(content, torch.Tensor)
     return out if as_tensor else to_pil(out)
 
 
-def _run(o: StylizeOptions, c_full, s_full, device, callback) -> torch.Tensor:
+@dataclass
+class _Inputs:
+    """The images of a run at full size: content, styles, output masks ``(1, n, H, W)``, style masks."""
+
+    content: torch.Tensor
+    styles: list[Style]
+    style_images: list[torch.Tensor]
+    masks: torch.Tensor | None
+    style_masks: list[torch.Tensor | None]
+
+    def digests(self) -> dict:
+        return {"content_digest": _digest(self.content),
+                "styles": [{"digest": _digest(img), "weight": float(st.weight),
+                            "layers": None if st.layers is None else parse_layers(st.layers, "style layers"),
+                            "style_mask": None if sm is None else _digest(sm)}
+                           for st, img, sm in zip(self.styles, self.style_images, self.style_masks, strict=True)],
+                "masks_digest": None if self.masks is None else _digest(self.masks)}
+
+
+def _layer_sets(o: StylizeOptions, styles: list[Style], has_masks: bool, layer_names) -> list[dict[str, float]]:
+    """Each style's layers: its own, else the default (module docstring of :mod:`nst_deploy.styles`)."""
+    own = [None if st.layers is None else parse_layers(st.layers, f"layers of style {i}")
+           for i, st in enumerate(styles, 1)]
+    if len(styles) > 1 and all(x is None for x in own) and o.multi_style == "hierarchical" and not has_masks:
+        return assign_layers(o.style_layers, len(styles), layer_names)
+    return [o.style_layers if x is None else x for x in own]
+
+
+def _fit(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """``x`` scaled to cover ``hw`` and centre-cropped to it (the aspect kept; nothing stretched)."""
+    h, w = x.shape[-2:]
+    scale = max(hw[0] / h, hw[1] / w)
+    sh, sw = max(hw[0], round(h * scale)), max(hw[1], round(w * scale))
+    y = resize(x, (sh, sw))
+    top, left = (sh - hw[0]) // 2, (sw - hw[1]) // 2
+    return y[..., top:top + hw[0], left:left + hw[1]]
+
+
+def _run(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.Tensor:
     old_det = torch.are_deterministic_algorithms_enabled()
     old_bench = torch.backends.cudnn.benchmark
     if o.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     try:
-        return _run_scales(o, c_full, s_full, device, callback)
+        return _run_scales(o, inputs, device, callback)
     finally:
         torch.use_deterministic_algorithms(old_det)
         torch.backends.cudnn.benchmark = old_bench
 
 
-def _run_scales(o: StylizeOptions, c_full, s_full, device, callback) -> torch.Tensor:
+def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.Tensor:
     torch.manual_seed(o.seed)
+    c_full, s_full = inputs.content, inputs.style_images
     net = load_lossnet(o.net, o.weights, pooling=o.pooling, device=device)
-    loss = PerceptualLoss(net, o.content_layers, o.style_layers, o.content_weight, o.style_weight, o.tv_weight)
+    layer_sets = _layer_sets(o, inputs.styles, inputs.masks is not None, net.layer_names)
+    style_loss = StyleLoss(layer_sets, [float(st.weight) for st in inputs.styles], rep=o.style_rep, window=o.window,
+                           blend=o.multi_style == "blend" and len(layer_sets) > 1)
+    loss = PerceptualLoss(net, o.content_layers, o.style_layers, o.content_weight, o.style_weight, o.tv_weight,
+                          style=style_loss)
     if loss.layers:
         net.truncate(loss.layers[-1])  # the weights past the deepest layer used are never needed
     min_side = net.min_input_size(loss.layers) if loss.layers else 1
-    settings = o.settings() | {"content_digest": _digest(c_full), "style_digest": _digest(s_full)}
+    settings = o.settings() | inputs.digests()
     hw = target_size(*c_full.shape[-2:], size=o.size)
-    _check_memory(o, hw, target_size(*s_full.shape[-2:], size=max(1, round(o.size * o.style_scale))), device)
+    same_size = o.style_rep != "gram"  # autocorr, local: the style at the output's size
+
+    def style_hw(s: torch.Tensor, size: int) -> tuple[int, int]:
+        if same_size:
+            return target_size(*c_full.shape[-2:], size=size)
+        return target_size(*s.shape[-2:], size=max(1, round(size * o.style_scale)))
+
+    biggest = max((style_hw(s, o.size) for s in s_full), key=lambda t: t[0] * t[1])
+    _check_memory(o, hw, biggest, device, len(s_full))
     ckpt_path = Path(o.checkpoint) if o.checkpoint else None
     workspace = Path(o.workspace) if o.workspace else None
     if workspace is not None:
@@ -736,18 +818,25 @@ def _run_scales(o: StylizeOptions, c_full, s_full, device, callback) -> torch.Te
             for si in range(start_scale, n):
                 size = o.scale_sizes[si]
                 c = _sized(c_full, size)
-                s = _sized(s_full, max(1, round(size * o.style_scale)))
+                ss = [_fit(sf, tuple(c.shape[-2:])) if same_size else _sized(sf, max(1, round(size * o.style_scale)))
+                      for sf in s_full]
                 _check_min(c, min_side, "content", size)
-                _check_min(s, min_side, "style (after style-scale)", size)
+                for s in ss:
+                    _check_min(s, min_side, "style (after style-scale)", size)
                 chroma = None
                 if o.preserve_color:
                     yiq = rgb_to_yiq(c)
                     chroma = yiq[:, 1:]
-                    s = _grey(match_luminance(rgb_to_yiq(s)[:, :1], yiq[:, :1]))
+                    ss = [_grey(match_luminance(rgb_to_yiq(s)[:, :1], yiq[:, :1])) for s in ss]
                     c = _grey(yiq[:, :1])
-                c, s = c.to(device), s.to(device)
+                c, ss = c.to(device), [s.to(device) for s in ss]
+                if inputs.masks is not None:
+                    style_loss.set_masks(resize(inputs.masks, tuple(c.shape[-2:]), mode="bilinear").to(device))
+                s_masks = [None if m is None else resize(m, tuple(s.shape[-2:]), mode="bilinear").to(device)
+                           for m, s in zip(inputs.style_masks, ss, strict=True)]
                 loss.set_content(c)
-                loss.set_style(s)
+                loss.set_style(ss, s_masks)
+                s = ss[0]
 
                 def finish(x, chroma=chroma):
                     x = x.detach().cpu()

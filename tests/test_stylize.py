@@ -103,7 +103,7 @@ def test_style_scale_sizes_the_style_image(images, monkeypatch):
     c, s = images
     seen = []
     orig = PerceptualLoss.set_style
-    monkeypatch.setattr(PerceptualLoss, "set_style", lambda self, img: (seen.append(img.shape), orig(self, img)))
+    monkeypatch.setattr(PerceptualLoss, "set_style", lambda self, img, masks=None: (seen.append(img[0].shape), orig(self, img, masks)))
     stylize(c, s, size=48, style_scale=2.0, steps=1, optimizer="adam")
     assert tuple(seen[0][-2:]) == (60, 96)  # the style at twice the output's size
 
@@ -197,7 +197,7 @@ def test_checkpoint_errors(images, tmp_path):
     stylize(c, s, size=48, steps=2, optimizer="adam", checkpoint=str(ckpt))
     with pytest.raises(NSTError, match="other settings.*style_weight"):
         stylize(c, s, size=48, steps=3, optimizer="adam", style_weight=5.0, checkpoint=str(ckpt), resume=True)
-    with pytest.raises(NSTError, match="other settings.*style_digest"):
+    with pytest.raises(NSTError, match="other settings.*styles"):
         stylize(c, s.flip(-1), size=48, steps=3, optimizer="adam", checkpoint=str(ckpt), resume=True)
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(ckpt.read_bytes()[:100])
