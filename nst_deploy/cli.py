@@ -147,8 +147,9 @@ def _columns(stream) -> int | None:
 
 
 _STYLIZE_FLAGS = (
-    "preset", "size", "steps", "scales", "optimizer", "lr", "init", "content_layers", "style_layers",
-    "content_weight", "style_weight", "tv_weight", "style_scale", "preserve_color", "net", "weights", "pooling",
+    "preset", "size", "steps", "scales", "optimizer", "lr", "init", "content_layers",
+    "content_weight", "style_weight", "tv_weight", "style_scale", "preserve_color", "style_rep", "window",
+    "multi_style", "net", "weights", "pooling",
     "device", "seed", "lbfgs_history", "line_search", "deterministic", "save_every", "workspace", "log_json",
     "checkpoint", "checkpoint_every", "resume",
 )
@@ -168,6 +169,62 @@ def _check_output(path: Path) -> None:
         raise NSTError(f"cannot write '{path}': it is a folder")
 
 
+def _floats(text: str) -> list[float]:
+    """``"1,0.5"``."""
+    try:
+        parts = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, not '{text}'") from None
+    if not parts:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return parts
+
+
+def _per_style(values: list | None, n: int, what: str) -> list:
+    if not values:
+        return [None] * n
+    if len(values) != n:
+        raise NSTError(f"{len(values)} {what} for {n} style{'s' if n > 1 else ''}: give one per style, in the "
+                       "order of --style")
+    return list(values)
+
+
+def _styles_from(args: argparse.Namespace, values: dict) -> tuple[list, dict]:
+    """The styles of a run, from the flags (``--style`` repeated) or the recipe (``style``, ``[[styles]]``)."""
+    from .styles import Style
+
+    recipe_styles = values.pop("styles", None)
+    recipe_style = values.pop("style", None)
+    if args.style:
+        specs = [{"image": p} for p in args.style]
+    elif recipe_styles is not None:
+        specs = [dict(d) for d in recipe_styles]
+    elif recipe_style is not None:
+        specs = [{"image": p} for p in (recipe_style if isinstance(recipe_style, list) else [recipe_style])]
+    else:
+        return [], values
+    n = len(specs)
+    for key, given, what in (("weight", args.style_weights, "style weights"), ("mask", args.mask, "masks"),
+                             ("style_mask", args.style_mask, "style masks")):
+        for spec, v in zip(specs, _per_style(given, n, what), strict=True):
+            if v is not None:
+                spec[key] = v
+    layers = args.style_layers or []
+    if len(layers) == 1:
+        values["style_layers"] = layers[0]  # one set: the style layers (cut into segments for several styles)
+    else:
+        for spec, v in zip(specs, _per_style(layers, n, "--style-layers"), strict=True):
+            if v is not None:
+                spec["layers"] = v
+    for i, spec in enumerate(specs, 1):
+        for key in ("image", "mask", "style_mask"):
+            p = spec.get(key)
+            if p is not None and not Path(p).is_file():
+                what = {"image": "style image", "mask": "mask", "style_mask": "style mask"}[key]
+                raise NSTError(f"{what}{f' {i}' if n > 1 else ''} '{p}' does not exist")
+    return [Style(**spec) for spec in specs], values
+
+
 def cmd_stylize(args: argparse.Namespace) -> int:
     from .images import save_image
     from .optimize import StylizeOptions, stylize
@@ -183,30 +240,31 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     if args.line_search == "none":
         values["line_search"] = None
     content = args.content or values.pop("content", None)
-    style = args.style or values.pop("style", None)
     values.pop("content", None)
-    values.pop("style", None)
+    demo = content is None and not args.style and "style" not in values and "styles" not in values
+    if demo:
+        if args.mask or args.style_mask or args.style_weights:
+            raise NSTError("masks and style weights need content and style images")
+        content, args.style = DATA_DIR / "chelsea.jpg", [str(DATA_DIR / "starry_night.jpg")]
+    styles, values = _styles_from(args, values)
     output = args.output or values.pop("output", None)
     values.pop("output", None)
-    demo = content is None and style is None
     if demo:
-        content, style = DATA_DIR / "chelsea.jpg", DATA_DIR / "starry_night.jpg"
         if not any(k in values for k in ("size", "scales", "steps")):  # the demo's own schedule
             values.update({k: DEMO[k] for k in ("size", "scales", "steps")})
         output = output or DEMO["output"]
         print(f"nst: no images given: the bundled demo ({Path(content).name} in the style of "
-              f"{Path(style).name}) -> {output}", file=sys.stderr)
+              f"{Path(styles[0].image).name}) -> {output}", file=sys.stderr)
     elif content is None:
         raise NSTError("give a content image (or neither image, for the bundled demo)")
-    elif style is None:
+    elif not styles:
         raise NSTError("give a style image with --style (or neither image, for the bundled demo)")
     if output is None:
-        output = f"{Path(content).stem}-{Path(style).stem}.png"
+        output = f"{Path(content).stem}-{'-'.join(Path(st.image).stem for st in styles)}.png"
     output = Path(output)
     _check_output(output)
-    for what, p in (("content", content), ("style", style)):
-        if not Path(p).is_file():
-            raise NSTError(f"{what} image '{p}' does not exist")
+    if not Path(content).is_file():
+        raise NSTError(f"content image '{content}' does not exist")
     opts = StylizeOptions().update(**values)
     o = opts.resolved()
     progress = None if args.quiet else Progress(o.scale_steps, o.scale_sizes)
@@ -219,7 +277,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
             progress(info)
 
     try:
-        result = stylize(content, style, opts, callback=callback, as_tensor=True)
+        result = stylize(content, styles if len(styles) > 1 else styles[0], opts, callback=callback, as_tensor=True)
     except KeyboardInterrupt:
         if o.checkpoint:
             print(f"nst: interrupted; checkpoint in '{o.checkpoint}': run the same command with --resume "
@@ -248,7 +306,8 @@ def _add_stylize(sub) -> None:
         "--recipe, then from --preset.",
     )
     p.add_argument("content", nargs="?", help="content image (PNG, JPEG, WEBP, TIFF, BMP)")
-    p.add_argument("--style", "-s", help="style image")
+    p.add_argument("--style", "-s", action="append", help="style image; repeat for several styles (hierarchical "
+                   "layer segments by default, see --multi-style, --mask)")
     p.add_argument("--output", "-o", help="output image: .png (8 or 16 bit), .jpg or .tif "
                    "(default CONTENT-STYLE.png; the demo writes nst-demo.png)")
     p.add_argument("--recipe", help="TOML file with any of these options (and content, style, output)")
@@ -256,10 +315,23 @@ def _add_stylize(sub) -> None:
     g.add_argument("--preset", choices=list(PRESETS), help="layers, weights, optimizer and init of a paper "
                    "(default gatys)")
     g.add_argument("--content-layers", help="e.g. conv4_2 or conv3_2:0.5,conv4_2:0.5 ('' for none)")
-    g.add_argument("--style-layers", help="e.g. conv1_1,conv2_1,conv3_1,conv4_1,conv5_1 (name:weight allowed)")
+    g.add_argument("--style-layers", action="append", help="e.g. conv1_1,conv2_1,conv3_1,conv4_1,conv5_1 "
+                   "(name:weight allowed); once: the style layers, or once per style: each style's own")
     g.add_argument("--content-weight", type=float, help="alpha (preset default 1)")
     g.add_argument("--style-weight", type=float, help="beta (preset default 1e3 for gatys)")
     g.add_argument("--tv-weight", type=float, help="total-variation weight (default 0)")
+    g.add_argument("--style-rep", choices=("gram", "autocorr", "local"), help="style statistic: gram (default), "
+                   "autocorr (per-channel spatial autocorrelation) or local (localized Gram, aligned images)")
+    g.add_argument("--window", type=int, help="localized Gram window s (style-rep local; default 0, pixel-wise)")
+    g = p.add_argument_group("several styles")
+    g.add_argument("--style-weights", type=_floats, help="one relative weight per style, e.g. 0.7,0.3 "
+                   "(beta, --style-weight, multiplies them all)")
+    g.add_argument("--multi-style", choices=("hierarchical", "blend"), help="hierarchical (default: each style "
+                   "on its own segment of the style layers) or blend (every style on every layer, mixed by weight)")
+    g.add_argument("--mask", action="append", help="where on the output a style applies (an image, white = "
+                   "this style); one per style, masks normalized to sum to 1")
+    g.add_argument("--style-mask", action="append", help="which part of a style image gives its statistics; "
+                   "one per style")
     g.add_argument("--net", choices=("vgg19", "vgg16", "alexnet", "googlenet"), help="loss network (vgg19)")
     g.add_argument("--weights", help="loss-network weights: bundled (vgg19 default), torchvision, or a file")
     g.add_argument("--pooling", choices=("max", "avg"), help="pooling in the loss network (max)")

@@ -62,9 +62,11 @@ PRESETS: dict[str, Preset] = {
     ),
     "partial": Preset(
         "partial",
-        "Partial style transfer: content {conv1_1, conv2_1, conv4_1, conv4_2}, style {conv3_1, conv5_1}.",
+        "Partial style transfer: content {conv1_1, conv2_1, conv4_1, conv4_2}, style {conv3_1, conv5_1}; "
+        "beta 10, so the low content layers keep the content's colours and the style gives its textures.",
         _equal(("conv1_1", "conv2_1", "conv4_1", "conv4_2")),
         _equal(("conv3_1", "conv5_1")),
+        style_weight=10.0,
     ),
 }
 
@@ -104,21 +106,25 @@ def parse_layers(spec: str | dict[str, float] | list[str], what: str = "layers",
 
 
 #: Keys of a recipe besides the options: the images and the output.
-RECIPE_FILES = ("content", "style", "output")
+RECIPE_FILES = ("content", "style", "styles", "output")
+#: Keys of one ``[[styles]]`` table, and whether each is a path.
+STYLE_KEYS = {"image": True, "weight": False, "layers": False, "mask": True, "style_mask": True}
 _PATH_KEYS = ("content", "style", "output", "workspace", "log_json", "checkpoint", "init", "weights")
 _NOT_PATHS = {"content", "noise", "style", "white", "bundled", "torchvision", "random"}
 
 
 def read_recipe(path: str | Path) -> dict:
-    """Read a TOML recipe: the options of ``nst stylize`` plus ``content``, ``style`` and ``output``.
+    """Read a TOML recipe: the options of ``nst stylize`` plus ``content``, the styles and ``output``.
 
     Keys are the option names (``style_weight`` or ``style-weight``); an optional ``[stylize]``
-    table may hold them instead of the top level. Relative paths (images, output, workspace, log,
-    checkpoint, an init image, a weights file) are relative to the recipe's folder. Unknown keys
-    and wrong types are errors that name the key.
+    table may hold them instead of the top level. Styles: ``style = "a.jpg"`` (or a list of
+    images), or one ``[[styles]]`` table per style with ``image``, ``weight``, ``layers``, ``mask``
+    and ``style_mask``. Relative paths (images, masks, output, workspace, log, checkpoint, an init
+    image, a weights file) are relative to the recipe's folder. Unknown keys and wrong types are
+    errors that name the key.
 
     Returns:
-        ``{name: value}`` with ``-`` in names turned into ``_``.
+        ``{name: value}`` with ``-`` in names turned into ``_``; ``styles`` a list of dicts.
     """
     from .optimize import StylizeOptions, _check_types
 
@@ -144,6 +150,14 @@ def read_recipe(path: str | Path) -> dict:
         name = key.replace("-", "_")
         if name not in known and name not in RECIPE_FILES:
             raise NSTError(f"recipe '{path}': unknown key '{key}'")
+        if name == "styles":
+            out[name] = _read_styles(path, value)
+            continue
+        if name == "style" and isinstance(value, list):
+            if not value or not all(isinstance(v, str) for v in value):
+                raise NSTError(f"recipe '{path}': 'style' must be an image path or a list of them, not {value!r}")
+            out[name] = [_rel(path, v) for v in value]
+            continue
         if name in _PATH_KEYS:
             if not isinstance(value, str):
                 raise NSTError(f"recipe '{path}': '{key}' must be a string, not {value!r}")
@@ -152,8 +166,49 @@ def read_recipe(path: str | Path) -> dict:
         if isinstance(value, float) and name in ("size", "seed", "save_every", "checkpoint_every"):
             raise NSTError(f"recipe '{path}': '{key}' must be an integer, not {value!r}")
         out[name] = value
+    if "style" in out and "styles" in out:
+        raise NSTError(f"recipe '{path}': give either 'style' or [[styles]] tables, not both")
     try:
         _check_types(StylizeOptions(**{k: v for k, v in out.items() if k not in RECIPE_FILES}))
     except NSTError as e:
         raise NSTError(f"recipe '{path}': {e}") from None
+    return out
+
+
+def _rel(recipe: Path, value: str) -> str:
+    return value if Path(value).is_absolute() else str(recipe.parent / value)
+
+
+def _read_styles(recipe: Path, value) -> list[dict]:
+    """The ``[[styles]]`` tables of a recipe, checked, with paths made relative to the recipe."""
+    if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
+        raise NSTError(f"recipe '{recipe}': 'styles' must be [[styles]] tables (image, weight, layers, mask, "
+                       "style_mask)")
+    out = []
+    for i, table in enumerate(value, 1):
+        spec: dict = {}
+        for key, v in table.items():
+            name = key.replace("-", "_")
+            where = f"recipe '{recipe}': styles[{i}].{key}"
+            if name not in STYLE_KEYS:
+                raise NSTError(f"{where}: unknown key (use {', '.join(STYLE_KEYS)})")
+            if STYLE_KEYS[name]:
+                if not isinstance(v, str):
+                    raise NSTError(f"{where} must be a path (a string), not {v!r}")
+                v = _rel(recipe, v)
+            elif name == "weight":
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < float("inf")):
+                    raise NSTError(f"{where} must be a finite number >= 0, not {v!r}")
+                v = float(v)
+            else:
+                if not isinstance(v, (str, list, dict)):
+                    raise NSTError(f"{where} must be a layer list like \"conv1_1,conv2_1\", not {v!r}")
+                try:
+                    parse_layers(v, "layers")
+                except NSTError as e:
+                    raise NSTError(f"{where}: {e}") from None
+            spec[name] = v
+        if "image" not in spec:
+            raise NSTError(f"recipe '{recipe}': styles[{i}] has no image")
+        out.append(spec)
     return out

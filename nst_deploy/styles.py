@@ -55,7 +55,7 @@ MULTI_STYLE = ("hierarchical", "blend")
 #: Scale of the autocorrelation and localized losses relative to the mean squared difference of
 #: their statistics, so that the same beta gives a comparable strength to the Gram loss (measured
 #: on the bundled images, see docs/styles.md).
-REP_SCALE = {"autocorr": 0.25, "local": 0.25}
+REP_SCALE = {"autocorr": 0.75, "local": 0.02}
 
 
 @dataclass
@@ -155,6 +155,7 @@ class _Term:
     style: int
     layer: str
     weight: float  # w_i * layer weight
+    layer_weight: float
 
 
 class StyleLoss:
@@ -186,15 +187,16 @@ class StyleLoss:
         total = sum(weights)
         if blend:  # one term per layer; the blend weights only mix the targets
             self.mix = [w / total for w in weights]
-            self.terms = [_Term(0, k, v) for k, v in layer_sets[0].items() if v > 0]
+            self.terms = [_Term(0, k, v, v) for k, v in layer_sets[0].items() if v > 0]
         else:
             self.mix = None
-            self.terms = [_Term(i, k, w * v) for i, (ls, w) in enumerate(zip(layer_sets, weights, strict=True))
+            self.terms = [_Term(i, k, w * v, v) for i, (ls, w) in enumerate(zip(layer_sets, weights, strict=True))
                           for k, v in ls.items() if v > 0 and w > 0]
         self.layers = list(dict.fromkeys(t.layer for t in self.terms))
         self.masks: torch.Tensor | None = None
         self._mask_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._targets: dict[tuple[int, str], Any] = {}
+        self.balance = [1.0] * self.n
 
     def set_masks(self, masks: torch.Tensor | None) -> None:
         """Output masks ``(1, n, H, W)`` at the output's resolution (normalized here), or ``None``."""
@@ -229,6 +231,26 @@ class StyleLoss:
             self._targets = {(0, t.layer): self._mix([stats[i, t.layer] for i in range(self.n)]) for t in self.terms}
         else:
             self._targets = {(t.style, t.layer): stats[t.style, t.layer] for t in self.terms}
+            self._balance({i: f for i, f in enumerate(feats)})
+
+    def _balance(self, feats: dict[int, dict[str, torch.Tensor]]) -> None:
+        """Scale each style by ``mean_j N_j / N_i``, ``N_i`` its loss at all-zero features.
+
+        Layers differ in scale by orders of magnitude (VGG19, Gram loss at content init: about 1e6 on
+        conv1_1, 1e11 on conv4_1), so a style on the low layers would barely pull against one on the
+        high layers. ``N_i = sum_l w_l E_l(0)`` (``||A||^2 / 4C^2`` for the Gram loss) depends on the
+        targets alone; with the balance, equal style weights mean an equal pull. One style: no change.
+        """
+        if self.n < 2:
+            return
+        norms = [0.0] * self.n
+        for t in self.terms:
+            f = feats[t.style][t.layer]
+            zero = f.new_zeros((1, f.shape[1], 1, 1) if self.rep == "gram" else (1, *f.shape[1:]))
+            norms[t.style] += t.layer_weight * float(self._term_loss(zero, t, 1.0))
+        used = [v for v in norms if v > 0]
+        mean = sum(used) / len(used) if used else 1.0
+        self.balance = [mean / v if v > 0 else 1.0 for v in norms]
 
     def _layers_of(self, i: int) -> list[str]:
         if self.blend:
@@ -283,21 +305,28 @@ class StyleLoss:
         c = f.shape[1]
         if self.rep == "gram":
             targets = torch.stack([self._targets[t.style, t.layer] for t in terms])
-            weights = [t.weight for t in terms]
+            weights = [t.weight * self.balance[t.style] for t in terms]
             if self.masks is None:
                 return gram_loss(f, targets, weights, normalize="hw", scale=1.0 / (4.0 * c * c))
             m = self._masks_at(tuple(f.shape[-2:])).to(f)[:, [t.style for t in terms]]
             return masked_gram_style_loss(f, m, targets, torch.tensor(weights, dtype=torch.float32, device=f.device))
         loss = None
         for t in terms:
-            target = self._targets[t.style, t.layer]
-            if self.rep == "autocorr":
-                v = autocorr_style_loss(f, target, reduction="mean")
-            else:
-                v = local_gram_loss(f, target, window=self.window, reduction="mean")
-            v = (REP_SCALE[self.rep] * t.weight) * v
+            v = self._term_loss(f, t, t.weight * self.balance[t.style])
             loss = v if loss is None else loss + v
         return loss
+
+    def _term_loss(self, f: torch.Tensor, t: _Term, weight: float) -> torch.Tensor:
+        """One style's loss on one layer, unmasked."""
+        target = self._targets[t.style, t.layer]
+        if self.rep == "gram":
+            c = f.shape[1]
+            return gram_loss(f, target, [weight], normalize="hw", scale=1.0 / (4.0 * c * c))
+        if self.rep == "autocorr":
+            v = autocorr_style_loss(f, target, reduction="mean")
+        else:
+            v = local_gram_loss(f, target, window=self.window, reduction="mean")
+        return (REP_SCALE[self.rep] * weight) * v
 
 
 def load_style_mask(mask, hw: tuple[int, int], what: str) -> torch.Tensor:

@@ -103,7 +103,8 @@ def test_style_scale_sizes_the_style_image(images, monkeypatch):
     c, s = images
     seen = []
     orig = PerceptualLoss.set_style
-    monkeypatch.setattr(PerceptualLoss, "set_style", lambda self, img, masks=None: (seen.append(img[0].shape), orig(self, img, masks)))
+    monkeypatch.setattr(PerceptualLoss, "set_style",
+                        lambda self, img, masks=None: (seen.append(img[0].shape), orig(self, img, masks)))
     stylize(c, s, size=48, style_scale=2.0, steps=1, optimizer="adam")
     assert tuple(seen[0][-2:]) == (60, 96)  # the style at twice the output's size
 
