@@ -11,6 +11,7 @@ import pytest
 from nst_deploy.export.cli import main as export_main
 
 from nst_deploy.cli import main
+from nst_deploy.recipes import read_recipe
 
 
 def test_help_lists_commands(capsys):
@@ -170,3 +171,90 @@ def test_stylize_unreadable_content_is_one_line(tmp_path, capsys):
                 + FAST) == 2
     assert "bad.png" in _one_error_line(capsys)
     assert not (tmp_path / "o.png").exists()
+
+
+def _half_masks(tmp_path, w=48, h=32):
+    from PIL import Image
+
+    left = Image.new("L", (w, h), 0)
+    left.paste(255, (0, 0, w // 2, h))
+    right = Image.eval(left, lambda v: 255 - v)
+    left.save(tmp_path / "left.png")
+    right.save(tmp_path / "right.png")
+    return tmp_path / "left.png", tmp_path / "right.png"
+
+
+def test_stylize_two_styles_with_masks_and_weights(tmp_path, capsys):
+    left, right = _half_masks(tmp_path)
+    out = tmp_path / "o.png"
+    rc = main(["stylize", str(DATA / "chelsea.jpg"), "--style", str(DATA / "starry_night.jpg"), "--style",
+               str(DATA / "the_scream.jpg"), "--mask", str(left), "--mask", str(right), "--style-weights", "1,2",
+               "-o", str(out)] + FAST)
+    assert rc == 0, capsys.readouterr().err
+    from PIL import Image
+
+    assert Image.open(out).size == (48, 32)
+
+
+def test_stylize_recipe_with_style_tables(tmp_path):
+    left, right = _half_masks(tmp_path)
+    (tmp_path / "r.toml").write_text(
+        f'content = "{DATA / "chelsea.jpg"}"\noutput = "o.png"\nsize = 48\nsteps = 2\nstyle-rep = "gram"\n'
+        f'[[styles]]\nimage = "{DATA / "starry_night.jpg"}"\nweight = 2\nlayers = "conv1_1,conv2_1"\n'
+        f'mask = "left.png"\n'
+        f'[[styles]]\nimage = "{DATA / "the_scream.jpg"}"\nlayers = ["conv3_1", "conv4_1"]\nmask = "right.png"\n')
+    assert main(["stylize", "--recipe", str(tmp_path / "r.toml"), "-q"]) == 0
+    assert (tmp_path / "o.png").exists()
+    r = read_recipe(tmp_path / "r.toml")
+    assert r["styles"][0]["mask"] == str(tmp_path / "left.png") and r["styles"][0]["weight"] == 2.0
+
+
+@pytest.mark.parametrize("table,msg", [
+    ('[[styles]]\nimage = "a.jpg"\ncolour = 1\n', r"styles\[1\]\.colour: unknown key"),
+    ('[[styles]]\nimage = "a.jpg"\nweight = -1\n', r"styles\[1\]\.weight must be a finite number"),
+    ('[[styles]]\nweight = 1\n', r"styles\[1\] has no image"),
+    ('[[styles]]\nimage = "a.jpg"\nlayers = "conv1_1:x"\n', r"styles\[1\]\.layers: .*not a number"),
+    ('style = "b.jpg"\n[[styles]]\nimage = "a.jpg"\n', "either 'style' or"),
+    ('styles = 3\n', "must be \\[\\[styles\\]\\] tables"),
+])
+def test_recipe_style_table_errors_name_the_key(tmp_path, table, msg):
+    from nst_deploy.errors import NSTError
+
+    (tmp_path / "r.toml").write_text(table)
+    with pytest.raises(NSTError, match=msg):
+        read_recipe(tmp_path / "r.toml")
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--mask", "{left}"], "1 masks for 2 styles"),
+    (["--style-weights", "1,2,3"], "3 style weights for 2 styles"),
+    (["--style-layers", "conv1_1", "--style-layers", "conv2_1", "--style-layers", "conv3_1"],
+     "3 --style-layers for 2 styles"),
+    (["--multi-style", "blend", "--style-rep", "local"], "blend is not available"),
+    (["--window", "2"], "window .* needs style-rep local"),
+    (["--mask", "{left}", "--mask", "{tmp}/none.png"], "mask 2 .* does not exist"),
+])
+def test_stylize_several_styles_errors(tmp_path, capsys, extra, msg):
+    import re
+
+    left, _ = _half_masks(tmp_path)
+    out = tmp_path / "out.png"
+    args = ["stylize", str(DATA / "chelsea.jpg"), "--style", str(DATA / "starry_night.jpg"), "--style",
+            str(DATA / "the_scream.jpg"), "-o", str(out)] + FAST
+    args += [a.replace("{left}", str(left)).replace("{tmp}", str(tmp_path)) for a in extra]
+    assert main(args) == 2
+    line = _one_error_line(capsys)
+    assert re.search(msg, line), line
+    assert not out.exists()
+
+
+def test_stylize_mask_of_the_wrong_aspect_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("L", (40, 40), 255).save(tmp_path / "sq.png")
+    out = tmp_path / "out.png"
+    args = ["stylize", str(DATA / "chelsea.jpg"), "--style", str(DATA / "starry_night.jpg"), "--style",
+            str(DATA / "the_scream.jpg"), "--mask", str(tmp_path / "sq.png"), "--mask", str(tmp_path / "sq.png"),
+            "-o", str(out)] + FAST
+    assert main(args) == 2
+    assert "aspect ratios" in _one_error_line(capsys) and not out.exists()
