@@ -126,7 +126,7 @@ def read_recipe(path: str | Path) -> dict:
     Returns:
         ``{name: value}`` with ``-`` in names turned into ``_``; ``styles`` a list of dicts.
     """
-    from .optimize import StylizeOptions, _check_types
+    from .options import StylizeOptions, _check_types
 
     if sys.version_info >= (3, 11):
         import tomllib
