@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The local CPU build; on a GPU machine with internet this installs the CUDA build of the same release.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench gallery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The README's gallery (docs/gallery/*.jpg): one picture per capability, from the bundled images.
+gallery: $(STAMP)
+	$(BIN)/python scripts/gallery.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_lossnet.py

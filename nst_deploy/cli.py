@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     _add_stylize(sub)
+    from .synth import add_synth_parser
+
+    add_synth_parser(sub)
     return parser
 
 
