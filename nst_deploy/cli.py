@@ -63,14 +63,20 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 DEMO = {"size": 384, "scales": [192, 384], "steps": [100, 80], "output": "nst-demo.png"}
 
 
+def _comma_list(text: str, cast, what: str, one: str) -> list:
+    """``"a,b,..."`` as a list of ``cast`` values (argparse errors name ``what``, or ``one`` of them)."""
+    try:
+        parts = [cast(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what} separated by commas, not '{text}'") from None
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected at least one {one}")
+    return parts
+
+
 def _ints(text: str) -> int | list[int]:
     """``"200"`` or ``"100,50"``."""
-    try:
-        parts = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or integers separated by commas, not '{text}'") from None
-    if not parts:
-        raise argparse.ArgumentTypeError("expected at least one integer")
+    parts = _comma_list(text, int, "an integer or integers", "integer")
     return parts[0] if len(parts) == 1 and "," not in text else parts
 
 
@@ -171,13 +177,7 @@ def _check_output(path: Path) -> None:
 
 def _floats(text: str) -> list[float]:
     """``"1,0.5"``."""
-    try:
-        parts = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, not '{text}'") from None
-    if not parts:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return parts
+    return _comma_list(text, float, "numbers", "number")
 
 
 def _per_style(values: list | None, n: int, what: str) -> list:

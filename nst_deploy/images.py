@@ -37,6 +37,7 @@ from .fsutil import atomic_write
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
+    "fit_mask",
     "from_pil",
     "load_image",
     "load_mask",
@@ -282,15 +283,26 @@ def load_mask(
         value = value * alpha[..., 0]
     m = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))[None, None].clamp_(0.0, 1.0)
     if size is not None:
-        th, tw = int(size[0]), int(size[1])
-        mh, mw = m.shape[-2:]
-        if abs((mw / mh) / (tw / th) - 1.0) > aspect_tolerance:
-            raise MaskError(
-                f"mask '{path}' is {mw}x{mh} but its target is {tw}x{th}: the aspect ratios "
-                f"({mw / mh:.3f} vs {tw / th:.3f}) differ, so it cannot be matched without distortion"
-            )
-        m = resize(m, (th, tw), mode="bilinear")
+        m = fit_mask(m, size, f"mask '{path}'", aspect_tolerance)
     return m.to(device=device)
+
+
+def fit_mask(m: torch.Tensor, size: tuple[int, int], name: str = "mask",
+             aspect_tolerance: float = 0.02) -> torch.Tensor:
+    """A ``(1, 1, h, w)`` mask resized (bilinear) to ``size = (H, W)``, if the aspect ratios agree.
+
+    Raises:
+        MaskError: the aspect ratios differ by more than ``aspect_tolerance`` (relative); it names
+            both sizes.
+    """
+    th, tw = int(size[0]), int(size[1])
+    mh, mw = m.shape[-2:]
+    if abs((mw / mh) / (tw / th) - 1.0) > aspect_tolerance:
+        raise MaskError(
+            f"{name} is {mw}x{mh} but its target is {tw}x{th}: the aspect ratios differ "
+            f"({mw / mh:.3f} vs {tw / th:.3f}), so it cannot be matched without distortion"
+        )
+    return resize(m, (th, tw), mode="bilinear")
 
 
 # ------------------------------------------------------------------------------------------ saving

@@ -162,7 +162,7 @@ def read_recipe(path: str | Path) -> dict:
             if not isinstance(value, str):
                 raise NSTError(f"recipe '{path}': '{key}' must be a string, not {value!r}")
             if value not in _NOT_PATHS or name in RECIPE_FILES:
-                value = str(path.parent / value) if not Path(value).is_absolute() else value
+                value = _rel(path, value)
         if isinstance(value, float) and name in ("size", "seed", "save_every", "checkpoint_every"):
             raise NSTError(f"recipe '{path}': '{key}' must be an integer, not {value!r}")
         out[name] = value

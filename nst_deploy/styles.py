@@ -192,9 +192,14 @@ class StyleLoss:
             self.mix = None
             self.terms = [_Term(i, k, w * v, v) for i, (ls, w) in enumerate(zip(layer_sets, weights, strict=True))
                           for k, v in ls.items() if v > 0 and w > 0]
-        self.layers = list(dict.fromkeys(t.layer for t in self.terms))
+        self._by_layer: dict[str, list[_Term]] = {}
+        for t in self.terms:
+            self._by_layer.setdefault(t.layer, []).append(t)
+        self.layers = list(self._by_layer)
+        # per layer, for the Gram loss: the stacked targets and weights (set with the targets)
+        self._stacked: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.masks: torch.Tensor | None = None
-        self._mask_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._mask_cache: dict[tuple[str, tuple[int, int]], torch.Tensor] = {}
         self._targets: dict[tuple[int, str], Any] = {}
         self.balance = [1.0] * self.n
 
@@ -232,6 +237,12 @@ class StyleLoss:
         else:
             self._targets = {(t.style, t.layer): stats[t.style, t.layer] for t in self.terms}
             self._balance({i: f for i, f in enumerate(feats)})
+        if self.rep == "gram":
+            self._stacked = {
+                layer: (torch.stack([self._targets[t.style, t.layer] for t in terms]),
+                        torch.tensor([t.weight * self.balance[t.style] for t in terms], dtype=torch.float32,
+                                     device=self._targets[terms[0].style, layer].device))
+                for layer, terms in self._by_layer.items()}
 
     def _balance(self, feats: dict[int, dict[str, torch.Tensor]]) -> None:
         """Scale each style by ``mean_j N_j / N_i``, ``N_i`` its loss at all-zero features.
@@ -281,10 +292,12 @@ class StyleLoss:
                                     normalize=stats[0].normalize)
         return sum(w * s for w, s in zip(self.mix, stats, strict=True))
 
-    def _masks_at(self, hw: tuple[int, int]) -> torch.Tensor:
-        m = self._mask_cache.get(hw)
+    def _masks_at(self, layer: str, hw: tuple[int, int]) -> torch.Tensor:
+        """The masks of ``layer``'s styles at its resolution (kept until the masks change)."""
+        m = self._mask_cache.get((layer, hw))
         if m is None:
-            m = self._mask_cache[hw] = _mask_at(self.masks, hw)
+            idx = [t.style for t in self._by_layer[layer]]
+            m = self._mask_cache[layer, hw] = _mask_at(self.masks, hw)[:, idx]
         return m
 
     def __call__(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -293,25 +306,22 @@ class StyleLoss:
             raise NSTError("the style targets are not set (set_style() / set_targets())")
         total = None
         for layer in self.layers:
-            f = feats[layer]
-            terms = [t for t in self.terms if t.layer == layer]
-            loss = self._layer_loss(f, terms)
+            loss = self._layer_loss(layer, feats[layer])
             total = loss if total is None else total + loss
         if total is None:
             return next(iter(feats.values())).new_zeros(()) if feats else torch.zeros(())
         return total
 
-    def _layer_loss(self, f: torch.Tensor, terms: list[_Term]) -> torch.Tensor:
+    def _layer_loss(self, layer: str, f: torch.Tensor) -> torch.Tensor:
         c = f.shape[1]
         if self.rep == "gram":
-            targets = torch.stack([self._targets[t.style, t.layer] for t in terms])
-            weights = [t.weight * self.balance[t.style] for t in terms]
+            targets, weights = self._stacked[layer]
             if self.masks is None:
                 return gram_loss(f, targets, weights, normalize="hw", scale=1.0 / (4.0 * c * c))
-            m = self._masks_at(tuple(f.shape[-2:])).to(f)[:, [t.style for t in terms]]
-            return masked_gram_style_loss(f, m, targets, torch.tensor(weights, dtype=torch.float32, device=f.device))
+            m = self._masks_at(layer, tuple(f.shape[-2:])).to(f)
+            return masked_gram_style_loss(f, m, targets, weights)
         loss = None
-        for t in terms:
+        for t in self._by_layer[layer]:
             v = self._term_loss(f, t, t.weight * self.balance[t.style])
             loss = v if loss is None else loss + v
         return loss
@@ -333,7 +343,7 @@ def load_style_mask(mask, hw: tuple[int, int], what: str) -> torch.Tensor:
     """A mask argument (path, PIL image, tensor) as ``(1, 1, H, W)`` in ``[0, 1]`` at ``hw``."""
     from PIL import Image
 
-    from .images import from_pil, load_mask, resize
+    from .images import fit_mask, from_pil, load_mask
 
     if isinstance(mask, (str, Path)):
         if not Path(mask).is_file():
@@ -351,7 +361,4 @@ def load_style_mask(mask, hw: tuple[int, int], what: str) -> torch.Tensor:
             raise NSTError(f"{what} tensor values must be in [0, 1]")
     else:
         raise NSTError(f"{what} must be a path, PIL image or tensor, not {type(mask).__name__}")
-    mh, mw = m.shape[-2:]
-    if abs((mw / mh) / (hw[1] / hw[0]) - 1.0) > 0.02:
-        raise NSTError(f"{what} is {mw}x{mh} but the image it applies to is {hw[1]}x{hw[0]}: the aspect ratios differ")
-    return resize(m, hw, mode="bilinear")
+    return fit_mask(m, hw, what)
