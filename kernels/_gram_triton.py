@@ -8,6 +8,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._tiles_triton import upper_tile_split
+
 
 @triton.jit
 def _gram_fwd_kernel(
@@ -29,17 +31,8 @@ def _gram_fwd_kernel(
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    t = tl.program_id(0)
-    s = tl.program_id(1)
-    b = tl.program_id(2)
-    ti = tl.load(ti_ptr + t)
-    tj = tl.load(tj_ptr + t)
-    rows = ti * BLOCK_C + tl.arange(0, BLOCK_C)
-    cols = tj * BLOCK_C + tl.arange(0, BLOCK_C)
-    row_ok = rows < C
-    col_ok = cols < C
-    k_start = s * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
+    s, b, ti, tj, rows, cols, row_ok, col_ok, k_start, k_end = upper_tile_split(ti_ptr, tj_ptr, C, K, k_per_split,
+                                                                                BLOCK_C)
     base = f_ptr + b.to(tl.int64) * stride_fb
     acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._tiles_triton import upper_tile_split
+
 #: Masks handled by one launch (one accumulator each); more masks run in groups of this many.
 MAX_MASKS = 4
 
@@ -63,17 +65,8 @@ def _masked_gram_fwd_kernel(
     BLOCK_P: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    t = tl.program_id(0)
-    s = tl.program_id(1)
-    b = tl.program_id(2)
-    ti = tl.load(ti_ptr + t)
-    tj = tl.load(tj_ptr + t)
-    rows = ti * BLOCK_C + tl.arange(0, BLOCK_C)
-    cols = tj * BLOCK_C + tl.arange(0, BLOCK_C)
-    row_ok = rows < C
-    col_ok = cols < C
-    p_start = s * p_per_split
-    p_end = tl.minimum(p_start + p_per_split, P)
+    s, b, _, _, rows, cols, row_ok, col_ok, p_start, p_end = upper_tile_split(ti_ptr, tj_ptr, C, P, p_per_split,
+                                                                              BLOCK_C)
     f_base = f_ptr + b.to(tl.int64) * stride_fb
     m_base = m_ptr + b.to(tl.int64) * stride_mb
     acc0 = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float32)
