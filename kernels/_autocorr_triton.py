@@ -67,6 +67,17 @@ def _xcorr2d_kernel(
 
 
 @triton.jit
+def _power_difference(fhat_ptr, q_ptr, numel, q_numel, p_scale, BLOCK: tl.constexpr):
+    # This program's block of the half spectrum: offsets, bounds, F^ (re, im) and d = P - Q.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    re = tl.load(fhat_ptr + 2 * offs, mask=mask, other=0.0)
+    im = tl.load(fhat_ptr + 2 * offs + 1, mask=mask, other=0.0)
+    qv = tl.load(q_ptr + offs % q_numel, mask=mask, other=0.0).to(re.dtype)
+    return offs, mask, re, im, (re * re + im * im) * p_scale - qv
+
+
+@triton.jit
 def _spectral_loss_fwd_kernel(
     fhat_ptr,  # (numel, 2) contiguous: rfft2 of the zero-padded features as (re, im) pairs
     q_ptr,  # (q_numel,) contiguous: the target power spectrum, repeated over the batch (index mod q_numel)
@@ -78,16 +89,10 @@ def _spectral_loss_fwd_kernel(
     p_scale,  # P = p_scale * |F^|^2 (1 / (H*W) for normalize="hw")
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    re = tl.load(fhat_ptr + 2 * offs, mask=mask, other=0.0)
-    im = tl.load(fhat_ptr + 2 * offs + 1, mask=mask, other=0.0)
-    qv = tl.load(q_ptr + offs % q_numel, mask=mask, other=0.0).to(re.dtype)
-    d = (re * re + im * im) * p_scale - qv
+    offs, mask, re, im, d = _power_difference(fhat_ptr, q_ptr, numel, q_numel, p_scale, BLOCK)
     col = offs % WH
     w = tl.where((col == 0) | (col == NYQ), 1.0, 2.0).to(re.dtype)
-    tl.store(partial_ptr + pid, tl.sum(tl.where(mask, w * d * d, 0.0), axis=0))
+    tl.store(partial_ptr + tl.program_id(0), tl.sum(tl.where(mask, w * d * d, 0.0), axis=0))
 
 
 @triton.jit
@@ -102,13 +107,8 @@ def _spectral_loss_bwd_kernel(
     coef,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    re = tl.load(fhat_ptr + 2 * offs, mask=mask, other=0.0)
-    im = tl.load(fhat_ptr + 2 * offs + 1, mask=mask, other=0.0)
-    qv = tl.load(q_ptr + offs % q_numel, mask=mask, other=0.0).to(re.dtype)
+    offs, mask, re, im, d = _power_difference(fhat_ptr, q_ptr, numel, q_numel, p_scale, BLOCK)
     g = tl.load(gout_ptr).to(re.dtype)
-    f = (coef * g) * ((re * re + im * im) * p_scale - qv)
+    f = (coef * g) * d
     tl.store(ghat_ptr + 2 * offs, f * re, mask=mask)
     tl.store(ghat_ptr + 2 * offs + 1, f * im, mask=mask)
