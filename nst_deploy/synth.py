@@ -59,7 +59,7 @@ from .errors import NSTError
 from .kernels import gram
 from .losses import LossTerms, gram_style_loss
 from .lossnets import LOSSNETS, LossNetwork, load_lossnet
-from .optimize import _DEFAULT_LR, MAX_SIZE, OPTIMIZERS, PixelOptimizer, StepInfo, _device
+from .optimize import _DEFAULT_LR, MAX_SIZE, OPTIMIZERS, PixelOptimizer, StepInfo, _as_tensor, _device, _sized
 from .recipes import GATYS_STYLE, parse_layers
 
 __all__ = [
@@ -376,15 +376,8 @@ def _entry(entry, names: list[str]) -> tuple[str, int, int]:
 
 
 def _load(img, size: int, what: str) -> torch.Tensor:
-    from .images import load_image, resize, target_size
-
-    if isinstance(img, torch.Tensor):
-        x = img.detach().float().cpu()
-        x = x.unsqueeze(0) if x.dim() == 3 else x
-        if x.dim() != 4 or x.shape[:2] != (1, 3):
-            raise NSTError(f"{what} tensor must be (1, 3, H, W) RGB, got {tuple(img.shape)}")
-        return resize(x.clamp(0, 1), target_size(*x.shape[-2:], size=size))
-    return load_image(img, size=size)
+    """An image (path, PIL, array or tensor, checked as :func:`nst_deploy.stylize` checks it), longest side ``size``."""
+    return _sized(_as_tensor(img, what, size), size)
 
 
 # --- command line -------------------------------------------------------------------------------
