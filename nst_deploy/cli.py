@@ -294,6 +294,84 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_path(name: str) -> Path:
+    """A model file path, or the name of a bundled model (``starry_night``, ``johnson-starry_night``)."""
+    from .nets.io import bundled_models
+
+    path = Path(name)
+    if path.exists():
+        return path
+    bundled = bundled_models()
+    key = name.lower().replace("-", "_")
+    for stem, p in bundled.items():
+        if key in (stem, stem.split("__", 1)[-1]):
+            return p
+    names = ", ".join(stem.split("__", 1)[-1] for stem in bundled) or "none"
+    raise NSTError(f"model '{name}' does not exist (bundled models: {names})")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .images import load_image, resize, save_image
+    from .nets.io import load_model
+    from .optimize import _device
+
+    if args.list:
+        from .nets.io import bundled_models, read_model
+
+        for stem, p in bundled_models().items():
+            meta = read_model(p)["meta"]
+            print(f"{stem.split('__', 1)[-1]:16s} {read_model(p)['arch']:10s} style {meta.get('style')}, "
+                  f"{meta.get('steps')} steps  ({p})")
+        return 0
+    if args.model is None or args.input is None:
+        raise NSTError("give a MODEL and an INPUT image (nst run --list shows the bundled models)")
+    model = _model_path(args.model)
+    output = Path(args.output or f"{Path(args.input).stem}-{model.stem.split('__', 1)[-1]}.png")
+    _check_output(output)
+    if args.size is not None and args.size < 8:
+        raise NSTError(f"--size {args.size} is too small: use 8 pixels or more")
+    dev = _device(args.device)
+    net, meta = load_model(model, device=dev)
+    scale = int(meta.get("output_scale", 1))
+    x = load_image(args.input, size=args.size)
+    h, w = x.shape[-2:]
+    if scale > 1:  # the multimodal net's output is `scale` times its input
+        x = resize(x, (max(8, round(h / scale)), max(8, round(w / scale))))
+    if min(x.shape[-2:]) < 8:
+        raise NSTError(f"input '{args.input}' is {w}x{h}: too small for the network (8 pixels at least)")
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            y = net(x.to(dev)).float().cpu()
+    except RuntimeError as e:
+        if "memory" in str(e).lower():
+            raise NSTError(f"not enough memory to run {w}x{h}: use --size to make it smaller") from None
+        raise
+    if tuple(y.shape[-2:]) != (h, w):
+        y = resize(y, (h, w))
+    save_image(y, output, quality=args.quality)
+    if not args.quiet:
+        print(f"nst: wrote {output} ({w}x{h}, {time.perf_counter() - t0:.2f} s)", file=sys.stderr)
+    return 0
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="stylize an image with a trained network",
+                       description="Run a trained feed-forward network (a model file from nst train, or a "
+                                   "bundled model by name) on an image.")
+    p.add_argument("model", nargs="?", help="model file, or a bundled model's name (see --list)")
+    p.add_argument("input", nargs="?", help="the image to stylize")
+    p.add_argument("-o", "--output", help="output image (default INPUT-MODEL.png)")
+    p.add_argument("--size", type=int, help="resize the input's longest side first (default: keep)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--list", action="store_true", help="list the bundled models")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+
 def _add_stylize(sub) -> None:
     from .optimize import INITS, OPTIMIZERS
     from .recipes import PRESETS
@@ -385,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .synth import add_synth_parser
 
     add_synth_parser(sub)
+    from .train import add_train_parser
+
+    add_train_parser(sub)
+    _add_run(sub)
     return parser
 
 

@@ -79,5 +79,5 @@ def to_range(z: torch.Tensor) -> torch.Tensor:
 
 def luminance(x: torch.Tensor) -> torch.Tensor:
     """Luma ``0.299 R + 0.587 G + 0.114 B`` of RGB ``(N, 3, H, W)`` as ``(N, 1, H, W)`` (no bias)."""
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    return LUMA[0] * r + LUMA[1] * g + LUMA[2] * b
+    # literals, not LUMA: TorchScript does not read module-level tuples
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]

@@ -1,0 +1,102 @@
+"""Model files of trained feed-forward networks.
+
+A model file is a plain ``torch.save`` of a dictionary of tensors and plain values (read back with
+``weights_only=True``, never unpickling code)::
+
+    {"format": "nst-deploy-model", "version": 1, "arch": "johnson", "config": {...},
+     "state_dict": {...}, "meta": {"style": ..., "training": {...}, ...}}
+
+``meta`` says what the network was trained for (style image and its digest, training options and
+their digest, toolkit version); the export issue copies it into exported files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import NSTError
+from ..fsutil import atomic_write
+
+__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "bundled_models", "load_model", "read_model", "save_model"]
+
+#: Where the bundled models live: ``<arch>__<style>.pt``.
+MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+
+
+def bundled_models() -> dict[str, Path]:
+    """``{file stem: path}`` of the models shipped with the package."""
+    return {p.stem: p for p in sorted(MODELS_DIR.glob("*.pt"))}
+
+MODEL_FORMAT = "nst-deploy-model"
+MODEL_VERSION = 1
+
+
+def save_model(path: str | os.PathLike, net: nn.Module, arch: str, meta: dict | None = None,
+               half: bool = False) -> Path:
+    """Write ``net`` (its ``config()`` and weights) atomically; ``half`` stores fp16 weights."""
+    path = Path(path)
+    sd = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone()
+          for k, v in net.state_dict().items()}
+    state = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "arch": arch, "config": net.config(),
+             "state_dict": sd, "meta": dict(meta or {})}
+    try:
+        with atomic_write(path, "wb") as fh:
+            torch.save(state, fh)
+    except OSError as e:
+        raise NSTError(f"cannot write model '{path}': {e.strerror or e}") from None
+    return path
+
+
+def read_model(path: str | os.PathLike) -> dict:
+    """Read and check a model file's dictionary (no network built)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NSTError(f"model '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for malformed files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NSTError(f"model '{path}' cannot be read: {reason[:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        raise NSTError(f"'{path}' is not an nst-deploy model file")
+    if state.get("version") != MODEL_VERSION:
+        raise NSTError(f"model '{path}' has format version {state.get('version')}, this release reads "
+                       f"{MODEL_VERSION}")
+    for key, kind in (("arch", str), ("config", dict), ("state_dict", dict), ("meta", dict)):
+        if not isinstance(state.get(key), kind):
+            raise NSTError(f"model '{path}' is malformed: '{key}' is missing or not a {kind.__name__}")
+    return state
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str | None = None,
+               dtype: torch.dtype = torch.float32) -> tuple[nn.Module, dict]:
+    """Build the network of a model file; returns ``(net in eval mode, meta)``.
+
+    Raises:
+        NSTError: missing, unreadable or malformed file, unknown architecture, weights that do not fit.
+    """
+    from . import create
+
+    state = read_model(path)
+    net = create(state["arch"], **state["config"])
+    sd = state["state_dict"]
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    extra = sorted(set(sd) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise NSTError(f"model '{path}' does not fit a {state['arch']} network: {what}")
+    for k, ref in expected.items():
+        v = sd[k]
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(ref.shape):
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise NSTError(f"model '{path}': {k} has shape {got}, expected {tuple(ref.shape)}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise NSTError(f"model '{path}': {k} holds NaN or infinite values")
+    net.load_state_dict({k: sd[k].to(expected[k].dtype) for k in expected})
+    net.eval().requires_grad_(False)
+    return net.to(device=device, dtype=dtype), dict(state["meta"], arch=state["arch"], config=state["config"])

@@ -1,0 +1,645 @@
+"""Training of the feed-forward style networks with the perceptual loss.
+
+One network learns one style. Every step takes a batch of photographs (random square crops of a
+random scale, flipped at random, resized to the training size), runs the network, and minimizes
+
+``L = alpha sum_l w_l L_content^l + beta L_style + tv R_TV``
+
+on the loss network, the same terms as the per-image optimization (:mod:`nst_deploy.losses`), with
+the content term taken per element (``w_l`` divided by the layer's ``C H W``) so that its weight
+does not depend on the training size. The Multimodal network is trained with the hierarchical loss
+``L_H = sum_k lambda_k L^k``: level ``k`` is compared with the photograph and the style image at
+that level's size.
+
+Data order and augmentation are a pure function of ``(seed, sample number)``: a resumed run sees
+the same images as an uninterrupted one, and with ``torchrun`` each of the ``W`` processes takes its
+``batch / W`` share of the same global batch (DistributedDataParallel averages the gradients, so
+the update equals the single-process one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from .errors import ImageError, NSTError
+from .fsutil import atomic_write
+from .images import _PIL_LIMIT_LOCK, ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, from_pil, load_image, save_image
+from .losses import LossTerms, PerceptualLoss
+from .lossnets import load_lossnet
+from .nets import create, list_models
+from .nets.io import load_model, save_model
+from .recipes import parse_layers
+
+__all__ = ["TrainOptions", "Trainer", "PhotoDataset", "train"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+CHECKPOINT_FORMAT = "nst-deploy-train-checkpoint"
+CHECKPOINT_VERSION = 1
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Options that do not change what is learned: a run may be resumed with other values of these.
+RUN_CONTROL = ("steps", "device", "workers", "checkpoint_every", "sample_every", "log_every", "workdir")
+
+
+@dataclass
+class TrainOptions:
+    """Every option of ``nst train`` (see ``nst train --help``)."""
+
+    style: str = ""
+    data: str = ""
+    arch: str = "johnson"
+    width: float = 1.0
+    levels: int = 3
+    size: int = 256
+    style_size: int | None = None
+    batch: int = 4
+    steps: int = 2000
+    lr: float = 1e-3
+    content_layers: str = "relu2_2"
+    style_layers: str = "relu1_2,relu2_2,relu3_3,relu4_3"
+    content_weight: float = 1.0
+    style_weight: float = 1e-5
+    tv_weight: float = 1e3
+    level_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    min_crop: float = 0.35
+    net: str = "vgg19"
+    weights: str | None = None
+    pooling: str = "max"
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    checkpoint_every: int = 200
+    sample_every: int = 200
+    log_every: int = 10
+    workdir: str | None = None
+
+    def check(self) -> TrainOptions:
+        """Raise :class:`NSTError` naming the first invalid option."""
+        if self.arch not in list_models():
+            raise NSTError(f"unknown --arch '{self.arch}': choose one of {', '.join(list_models())}")
+        for name in ("size", "batch", "steps", "checkpoint_every", "sample_every", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise NSTError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.size < 16:
+            raise NSTError(f"--size {self.size} is too small: train at 16 pixels or more")
+        if self.style_size is not None and self.style_size < 16:
+            raise NSTError(f"--style-size {self.style_size} is too small: use 16 pixels or more")
+        if self.workers < 0:
+            raise NSTError(f"--workers must be 0 or more, got {self.workers}")
+        for name in ("lr", "width"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise NSTError(f"--{name} must be a positive number, got {v!r}")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise NSTError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v!r}")
+        if not 0 < self.min_crop <= 1:
+            raise NSTError(f"--min-crop must be in (0, 1], got {self.min_crop}")
+        if self.arch == "multimodal" and self.levels not in (1, 2, 3):
+            raise NSTError(f"--levels must be 1, 2 or 3, got {self.levels}")
+        if len(self.level_weights) < 3 or any(not math.isfinite(w) or w < 0 for w in self.level_weights):
+            raise NSTError(f"--level-weights needs three numbers >= 0, got {self.level_weights}")
+        if self.precision not in PRECISIONS:
+            raise NSTError(f"unknown --precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
+        parse_layers(self.content_layers, "content layers", allow_empty=True)
+        parse_layers(self.style_layers, "style layers")
+        return self
+
+    def net_config(self) -> dict:
+        if self.arch == "multimodal":
+            return {"width": float(self.width), "levels": int(self.levels)}
+        return {"width": float(self.width)}
+
+    def learned(self) -> dict:
+        """The options that decide what is learned (the resume check and the model's metadata)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUN_CONTROL}
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def _scan(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (recursive, sorted) whose header reads; others warned of."""
+    if not folder.is_dir():
+        raise NSTError(f"--data '{folder}' is not a folder")
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    good = []
+    for p in found:
+        try:
+            with Image.open(p, formats=ALLOWED_FORMATS) as img:
+                w, h = img.size
+        except Exception as e:  # noqa: BLE001 - any unreadable file is skipped
+            warnings.warn(f"skipping '{p}': not a readable image ({type(e).__name__})", stacklevel=2)
+            continue
+        if min(w, h) < 16:
+            warnings.warn(f"skipping '{p}': {w}x{h} is too small", stacklevel=2)
+            continue
+        if w * h > DEFAULT_MAX_PIXELS:
+            warnings.warn(f"skipping '{p}': {w}x{h} is over the pixel limit", stacklevel=2)
+            continue
+        good.append(p)
+    if not good:
+        raise NSTError(f"--data '{folder}' holds no readable images ({', '.join(IMAGE_SUFFIXES)})")
+    return good
+
+
+class PhotoDataset(torch.utils.data.Dataset):
+    """Augmented crops, indexed by global sample number ``n`` (a pure function of ``seed`` and ``n``).
+
+    Sample ``n`` is file ``perm_e[n mod F]`` of epoch ``e = n // F`` (a fresh permutation per epoch);
+    its crop is a square of side ``u * min(H, W)`` with ``u`` uniform in ``[min_crop, 1]`` at a random
+    position, flipped with probability 1/2, resized (antialiased) to ``out`` pixels.
+    """
+
+    def __init__(self, files: list[Path], out: int, seed: int, min_crop: float, first: int = 0, count: int = 0,
+                 stride: int = 1):
+        self.files = list(files)
+        self.out = out
+        self.seed = seed
+        self.min_crop = min_crop
+        self.first, self.count, self.stride = first, count, stride
+        self._perm: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def file_of(self, n: int) -> Path:
+        epoch, pos = divmod(n, len(self.files))
+        if epoch not in self._perm:
+            self._perm = {epoch: np.random.default_rng([self.seed, 7919, epoch]).permutation(len(self.files))}
+        return self.files[int(self._perm[epoch][pos])]
+
+    def sample(self, n: int) -> torch.Tensor:
+        """The ``(3, out, out)`` crop of global sample ``n``."""
+        rng = np.random.default_rng([self.seed, n])
+        u, fx, fy, flip = rng.uniform(self.min_crop, 1.0), rng.random(), rng.random(), rng.random() < 0.5
+        path = self.file_of(n)
+        for attempt in range(len(self.files)):
+            try:
+                return self._crop(path, u, fx, fy, flip)
+            except ImageError as e:
+                if attempt == 0:
+                    warnings.warn(f"skipping '{path}': {e}", stacklevel=2)
+                path = self.files[(self.files.index(path) + 1) % len(self.files)]
+        raise NSTError("no image in --data can be decoded")
+
+    def _crop(self, path: Path, u: float, fx: float, fy: float, flip: bool) -> torch.Tensor:
+        try:
+            with _PIL_LIMIT_LOCK:
+                old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    img = Image.open(path, formats=ALLOWED_FORMATS)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = old
+            w, h = img.size
+            side = u * min(w, h)
+            if img.format == "JPEG":  # decode at a reduced scale when the crop allows it (fast)
+                k = max(1.0, side / (2 * self.out))
+                img.draft("RGB", (max(1, int(w / k)), max(1, int(h / k))))
+            img = ImageOps.exif_transpose(img)
+            x = from_pil(img)
+        except Exception as e:  # noqa: BLE001
+            raise ImageError(f"cannot decode ({type(e).__name__})") from None
+        h2, w2 = x.shape[-2:]
+        s = max(1, min(h2, w2, round(u * min(h2, w2))))
+        top, left = int(fy * (h2 - s)), int(fx * (w2 - s))
+        x = x[..., top:top + s, left:left + s]
+        if flip:
+            x = x.flip(-1)
+        x = F.interpolate(x, size=(self.out, self.out), mode="bicubic", align_corners=False, antialias=True)
+        return x.clamp_(0, 1)[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.sample(self.first + i * self.stride)
+
+
+def _batches(ds: PhotoDataset, start: int, batch: int, local: int, rank: int, workers: int):
+    """Yield the local batch of every step from ``start`` on."""
+    n_steps = 1 << 40
+    ds = PhotoDataset(ds.files, ds.out, ds.seed, ds.min_crop)
+
+    class _Local(torch.utils.data.Dataset):
+        def __len__(self):
+            return n_steps
+
+        def __getitem__(self, step):
+            base = (start + step) * batch + rank * local
+            return torch.stack([ds.sample(base + j) for j in range(local)])
+
+    loader = torch.utils.data.DataLoader(_Local(), batch_size=None, shuffle=False, num_workers=workers,
+                                         persistent_workers=workers > 0,
+                                         prefetch_factor=2 if workers > 0 else None)
+    yield from loader
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def _digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _distributed() -> tuple[int, int]:
+    """``(rank, world size)`` under torchrun (initializes the process group), else ``(0, 1)``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("NST_DDP_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+class _AllLevels(torch.nn.Module):
+    """The multimodal network returning every level (what the hierarchical loss needs)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.net.forward_levels(x))
+
+
+class Trainer:
+    """One training run: ``Trainer(options).run()``; ``run`` writes the model file and returns its path."""
+
+    def __init__(self, o: TrainOptions, output: str | os.PathLike, *, resume: bool = False, progress=None,
+                 quiet: bool = False):
+        self.o = o.check()
+        self.output = Path(output)
+        self.workdir = Path(o.workdir) if o.workdir else self.output.with_name(self.output.name + ".train")
+        self.resume = resume
+        self.progress = progress
+        self.quiet = quiet
+        self.rank, self.world = _distributed()
+        if o.batch % self.world:
+            raise NSTError(f"--batch {o.batch} does not divide among {self.world} processes")
+        self.local = o.batch // self.world
+        from .optimize import _device
+
+        self.device = _device(o.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        prec = o.precision
+        if prec == "auto":
+            prec = "bf16" if self.device.type == "cuda" else "fp32"
+        self.precision = prec
+        self.files = _scan(Path(o.data))
+        self.style = load_image(o.style, size=o.style_size or o.size)
+        self.style_sha = _digest_bytes(Path(o.style).read_bytes())
+
+        torch.manual_seed(o.seed)
+        self.model = create(o.arch, **o.net_config()).to(self.device)
+        self.levels = o.levels if o.arch == "multimodal" else 1
+        self.lossnet = load_lossnet(o.net, o.weights, pooling=o.pooling, device=self.device)
+        self.in_size = o.size
+        self.crop = o.size * 2 ** (self.levels - 1)
+        self._losses = [self._level_loss(k) for k in range(self.levels)]
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=prec == "fp16")
+        self.step = 0
+        self.history: list[dict] = []
+        self.dataset = PhotoDataset(self.files, self.crop, o.seed, o.min_crop)
+        self.digest = self._config_digest()
+        # what the loop calls: the network, or a view of the multimodal net returning every level
+        self.module: torch.nn.Module = self.model if self.levels == 1 else _AllLevels(self.model)
+        if self.world > 1:
+            self.module = torch.nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # -- setup
+    def _level_loss(self, k: int) -> PerceptualLoss:
+        o = self.o
+        size = o.size * 2 ** k
+        min_side = self.lossnet.min_input_size(
+            list(parse_layers(o.content_layers, "content layers", allow_empty=True))
+            + list(parse_layers(o.style_layers, "style layers")))
+        if size < min_side:
+            raise NSTError(f"--size {o.size} is too small for the loss layers: they need {min_side} pixels")
+        content = parse_layers(o.content_layers, "content layers", allow_empty=True)
+        # per element: w_l / (C H W) at this level's size (the C H W of each layer measured once)
+        with torch.no_grad():
+            probe = self.lossnet(torch.zeros(1, 3, size, size, device=self.device), list(content)) if content else {}
+        content = {name: w / probe[name][0].numel() for name, w in content.items()}
+        loss = PerceptualLoss(self.lossnet, content, parse_layers(o.style_layers, "style layers"),
+                              content_weight=o.content_weight, style_weight=o.style_weight, tv_weight=o.tv_weight)
+        style = self.style if k == 0 else load_image(o.style, size=(o.style_size or o.size) * 2 ** k)
+        loss.set_style(style.to(self.device))
+        return loss
+
+    def _config_digest(self) -> str:
+        data = json.dumps({"options": self.o.learned(), "style": self.style_sha,
+                           "files": [str(p) for p in self.files]}, sort_keys=True, default=str)
+        return _digest_bytes(data.encode())[:16]
+
+    # -- the loss of one batch
+    def loss(self, photos: torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
+        """Mean loss per image of a batch of crops ``(B, 3, crop, crop)``."""
+        o = self.o
+        b = photos.shape[0]
+        x = photos if self.levels == 1 else F.interpolate(photos, size=(self.in_size, self.in_size),
+                                                         mode="bicubic", antialias=True).clamp(0, 1)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            outs = self.module(x)
+            outs = [outs] if self.levels == 1 else list(outs)
+            total, terms = None, [0.0, 0.0, 0.0, 0.0]
+            for k, (y, lossfn) in enumerate(zip(outs, self._losses, strict=True)):
+                size = self.in_size * 2 ** k
+                target = photos if size == self.crop else F.interpolate(
+                    photos, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
+                lossfn.set_content(target)
+                lam = o.level_weights[k] if self.levels > 1 else 1.0
+                value, t = lossfn(y.float())
+                value = lam * value / b
+                total = value if total is None else total + value
+                for i, v in enumerate((t.total, t.content, t.style, t.tv)):
+                    terms[i] += lam * v / b
+        return total, LossTerms(*terms)
+
+    # -- checkpoints
+    def _checkpoint_path(self) -> Path:
+        return self.workdir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "digest": self.digest, "step": self.step,
+            "arch": self.o.arch, "config": self.model.config(),
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy_seed": self.o.seed, "python": random.getstate()[1][:1]},
+            "history": self.history,
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            with atomic_write(self._checkpoint_path(), "wb") as fh:
+                torch.save(state, fh)
+        except OSError as e:
+            raise NSTError(f"cannot write checkpoint '{self._checkpoint_path()}': {e.strerror or e}") from None
+
+    def load_checkpoint(self) -> None:
+        path = self._checkpoint_path()
+        if not path.is_file():
+            raise NSTError(f"--resume: no checkpoint '{path}' (written every --checkpoint-every steps)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise NSTError(f"checkpoint '{path}' cannot be read: {str(e).strip()[:200] or type(e).__name__}") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise NSTError(f"'{path}' is not a training checkpoint")
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise NSTError(f"checkpoint '{path}' has version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+        if state.get("digest") != self.digest:
+            raise NSTError(f"checkpoint '{path}' was written by a run with other options, style or data: "
+                           "resume with the same ones (only --steps and run control may change)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+
+    # -- samples and logs
+    @torch.no_grad()
+    def save_samples(self) -> None:
+        if self.rank != 0:
+            return
+        n = min(4, len(self.files))
+        xs = torch.stack([PhotoDataset(self.files[i:i + 1], self.in_size, 0, 1.0).sample(0) for i in range(n)])
+        self.model.eval()
+        try:
+            ys = self.model(xs.to(self.device)).float().cpu()
+        finally:
+            self.model.train()
+        if ys.shape[-1] != xs.shape[-1]:
+            xs = F.interpolate(xs, size=ys.shape[-2:], mode="bicubic").clamp(0, 1)
+        grid = torch.cat([torch.cat(list(xs), dim=-1), torch.cat(list(ys), dim=-1)], dim=-2)
+        (self.workdir / "samples").mkdir(parents=True, exist_ok=True)
+        save_image(grid.unsqueeze(0), self.workdir / "samples" / f"step_{self.step:06d}.jpg", quality=90)
+
+    def _write_log(self) -> None:
+        if self.rank != 0:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.workdir / "loss.json", "w") as fh:
+            json.dump({"digest": self.digest, "options": self.o.learned(), "history": self.history}, fh, indent=0)
+
+    # -- the loop
+    def run(self) -> Path:
+        """Train to ``steps`` (from a checkpoint when resuming); write the model; return its path."""
+        from .optimize import _DeferredInterrupt
+
+        o = self.o
+        if self.resume:
+            self.load_checkpoint()
+            if self.step >= o.steps:
+                raise NSTError(f"the checkpoint is at step {self.step}: ask for more --steps than that")
+        elif self.rank == 0 and self._checkpoint_path().exists():
+            raise NSTError(f"'{self._checkpoint_path()}' exists: continue it with --resume or remove "
+                           f"'{self.workdir}'")
+        self.model.train()
+        batches = _batches(self.dataset, self.step, o.batch, self.local, self.rank, o.workers)
+        t0, seen0 = time.perf_counter(), self.step
+        window = []
+        # Denormal floats appear in the activations as training goes on and slow CPU convolutions
+        # and Adam several times over (measured 1.5 vs 4.4 images/s at 128 px): flush them to zero.
+        flush = torch.set_flush_denormal(True)
+        try:
+            with _DeferredInterrupt() as stop:
+                self._loop(batches, stop, t0, seen0, window)
+        finally:
+            if flush:
+                torch.set_flush_denormal(False)
+        return self.finish()
+
+    def _loop(self, batches, stop, t0: float, seen0: int, window: list) -> None:
+        o = self.o
+        for photos in batches:
+            if self.step >= o.steps:
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            total, terms = self.loss(photos.to(self.device, non_blocking=True))
+            if not torch.isfinite(total):  # nothing updated yet: the last checkpoint stays valid
+                raise NSTError(f"the loss became {float(total)} at step {self.step + 1}: lower --lr "
+                               "or the loss weights (the last checkpoint is kept)")
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            window.append(terms)
+            if self.step % o.log_every == 0 or self.step == o.steps:
+                rate = (self.step - seen0) * o.batch / max(time.perf_counter() - t0, 1e-9)
+                mean = {k: sum(getattr(t, k) for t in window) / len(window)
+                        for k in ("total", "content", "style", "tv")}
+                self.history.append({"step": self.step, **mean, "images_per_s": rate})
+                window = []
+                self._write_log()
+            if self.progress is not None and self.rank == 0:
+                rate = (self.step - seen0) * o.batch / max(time.perf_counter() - t0, 1e-9)
+                self.progress(self.step, o.steps, terms, rate)
+            if self.step % o.sample_every == 0:
+                self.save_samples()
+            if self.step % o.checkpoint_every == 0 or self.step == o.steps:
+                self.save_checkpoint()
+            if stop.requested:
+                self.save_checkpoint()
+                raise KeyboardInterrupt
+
+    def finish(self) -> Path:
+        if self.rank == 0:
+            meta = {
+                "style": Path(self.o.style).name, "style_sha256": self.style_sha, "steps": self.step,
+                "training": {k: v for k, v in self.o.learned().items() if k not in ("style", "data")},
+                "training_digest": self.digest, "data_files": len(self.files),
+                "final_loss": self.history[-1] if self.history else None,
+                "input": {"layout": "NCHW", "colour": "RGB", "range": [0.0, 1.0], "dtype": "float32"},
+                "output": {"layout": "NCHW", "colour": "RGB", "range": [0.0, 1.0], "dtype": "float32"},
+                "output_scale": 2 ** (self.levels - 1),
+                "toolkit": _version(),
+            }
+            save_model(self.output, self.model, self.o.arch, meta)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return self.output
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def train(options: TrainOptions, output: str | os.PathLike, *, resume: bool = False, progress=None) -> Path:
+    """Train a feed-forward network for one style and write it to ``output`` (see :class:`Trainer`)."""
+    return Trainer(options, output, resume=resume, progress=progress).run()
+
+
+# --- command line -------------------------------------------------------------------------------
+
+class TrainProgress:
+    """One progress line on stderr (a line every ``log_every`` steps when stderr is not a terminal)."""
+
+    def __init__(self, every: int, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every = every
+        self.t0 = time.perf_counter()
+        self.first: int | None = None
+
+    def __call__(self, step: int, steps: int, terms: LossTerms, rate: float) -> None:
+        if self.first is None:
+            self.first, self.t0 = step - 1, time.perf_counter()
+        if not self.tty and step % self.every and step != steps:
+            return
+        done = step - self.first
+        eta = (time.perf_counter() - self.t0) / max(done, 1) * (steps - step)
+        fill = round(24 * step / steps)
+        line = (f"step {step}/{steps} [{'#' * fill}{'.' * (24 - fill)}] {rate:.2f} img/s eta {eta:.0f}s  "
+                f"loss {terms.total:.3e} (content {terms.content:.2e} style {terms.style:.2e} tv {terms.tv:.2e})")
+        self.stream.write(("\r" + line + ("\n" if step == steps else "")) if self.tty else line + "\n")
+        self.stream.flush()
+
+
+def add_train_parser(sub) -> None:
+    d = TrainOptions()
+    p = sub.add_parser("train", help="train a feed-forward network for one style",
+                       description="Train a feed-forward style network (Johnson or Multimodal) on a folder of "
+                                   "photographs with the perceptual loss. Single process, or several with torchrun "
+                                   "(DistributedDataParallel).")
+    p.add_argument("--style", required=True, help="the style image")
+    p.add_argument("--data", required=True, help="folder of photographs (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="the model file to write (.pt)")
+    p.add_argument("--arch", default=d.arch, help=f"network: {', '.join(list_models())} (default {d.arch})")
+    p.add_argument("--width", type=float, default=d.width, help="width multiplier (default 1.0)")
+    p.add_argument("--levels", type=int, default=d.levels, help="multimodal: levels trained (default 3)")
+    p.add_argument("--size", type=int, default=d.size, help=f"training crop size (default {d.size})")
+    p.add_argument("--style-size", type=int, help="style image's longest side (default: --size)")
+    p.add_argument("--batch", type=int, default=d.batch, help=f"global batch (default {d.batch})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--content-layers", default=d.content_layers, help=f"default {d.content_layers}")
+    p.add_argument("--style-layers", default=d.style_layers, help=f"default {d.style_layers}")
+    p.add_argument("--content-weight", type=float, default=d.content_weight, help="alpha (default 1)")
+    p.add_argument("--style-weight", type=float, default=d.style_weight, help=f"beta (default {d.style_weight})")
+    p.add_argument("--tv-weight", type=float, default=d.tv_weight, help=f"default {d.tv_weight}")
+    p.add_argument("--level-weights", default="1,0.5,0.25", help="multimodal: lambda_k (default 1,0.5,0.25)")
+    p.add_argument("--min-crop", type=float, default=d.min_crop,
+                   help=f"smallest crop side as a share of the photo's short side (default {d.min_crop})")
+    p.add_argument("--net", default=d.net, help="loss network (default vgg19)")
+    p.add_argument("--weights", help="loss network weights (default: the bundled VGG19)")
+    p.add_argument("--pooling", default=d.pooling, choices=("max", "avg"))
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                   help="auto: bf16 autocast on CUDA, fp32 elsewhere")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.workers, help="data loading processes (default 0)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--sample-every", type=int, default=d.sample_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--workdir", help="checkpoint, samples and loss log (default: OUTPUT.train/)")
+    p.add_argument("--resume", action="store_true", help="continue from the workdir's checkpoint")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    try:
+        lw = [float(v) for v in args.level_weights.split(",")]
+    except ValueError:
+        raise NSTError(f"--level-weights '{args.level_weights}': expected numbers separated by commas") from None
+    o = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions)
+                        if f.name not in ("level_weights",) and hasattr(args, f.name)}, level_weights=lw)
+    out = Path(args.output)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise NSTError(f"cannot write '{out}': folder '{parent}' does not exist")
+    progress = None if args.quiet else TrainProgress(o.log_every)
+    trainer = Trainer(o, out, resume=args.resume, progress=progress)
+    try:
+        path = trainer.run()
+    except KeyboardInterrupt:
+        if trainer.rank == 0:
+            print(f"\nnst: interrupted at step {trainer.step}; checkpoint in '{trainer.workdir}': "
+                  "continue with --resume", file=sys.stderr)
+        return 130
+    if trainer.rank == 0 and not args.quiet:
+        print(f"wrote {path} ({trainer.step} steps)", file=sys.stderr)
+    return 0
+
+
+# --- nst run ------------------------------------------------------------------------------------
+
+def stylize_with(model_path: str | os.PathLike, image: torch.Tensor, device: str = "auto") -> torch.Tensor:
+    """Run a trained model file on an RGB ``(1, 3, H, W)`` image in ``[0, 1]``; returns the stylized image."""
+    from .optimize import _device
+
+    dev = _device(device)
+    net, _ = load_model(model_path, device=dev)
+    with torch.inference_mode():
+        return net(image.to(dev)).float().cpu()
