@@ -71,8 +71,8 @@ class TrainOptions:
     content_layers: str = "relu2_2"
     style_layers: str = "relu1_2,relu2_2,relu3_3,relu4_3"
     content_weight: float = 1.0
-    style_weight: float = 1e-5
-    tv_weight: float = 1e3
+    style_weight: float = 5e-6
+    tv_weight: float = 1e4
     level_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
     min_crop: float = 0.35
     net: str = "vgg19"
@@ -281,7 +281,8 @@ class Trainer:
     """One training run: ``Trainer(options).run()``; ``run`` writes the model file and returns its path."""
 
     def __init__(self, o: TrainOptions, output: str | os.PathLike, *, resume: bool = False, progress=None,
-                 quiet: bool = False):
+                 quiet: bool = False, half: bool = False):
+        self.half = half
         self.o = o.check()
         self.output = Path(output)
         self.workdir = Path(o.workdir) if o.workdir else self.output.with_name(self.output.name + ".train")
@@ -346,8 +347,9 @@ class Trainer:
         return loss
 
     def _config_digest(self) -> str:
-        data = json.dumps({"options": self.o.learned(), "style": self.style_sha,
-                           "files": [str(p) for p in self.files]}, sort_keys=True, default=str)
+        options = {k: v for k, v in self.o.learned().items() if k not in ("style", "data")}  # paths: by content
+        files = [p.relative_to(self.o.data).as_posix() for p in self.files]
+        data = json.dumps({"options": options, "style": self.style_sha, "files": files}, sort_keys=True, default=str)
         return _digest_bytes(data.encode())[:16]
 
     # -- the loss of one batch
@@ -439,7 +441,7 @@ class Trainer:
             xs = F.interpolate(xs, size=ys.shape[-2:], mode="bicubic").clamp(0, 1)
         grid = torch.cat([torch.cat(list(xs), dim=-1), torch.cat(list(ys), dim=-1)], dim=-2)
         (self.workdir / "samples").mkdir(parents=True, exist_ok=True)
-        save_image(grid.unsqueeze(0), self.workdir / "samples" / f"step_{self.step:06d}.jpg", quality=90)
+        save_image(grid.unsqueeze(0), self.workdir / "samples" / f"step_{self.step:06d}.png")
 
     def _write_log(self) -> None:
         if self.rank != 0:
@@ -521,7 +523,7 @@ class Trainer:
                 "output_scale": 2 ** (self.levels - 1),
                 "toolkit": _version(),
             }
-            save_model(self.output, self.model, self.o.arch, meta)
+            save_model(self.output, self.model, self.o.arch, meta, half=self.half)
         if self.world > 1:
             import torch.distributed as dist
 
@@ -604,6 +606,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--workdir", help="checkpoint, samples and loss log (default: OUTPUT.train/)")
     p.add_argument("--resume", action="store_true", help="continue from the workdir's checkpoint")
+    p.add_argument("--half", action="store_true", help="store the model's weights in fp16 (half the size)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_train)
 
@@ -620,7 +623,7 @@ def cmd_train(args) -> int:
     if not parent.is_dir():
         raise NSTError(f"cannot write '{out}': folder '{parent}' does not exist")
     progress = None if args.quiet else TrainProgress(o.log_every)
-    trainer = Trainer(o, out, resume=args.resume, progress=progress)
+    trainer = Trainer(o, out, resume=args.resume, progress=progress, half=args.half)
     try:
         path = trainer.run()
     except KeyboardInterrupt:

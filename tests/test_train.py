@@ -196,24 +196,36 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(photos, style, tmp_path):
-    """torchrun with 2 CPU processes (gloo), batch 4 = 2 x 2, gives the one-process batch-4 update."""
+    """torchrun with 2 CPU processes (gloo), batch 4 = 2 x 2, gives the one-process batch-4 update.
+
+    Compared on the averaged gradient (Adam's first moment after one step is 0.1 g): Adam's first
+    update is about lr * sign(g), so float rounding flips the sign of near-zero gradients.
+    """
     args = ["train", "--style", str(style), "--data", str(photos), "--size", "32", "--batch", "4",
-            "--steps", "2", "--width", "0.25", "--lr", "5e-3", "-q"]
+            "--steps", "1", "--width", "0.25", "--lr", "5e-3", "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), "-m", "nst_deploy.cli", *args, "-o", str(tmp_path / "ddp.pt")]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    with pytest.warns(UserWarning):
-        assert main([*args, "-o", str(tmp_path / "one.pt")]) == 0
+    assert main([*args, "-o", str(tmp_path / "one.pt")]) == 0  # (the CLI prints the skipped file)
     a, b = read_model(tmp_path / "ddp.pt"), read_model(tmp_path / "one.pt")
     assert a["meta"]["training_digest"] == b["meta"]["training_digest"]
-    init = create("johnson", width=0.25)
-    moved = 0.0
-    for k, v in a["state_dict"].items():
-        assert torch.allclose(v, b["state_dict"][k], atol=2e-5, rtol=1e-4), k
-        moved = max(moved, float((v - init.state_dict()[k]).abs().max()))
-    assert moved > 1e-3  # the two steps did change the weights
+    ca = torch.load(tmp_path / "ddp.pt.train" / "checkpoint.pt", weights_only=True)
+    cb = torch.load(tmp_path / "one.pt.train" / "checkpoint.pt", weights_only=True)
+    ga, gb = ca["optimizer"]["state"], cb["optimizer"]["state"]
+    assert len(ga) == len(gb) == len(list(create("johnson", width=0.25).parameters()))
+    top = max(float(s["exp_avg"].abs().max()) for s in gb.values())
+    compared = 0
+    for i in ga:
+        x, y = ga[i]["exp_avg"], gb[i]["exp_avg"]
+        scale = float(y.abs().max())
+        # (fp32 summation order differs: measured up to 3e-4 of the tensor's largest gradient)
+        if scale < 1e-5 * top:  # conv biases before an instance norm: zero gradient up to rounding
+            continue
+        assert torch.allclose(x, y, atol=1e-3 * scale, rtol=1e-3), (i, float((x - y).abs().max()), scale, top)
+        compared += 1
+    assert compared >= len(ga) // 2
 
 
 # --- model files and nst run ---------------------------------------------------------------------
