@@ -19,7 +19,6 @@ from nst_deploy.nets import create, list_models
 from nst_deploy.nets.io import load_model, read_model, save_model
 from nst_deploy.train import PhotoDataset, Trainer, TrainOptions, _scan
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 DATA = Path(__file__).resolve().parents[1] / "nst_deploy" / "data"
 
 
