@@ -157,7 +157,7 @@ _STYLIZE_FLAGS = (
     "content_weight", "style_weight", "tv_weight", "style_scale", "preserve_color", "style_rep", "window",
     "multi_style", "net", "weights", "pooling",
     "device", "seed", "lbfgs_history", "line_search", "deterministic", "save_every", "workspace", "log_json",
-    "checkpoint", "checkpoint_every", "resume",
+    "checkpoint", "checkpoint_every", "resume", "deform", "keypoints", "k", "warp_weight", "flow_tv", "deform_debug",
 )
 
 
@@ -413,6 +413,15 @@ def _add_stylize(sub) -> None:
     g.add_argument("--net", choices=("vgg19", "vgg16", "alexnet", "googlenet"), help="loss network (vgg19)")
     g.add_argument("--weights", help="loss-network weights: bundled (vgg19 default), torchvision, or a file")
     g.add_argument("--pooling", choices=("max", "avg"), help="pooling in the loss network (max)")
+    g = p.add_argument_group("deformable transfer (Kim et al. 2020): the output also takes the style's geometry")
+    g.add_argument("--deform", action="store_true", help="optimize a thin-plate-spline warp with the pixels")
+    g.add_argument("--keypoints", help="JSON or CSV file of keypoint pairs (content x,y -> style x,y in pixels) "
+                                       "instead of matching them")
+    g.add_argument("--k", type=int, help="keypoint pairs to match (default 80)")
+    g.add_argument("--warp-weight", type=float, help="weight of the keypoint term (default 5, relative to the "
+                                                     "content image's own loss)")
+    g.add_argument("--flow-tv", type=float, help="weight of the flow smoothness term (default 0.1)")
+    g.add_argument("--deform-debug", help="write a picture of the matched keypoints and the warp grid (PNG)")
     g = p.add_argument_group("image")
     g.add_argument("--size", type=int, help="longest side of the output in pixels (default 256)")
     g.add_argument("--scales", type=_ints, help="coarse-to-fine: a number of scales (each twice the last) "

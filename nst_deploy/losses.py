@@ -58,9 +58,14 @@ class LossTerms:
     content: float
     style: float
     tv: float
+    #: deformable transfer: the weighted keypoint and flow-smoothness terms (0 otherwise)
+    warp: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {"total": self.total, "content": self.content, "style": self.style, "tv": self.tv}
+        d = {"total": self.total, "content": self.content, "style": self.style, "tv": self.tv}
+        if self.warp:
+            d["warp"] = self.warp
+        return d
 
 
 @dataclass

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .deform import draw_keypoints, flow_tv, match_keypoints, read_keypoints, tps_grid, warp, warp_loss
 from .errors import NSTError
 from .fsutil import atomic_write
 from .images import from_pil, load_image, resize, save_image, target_size, to_pil
@@ -69,6 +70,8 @@ class StepInfo:
     scale: int = 0
     scales: int = 1
     seconds: float = 0.0
+    #: deformable transfer: ``points`` and ``targets`` (the keypoint pairs) and the current ``theta``
+    deform: dict | None = None
 
 
 class _NonFinite(Exception):
@@ -102,8 +105,11 @@ class PixelOptimizer:
     DIVERGED = 4.0
 
     def __init__(self, loss_fn, x0: torch.Tensor, *, optimizer: str = "lbfgs", lr: float | None = None,
-                 lbfgs_history: int = 100, line_search: str | None = None):
+                 lbfgs_history: int = 100, line_search: str | None = None, project=None):
         self.loss_fn = loss_fn
+        # the projection after each step: by default the pixels are clamped to [0, 1]; a joint
+        # variable (pixels and warp parameters, see deform) brings its own
+        self.project = project or (lambda x: x.clamp_(0.0, 1.0))
         self.optimizer = optimizer
         self.lr = _DEFAULT_LR[optimizer] if lr is None else lr
         self.history = lbfgs_history
@@ -165,7 +171,7 @@ class PixelOptimizer:
                 self.opt = _make_optimizer(self.optimizer, self.x, self.lr, self.history, self.line_search)
                 continue
             with torch.no_grad():  # projected steps: the pixels stay in [0, 1]
-                self.x.clamp_(0.0, 1.0)
+                self.project(self.x)
             self.step_count += 1
             return self._seen[0]
 
@@ -189,12 +195,13 @@ class PixelOptimizer:
         self.opt = _make_optimizer(self.optimizer, self.x, self.lr, self.history, self.line_search)
 
     def result(self) -> torch.Tensor:
-        """The best iterate, clamped to ``[0, 1]`` (the last one is scored first)."""
+        """The best iterate, projected (clamped to ``[0, 1]``; the last one is scored first)."""
         with torch.no_grad():
             _, terms = self.loss_fn(self.x)
         if math.isfinite(terms.total) and terms.total <= self.best_loss and torch.isfinite(self.x).all():
             self.best_loss, self.best_x = terms.total, self.x.detach().clone()
-        return self.best_x.clamp(0.0, 1.0)
+        with torch.no_grad():
+            return self.project(self.best_x.clone())
 
     def state_dict(self) -> dict:
         return {
@@ -296,6 +303,67 @@ class _GreyLoss:
         return self.loss(y.expand(-1, 3, -1, -1))
 
 
+class _DeformObjective:
+    """The joint objective of deformable style transfer over ``z = (pixels X, theta)`` (Kim et al. 2020).
+
+    ``L = alpha L_content(X) + beta L_style(X) + tv R_TV(X) + beta L_style(W(X, theta))
+    + L_ref (w_warp L_warp(P, P', theta) + w_flow R_TV(flow))``: ``W`` the thin-plate-spline warp
+    moving keypoint ``p_i`` to ``p_i + theta_i``, ``L_warp = (1/k) sum ||p_i + theta_i - p'_i||``
+    (normalized coordinates), ``R_TV(flow)`` the flow's total variation in pixels. The two
+    geometric terms are scaled by ``L_ref``, the perceptual loss of the content image itself at this
+    scale (fixed by the inputs), so that their weights mean the same at every size and for every
+    loss network.
+    """
+
+    def __init__(self, base, loss: PerceptualLoss, o: StylizeOptions, shape, pairs, ref: float):
+        self.base, self.loss, self.o = base, loss, o
+        self.shape = tuple(shape)
+        self.n = math.prod(self.shape)
+        self.points, self.targets = pairs
+        self.ref = max(float(ref), 1e-12)
+        self.grey = self.shape[1] == 1
+
+    def pack(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.reshape(-1), theta.to(x).reshape(-1)])
+
+    def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return z[: self.n].view(self.shape), z[self.n:].view(-1, 2)
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        z[: self.n].clamp_(0.0, 1.0)  # pixels in [0, 1]; theta free
+        return z
+
+    def __call__(self, z: torch.Tensor):
+        x, theta = self.split(z)
+        total, t = self.base(x)
+        shown = x.expand(-1, 3, -1, -1) if self.grey else x
+        warped, flow = warp(shown, self.points, theta)
+        style = self.loss.style
+        s2 = self.o.style_weight * style(self.loss.net(warped, style.layers)) if style is not None else total * 0
+        geo = self.ref * (self.o.warp_weight * warp_loss(self.points, theta, self.targets)
+                          + self.o.flow_tv * flow_tv(flow))
+        total = total + s2 + geo
+        return total, LossTerms(float(total.detach()), t.content, t.style + float(s2.detach()), t.tv,
+                                float(geo.detach()))
+
+
+def _keypoints(o: StylizeOptions, net, inputs: _Inputs, device):
+    """The keypoint pairs ``(P, P')`` (normalized coordinates) of a deformable run, on ``device``."""
+    c_full, s_full = inputs.content, inputs.style_images
+    if len(s_full) != 1:
+        raise NSTError("deformable transfer takes one style image")
+    if o.keypoints:
+        if not Path(o.keypoints).is_file():
+            raise NSTError(f"keypoints file '{o.keypoints}' does not exist")
+        c_hw = inputs.content_hw if min(inputs.content_hw) > 0 else tuple(c_full.shape[-2:])
+        s_hw = inputs.style_hw if min(inputs.style_hw) > 0 else tuple(s_full[0].shape[-2:])
+        p, q = read_keypoints(o.keypoints, c_hw, s_hw)
+    else:
+        with torch.no_grad():
+            p, q = match_keypoints(net, c_full.to(device), s_full[0].to(device), k=o.k, seed=o.seed)
+    return p.float().to(device), q.float().to(device)
+
+
 # --- inputs -------------------------------------------------------------------------------------
 
 def _device(name: str) -> torch.device:
@@ -339,6 +407,24 @@ def _as_tensor(img, what: str, size: int | None = None) -> torch.Tensor:
             raise NSTError(f"{what} tensor has NaN or Inf values")
         return x.float().cpu().clamp(0.0, 1.0)
     raise NSTError(f"{what} must be a path, PIL image, numpy array or tensor, not {type(img).__name__}")
+
+
+def _original_hw(img) -> tuple[int, int]:
+    """``(H, W)`` of an image argument as given (a file: its declared size, EXIF rotation applied)."""
+    from PIL import Image
+
+    if isinstance(img, (str, Path)):
+        try:
+            with Image.open(img) as im:
+                w, h = im.size
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                    w, h = h, w
+        except Exception:  # noqa: BLE001 - the file was decoded already; fall back to nothing
+            return 0, 0
+        return h, w
+    if isinstance(img, Image.Image):
+        return img.size[1], img.size[0]
+    return tuple(img.shape[-2:]) if isinstance(img, torch.Tensor) else tuple(img.shape[:2])
 
 
 def _sized(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -520,7 +606,8 @@ def stylize(
     s_masks = [None if st.style_mask is None else load_style_mask(st.style_mask, tuple(sf.shape[-2:]),
                                                                   f"style mask {i}" if many else "style mask")
                for i, (st, sf) in enumerate(zip(styles, s_full, strict=True), 1)]
-    inputs = _Inputs(c_full, styles, s_full, None if masks[0] is None else torch.cat(masks, 1), s_masks)
+    inputs = _Inputs(c_full, styles, s_full, None if masks[0] is None else torch.cat(masks, 1), s_masks,
+                     _original_hw(content), _original_hw(styles[0].image))
     out = _run(o, inputs, device, callback)
     if as_tensor is None:
         as_tensor = isinstance(content, torch.Tensor)
@@ -536,6 +623,9 @@ class _Inputs:
     style_images: list[torch.Tensor]
     masks: torch.Tensor | None
     style_masks: list[torch.Tensor | None]
+    #: the content's and first style's size as given (keypoint files are in those pixels)
+    content_hw: tuple[int, int] = (0, 0)
+    style_hw: tuple[int, int] = (0, 0)
 
     def digests(self) -> dict:
         return {"content_digest": _digest(self.content),
@@ -587,10 +677,13 @@ def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.T
                            blend=o.multi_style == "blend" and len(layer_sets) > 1)
     loss = PerceptualLoss(net, o.content_layers, o.style_layers, o.content_weight, o.style_weight, o.tv_weight,
                           style=style_loss)
+    pairs = _keypoints(o, net, inputs, device) if o.deform else None
     if loss.layers:
         net.truncate(loss.layers[-1])  # the weights past the deepest layer used are never needed
     min_side = net.min_input_size(loss.layers) if loss.layers else 1
     settings = o.settings() | inputs.digests()
+    if pairs is not None:
+        settings["keypoints_digest"] = _digest(torch.cat(pairs, 1))
     hw = target_size(*c_full.shape[-2:], size=o.size)
     same_size = o.style_rep != "gram"  # autocorr, local: the style at the output's size
 
@@ -630,6 +723,7 @@ def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.T
 
     n = len(o.scale_sizes)
     prev: torch.Tensor | None = None
+    theta = None if pairs is None else torch.zeros_like(pairs[0])
     start_scale = int(resume["scale"]) if resume else 0
     if resume and start_scale >= n:
         raise NSTError(f"checkpoint '{ckpt_path}' is at scale {start_scale + 1}, but only {n} scales are set")
@@ -659,12 +753,6 @@ def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.T
                 loss.set_style(ss, s_masks)
                 s = ss[0]
 
-                def finish(x, chroma=chroma):
-                    x = x.detach().cpu()
-                    if chroma is None:
-                        return x.clamp(0.0, 1.0)
-                    return yiq_to_rgb(torch.cat([x[:, :1], chroma], 1)).clamp(0.0, 1.0)
-
                 # The first scale starts from init, the next ones from the last result, upsampled.
                 # Under preserve_color the variable is the luminance alone (one channel, shown to
                 # the network as a grey image), so no colour can appear and cancel out later.
@@ -675,8 +763,27 @@ def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.T
                     if o.preserve_color:
                         x0 = rgb_to_yiq(x0)[:, :1].clamp(0.0, 1.0)
                 objective = loss if not o.preserve_color else _GreyLoss(loss)
+                project = None
+                joint = None
+                if pairs is not None:  # the variable is (pixels, theta): see _DeformObjective
+                    with torch.no_grad():
+                        ref = loss(c if c.shape[1] == 3 else c.expand(-1, 3, -1, -1))[1].total
+                    joint = objective = _DeformObjective(objective, loss, o, x0.shape, pairs, ref)
+                    x0, project = joint.pack(x0, theta), joint.project
                 po = PixelOptimizer(objective, x0, optimizer=o.optimizer, lr=o.lr, lbfgs_history=o.lbfgs_history,
-                                    line_search=o.line_search)
+                                    line_search=o.line_search, project=project)
+
+                def finish(x, chroma=chroma, joint=joint):
+                    theta_now = None
+                    if pairs is not None:  # the output is the warped image W(X, theta)
+                        x, theta_now = joint.split(x.detach())
+                    x = x.detach().cpu()
+                    x = x.clamp(0.0, 1.0) if chroma is None else \
+                        yiq_to_rgb(torch.cat([x[:, :1], chroma.cpu()], 1)).clamp(0.0, 1.0)
+                    if theta_now is not None:
+                        x = warp(x, pairs[0].cpu(), theta_now.cpu())[0].clamp(0.0, 1.0)
+                    return x
+
                 if resume is not None and si == start_scale:
                     po.load_state_dict(resume["optimizer_state"])
                     resume = None
@@ -697,7 +804,10 @@ def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.T
                     log.append({"scale": si, "size": list(c.shape[-2:]), "step": step, "optimizer": po.optimizer,
                                 **terms.as_dict(), "seconds": round(dt, 6)})
                     if callback is not None:
-                        callback(StepInfo(step, steps, terms, po.optimizer, po.x.detach(), si, n, dt))
+                        shown = po.x.detach() if joint is None else joint.split(po.x.detach())[0]
+                        extra = None if joint is None else {"points": pairs[0], "targets": pairs[1],
+                                                            "theta": joint.split(po.x.detach())[1]}
+                        callback(StepInfo(step, steps, terms, po.optimizer, shown, si, n, dt, extra))
                     if o.save_every and step % o.save_every == 0:
                         name = f"step_{step:05d}.png" if n == 1 else f"scale{si + 1}_step_{step:05d}.png"
                         save_image(finish(po.x), workspace / name)
@@ -709,6 +819,12 @@ def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.T
                 best = po.result()
                 prev = best
                 result = finish(best)
+                if joint is not None:
+                    prev, theta = joint.split(best)
+                    if o.deform_debug and si == n - 1:
+                        draw_keypoints(_sized(c_full, size), _sized(s_full[0], size), pairs[0].cpu(),
+                                       pairs[1].cpu(), o.deform_debug,
+                                       grid=tps_grid(pairs[0].cpu(), theta.cpu(), tuple(result.shape[-2:])))
             status = "done"
         except KeyboardInterrupt:
             status = "interrupted"

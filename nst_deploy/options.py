@@ -26,7 +26,7 @@ MAX_SIZE = 16384
 #: Options that only steer the run (where files go, how often): a checkpoint may be resumed with
 #: other values of these, and with more or fewer steps.
 RUN_CONTROL = ("steps", "device", "save_every", "workspace", "log_json", "checkpoint", "checkpoint_every",
-               "resume", "deterministic")
+               "resume", "deterministic", "deform_debug")
 
 
 @dataclass
@@ -67,6 +67,12 @@ class StylizeOptions:
     checkpoint: str | None = None
     checkpoint_every: int = 50
     resume: bool = False
+    deform: bool = False
+    keypoints: str | None = None
+    k: int = 80
+    warp_weight: float = 5.0
+    flow_tv: float = 0.1
+    deform_debug: str | None = None
     # filled in by resolved()
     scale_sizes: list[int] = field(default_factory=list, repr=False)
     scale_steps: list[int] = field(default_factory=list, repr=False)
@@ -132,6 +138,14 @@ class StylizeOptions:
             raise NSTError("save-every needs a workspace folder (workspace)")
         if out.resume and not out.checkpoint:
             raise NSTError("resume needs a checkpoint file (checkpoint)")
+        if out.deform:
+            if not 3 <= out.k <= 1000:
+                raise NSTError(f"k (keypoint pairs) must be between 3 and 1000, not {out.k}")
+            for name in ("warp_weight", "flow_tv"):
+                if getattr(out, name) < 0:
+                    raise NSTError(f"{name.replace('_', '-')} must be >= 0, not {getattr(out, name)}")
+        elif out.keypoints or out.deform_debug:
+            raise NSTError("keypoints and deform-debug belong to deformable transfer: add deform")
         out.scale_sizes = _scale_sizes(out.size, out.scales)
         out.size = out.scale_sizes[-1]
         out.scale_steps = _scale_steps(out.steps, len(out.scale_sizes))
@@ -155,7 +169,8 @@ _TYPES: dict[str, tuple] = {
     "checkpoint": (str, Path, type(None)), "checkpoint_every": (int,), "resume": (bool,),
     "content_layers": (str, dict, list, type(None)), "style_layers": (str, dict, list, type(None)),
     "steps": (int, list), "scales": (int, list, type(None)), "style_rep": (str,), "window": (int,),
-    "multi_style": (str,),
+    "multi_style": (str,), "deform": (bool,), "keypoints": (str, Path, type(None)), "k": (int,),
+    "warp_weight": (float, int), "flow_tv": (float, int), "deform_debug": (str, Path, type(None)),
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table",
                list: "a list", type(None): "unset", Path: "a path"}

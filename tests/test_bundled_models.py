@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from nst_deploy.kernels import gram
 
 from nst_deploy.cli import main
 from nst_deploy.images import load_image
-from nst_deploy.kernels import gram
 from nst_deploy.lossnets import load_lossnet
 from nst_deploy.nets.io import bundled_models, load_model, read_model
 from nst_deploy.optimize import _fit
