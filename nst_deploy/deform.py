@@ -88,21 +88,25 @@ def tps_fit(src: torch.Tensor, dst: torch.Tensor, ridge: float = 1e-3) -> tuple[
     ``P = [1, src]`` (``k x 3``) and ``A0`` the identity map's affine part (``[[0, 0], [1, 0], [0, 1]]``),
     ``(w, a)`` solve the regularized TPS system
 
-        ``[[K + ridge I, P], [P^T, -ridge I]] [w; a] = [dst; -ridge A0]``
+        ``[[K + ridge I, P], [P^T, -ridge D]] [w; a] = [dst; -ridge D A0]``,  ``D = diag(0, 1, 1)``
 
     with :func:`torch.linalg.solve`. ``ridge I`` on the kernel block turns exact interpolation into a
-    smoothing spline (duplicate points no longer make the system singular); ``-ridge I`` on the
-    affine block relaxes the side condition ``P^T w = 0`` to ``P^T w = ridge (a - A0)``, which fixes
-    the part of the affine map that the points leave undetermined (``k < 3``, collinear points) to
-    the identity's, and changes nothing measurable otherwise. The system is thus solvable for any
-    point set; ``ridge -> 0`` gives the exact interpolating TPS, which reproduces affine maps.
-    Differentiable in ``src`` and ``dst``.
+    smoothing spline (duplicate points no longer make the system singular). ``-ridge D`` on the
+    affine block relaxes the side condition ``P^T w = 0`` on the linear rows to
+    ``P^T w = ridge D (a - A0)``: the part of the linear map that the points leave undetermined
+    (``k < 3``, collinear or coincident points) is taken from the identity, so the system is
+    solvable for any point set (one point gives a translation). Translations are reproduced exactly
+    for any ridge; other affine maps up to ``O(ridge)``; ``ridge -> 0`` gives the exact
+    interpolating TPS. Differentiable in ``src`` and ``dst``.
 
     Args:
         src: ``(k, 2)`` control points.
         dst: ``(k, 2)`` their images.
         ridge: regularization (``>= 0``; 0 gives the exact TPS, which needs ``k >= 3`` distinct,
             non-collinear points).
+
+    Raises:
+        KeypointError: point sets of the wrong shape or of different lengths.
 
     Returns:
         ``(w, a)``: ``(k, 2)`` kernel weights and ``(3, 2)`` affine part.
@@ -111,19 +115,22 @@ def tps_fit(src: torch.Tensor, dst: torch.Tensor, ridge: float = 1e-3) -> tuple[
     _check_points("dst", dst)
     if src.shape[0] != dst.shape[0] or src.shape[0] < 1:
         raise KeypointError(f"tps_fit needs as many (>= 1) source as target points, got {len(src)} and {len(dst)}")
-    dtype = torch.promote_types(src.dtype, dst.dtype)
-    if not dtype.is_floating_point:
-        dtype = torch.get_default_dtype()
+    out_dtype = torch.promote_types(src.dtype, dst.dtype)
+    if not out_dtype.is_floating_point:
+        out_dtype = torch.get_default_dtype()
+    # The (k + 3)-square system is solved in float64 (where the device has it): it is small, and
+    # float32 loses ~1e-5 on nearly singular point sets.
+    dtype = out_dtype if src.device.type == "mps" else torch.float64
     src, dst = src.to(dtype), dst.to(dtype)
     k = src.shape[0]
     kernel = _phi(_sqdist(src, src))
     eye = torch.eye(k, dtype=dtype, device=src.device)
     p = torch.cat([torch.ones(k, 1, dtype=dtype, device=src.device), src], 1)
-    lower = torch.cat([p.t(), -ridge * torch.eye(3, dtype=dtype, device=src.device)], 1)
-    system = torch.cat([torch.cat([kernel + ridge * eye, p], 1), lower], 0)
+    d = torch.diag(torch.tensor([0.0, ridge, ridge], dtype=dtype, device=src.device))
+    system = torch.cat([torch.cat([kernel + ridge * eye, p], 1), torch.cat([p.t(), -d], 1)], 0)
     a0 = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=dtype, device=src.device)
-    rhs = torch.cat([dst, -ridge * a0], 0)
-    sol = torch.linalg.solve(system, rhs)
+    rhs = torch.cat([dst, -d @ a0], 0)
+    sol = torch.linalg.solve(system, rhs).to(out_dtype)
     return sol[:k], sol[k:]
 
 
@@ -199,7 +206,7 @@ def warp(x: torch.Tensor, points: torch.Tensor, theta: torch.Tensor,
     """
     if x.dim() != 4:
         raise NSTError(f"warp expects images of shape (N, C, H, W), got {tuple(x.shape)}")
-    grid = tps_grid(points, theta, tuple(x.shape[-2:]), ridge)
+    grid = tps_grid(points.to(x.device), theta.to(x.device), tuple(x.shape[-2:]), ridge)
     dtype = torch.promote_types(x.dtype, grid.dtype)
     x, grid = x.to(dtype), grid.to(dtype)
     warped = F.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1), mode="bilinear",
@@ -243,6 +250,14 @@ def warp_loss(points: torch.Tensor, theta: torch.Tensor, targets: torch.Tensor, 
 
 
 # ------------------------------------------------------------------------------ keypoint matching
+def _rgb(name: str, img: torch.Tensor) -> torch.Tensor:
+    """One image ``(1, 3, H, W)``; a grey ``(1, 1, H, W)`` one is repeated to three channels."""
+    if not isinstance(img, torch.Tensor) or img.dim() != 4 or img.shape[0] != 1 or img.shape[1] not in (1, 3):
+        shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+        raise KeypointError(f"{name} must be one RGB image of shape (1, 3, H, W), got {shape}")
+    return img.expand(-1, 3, -1, -1)
+
+
 def _working_hw(h: int, w: int, size: int) -> tuple[int, int]:
     """Longest side ``size``, aspect kept, each side a multiple of 16 (so relu5_1 cells tile exactly)."""
     scale = size / max(h, w)
@@ -255,6 +270,27 @@ def _cell_coords(idx: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     y = torch.div(idx, w, rounding_mode="floor")
     x = idx - y * w
     return torch.stack([(2 * x.double() + 1) / w - 1, (2 * y.double() + 1) / h - 1], -1)
+
+
+_MARGIN = 16  # pixels of reflected border around the working image; relu5_1 cells are 16 px
+
+
+def _features(net: LossNetwork, img: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+    """Features at :data:`NBB_LAYERS` of ``img`` at its working size, on the CPU.
+
+    The image is reflect-padded by 16 px before the network and the padding is cropped from each
+    layer (16 / stride cells), so that the network's zero padding does not make the image frame
+    itself look like a feature worth matching.
+    """
+    param = next(net.parameters())
+    x = resize(img.to(param.device, torch.float32), _working_hw(img.shape[-2], img.shape[-1], size))
+    mode = "reflect" if min(x.shape[-2:]) > _MARGIN else "replicate"
+    x = F.pad(x, (_MARGIN,) * 4, mode=mode)
+    out = {}
+    for name, f in net(x.to(param.dtype), list(NBB_LAYERS)).items():
+        m = _MARGIN * f.shape[-1] // x.shape[-1]
+        out[name] = f[..., m:f.shape[-2] - m, m:f.shape[-1] - m].detach().float().cpu()
+    return out
 
 
 class _Level:
@@ -273,8 +309,9 @@ class _Level:
 
     @staticmethod
     def _activation(f: torch.Tensor) -> torch.Tensor:
+        # min-max normalized; a map whose norms vary by less than 1% of their maximum is flat (all 0)
         n = f.norm(dim=0).flatten()
-        return (n - n.min()) / (n.max() - n.min()).clamp_min(1e-12)
+        return (n - n.min()) / torch.maximum(n.max() - n.min(), 0.01 * n.max()).clamp_min(1e-12)
 
     @staticmethod
     def _patches(f: torch.Tensor) -> torch.Tensor:
@@ -403,7 +440,7 @@ def _clean(p: torch.Tensor, q: torch.Tensor, score: torch.Tensor, neighbours: in
         med = resid.median()
         mad = (resid - med).abs().median()
         keep = keep[resid <= torch.clamp(med + mad_factor * 1.4826 * mad, min=min_residual)]
-    while len(keep) > 3:
+    while len(keep) > 1:
         pk, qk = p[keep], q[keep]
         m = min(neighbours, len(keep) - 1)
         nb = _neighbours(pk, m)
@@ -414,7 +451,7 @@ def _clean(p: torch.Tensor, q: torch.Tensor, score: torch.Tensor, neighbours: in
         crossing = flip_x | flip_y
         if not bool(crossing.any()):
             break
-        count = torch.zeros(len(keep), dtype=torch.long).index_add_(0, torch.arange(len(keep)), crossing.sum(1))
+        count = crossing.sum(1)  # a crossing counts for both of its pairs
         count.index_add_(0, nb[crossing], torch.ones(int(crossing.sum()), dtype=torch.long))
         worst = max(range(len(keep)), key=lambda i: (int(count[i]), -float(score[keep[i]]), -i))
         keep = torch.cat([keep[:worst], keep[worst + 1:]])
@@ -445,12 +482,15 @@ def match_keypoints(
        longest side is ``size`` and each side is a multiple of 16 (relu5_1 cells then tile the image
        exactly and a cell ``(y, x)`` of a layer has the children ``(2y .. 2y+1, 2x .. 2x+1)`` below).
        The two images may have different shapes; coordinates come back normalized per image, so
-       the resizing does not show in them.
+       the resizing does not show in them. Each image is reflect-padded by 16 px for the network
+       and the padding is cropped from the features, so that the zero padding of the convolutions
+       does not turn the image frame into matchable features (a flat image has no keypoints).
     2. Common appearance: at each layer each image's features ``F`` are moved to the pair's mean
        channel statistics, ``F' = (F - mu) / sigma * (sigma_A + sigma_B) / 2 + (mu_A + mu_B) / 2``
        (per channel, over positions); descriptors are the unit-normalized 3x3 patches of ``F'``,
        so their dot product is the cosine similarity of the patches. The activation of a cell is its
-       feature norm ``|F(p)|`` min-max normalized to ``[0, 1]`` over the image's map.
+       feature norm ``|F(p)|`` min-max normalized to ``[0, 1]`` over the image's map (divided by at
+       least 1% of the largest norm, so that a flat map has no active cells).
     3. Deepest layer: best buddies are the mutual nearest neighbours ``p -> q -> p`` over the whole
        maps; pairs whose activation is below the ``deep_quantile`` quantile of its map (in either
        image) or below ``min_activation`` are dropped.
@@ -476,8 +516,8 @@ def match_keypoints(
 
     Args:
         net: a VGG loss network (it needs the layers :data:`NBB_LAYERS`).
-        content, style: RGB ``(1, 3, H, W)`` in ``[0, 1]``.
-        k: the most pairs returned.
+        content, style: RGB ``(1, 3, H, W)`` in ``[0, 1]`` (grey ``(1, 1, H, W)`` is repeated).
+        k: the most pairs returned (at least 3).
         size: the working size (longest side, pixels).
         radii: window growth at relu4_1, relu3_1, relu2_1, relu1_1.
         min_activation: the least normalized activation of a kept cell.
@@ -493,11 +533,9 @@ def match_keypoints(
     Raises:
         KeypointError: fewer than 3 pairs survive (suggesting ``--keypoints``), or bad inputs.
     """
-    for name, img in (("content", content), ("style", style)):
-        if img.dim() != 4 or img.shape[0] != 1 or img.shape[1] != 3:
-            raise KeypointError(f"{name} must be one RGB image of shape (1, 3, H, W), got {tuple(img.shape)}")
-    if k < 1:
-        raise KeypointError(f"the number of keypoints must be positive, got {k}")
+    content, style = _rgb("content", content), _rgb("style", style)
+    if k < 3:
+        raise KeypointError(f"the number of keypoints must be at least 3, got {k}")
     if size < 32:
         raise KeypointError(f"the keypoint working size must be at least 32 pixels, got {size}")
     if len(radii) != len(NBB_LAYERS) - 1 or min(radii) < 0:
@@ -506,11 +544,7 @@ def match_keypoints(
     if missing:
         raise KeypointError(f"keypoint matching needs a VGG loss network with {', '.join(NBB_LAYERS)}; "
                             f"{net.arch} lacks {', '.join(missing)}")
-    param = next(net.parameters())
-    feats = []
-    for img in (content, style):
-        x = resize(img.to(param.device, torch.float32), _working_hw(img.shape[-2], img.shape[-1], size))
-        feats.append({n: f.detach().cpu() for n, f in net(x.to(param.dtype), list(NBB_LAYERS)).items()})
+    feats = [_features(net, img, size) for img in (content, style)]
 
     level = _Level(feats[0][NBB_LAYERS[0]], feats[1][NBB_LAYERS[0]])
     ia, ib, sims = _window_buddies(level, torch.zeros(0), torch.zeros(0), None)
@@ -698,13 +732,13 @@ def draw_keypoints(content: torch.Tensor, style: torch.Tensor, P: torch.Tensor, 
                    path: str | os.PathLike, grid: torch.Tensor | None = None) -> Path:
     """Write a debug picture of keypoint pairs (and of a warp) to a PNG file, atomically.
 
-    Panels, side by side at a common height (the content's): the content with its points, the
+    Panels, side by side at a common height (the content's, at least 256 px): the content with its points, the
     style with its points, pair ``i`` drawn in the same colour with its number and joined by a
     line; and, if ``grid`` (a ``(1, H, W, 2)`` sampling grid, e.g. from :func:`tps_grid`) is given,
     the content warped by it with a regular grid (lines every 16 px) deformed by the same warp.
 
     Args:
-        content, style: RGB ``(1, 3, H, W)`` in ``[0, 1]``.
+        content, style: RGB ``(1, 3, H, W)`` in ``[0, 1]`` (grey ``(1, 1, H, W)`` is repeated).
         P, P_prime: ``(n, 2)`` normalized points on the content and the style.
         path: the ``.png`` file to write (through :func:`nst_deploy.images.save_image`).
         grid: optional sampling grid.
@@ -713,16 +747,19 @@ def draw_keypoints(content: torch.Tensor, style: torch.Tensor, P: torch.Tensor, 
         the path written.
 
     Raises:
-        KeypointError: mismatched point sets; ImageError: the file cannot be written.
+        KeypointError: images or point sets of the wrong shape; ImageError: the file cannot be
+            written.
     """
+    content, style = _rgb("content", content), _rgb("style", style)
     _check_points("P", P)
     _check_points("P_prime", P_prime)
     if len(P) != len(P_prime):
         raise KeypointError(f"P and P_prime must hold as many points, got {len(P)} and {len(P_prime)}")
     if grid is not None and (grid.dim() != 4 or grid.shape[0] != 1 or grid.shape[-1] != 2):
         raise KeypointError(f"grid must have shape (1, H, W, 2), got {tuple(grid.shape)}")
-    height = int(content.shape[-2])
-    panels = [content.detach().float().cpu()]
+    height = max(int(content.shape[-2]), 256)  # small images are enlarged so that the labels stay legible
+    cw = max(1, round(content.shape[-1] * height / content.shape[-2]))
+    panels = [resize(content.detach().float().cpu(), (height, cw))]
     sw = max(1, round(style.shape[-1] * height / style.shape[-2]))
     panels.append(resize(style.detach().float().cpu(), (height, sw)))
     if grid is not None:
@@ -737,7 +774,6 @@ def draw_keypoints(content: torch.Tensor, style: torch.Tensor, P: torch.Tensor, 
         canvas.paste(to_pil(panel), (x0, 0))
         offsets.append(x0)
         x0 += panel.shape[-1] + gap
-    cw = panels[0].shape[-1]
     draw = ImageDraw.Draw(canvas)
     pc = _to_px(P, cw, height)
     ps = _to_px(P_prime, sw, height, offsets[1])

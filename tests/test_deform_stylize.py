@@ -51,7 +51,7 @@ def test_known_deformation_halves_the_point_error(pair, tmp_path):
     before = float((p - true).norm(dim=1).mean())
     matched = float((q - true).norm(dim=1).mean())
     after = float((p + theta - true).norm(dim=1).mean())
-    # measured at 96 px: 40 pairs, before 0.070, matched 0.015, after 0.023 (normalized units)
+    # measured at 96 px: 40 pairs, before 0.078, matched 0.014, after 0.021 (normalized units)
     assert len(p) >= 10
     assert matched < 0.5 * before, (before, matched)
     assert after < 0.5 * before, (before, after)
