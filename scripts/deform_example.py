@@ -42,17 +42,17 @@ def main() -> int:
     save_image(painting, OUT / "style.jpg", quality=90)
     infos = []
     t0 = time.perf_counter()
-    out = stylize(photo, painting, size=SIZE, steps=150, deform=True, callback=infos.append, as_tensor=True,
+    out = stylize(photo, painting, size=SIZE, steps=80, deform=True, callback=infos.append, as_tensor=True,
                   deform_debug=str(OUT / "keypoints.png"))
     seconds = time.perf_counter() - t0
-    plain = stylize(photo, painting, size=SIZE, steps=150, as_tensor=True)
+    plain = stylize(photo, painting, size=SIZE, steps=80, as_tensor=True)
     save_image(out, OUT / "deformed.jpg", quality=90)
     save_image(plain, OUT / "plain.jpg", quality=90)
     d = infos[-1].deform
     p, q, theta = d["points"].cpu(), d["targets"].cpu(), d["theta"].cpu()
     w, a = tps_fit(CTRL, CTRL + MOVE, ridge=1e-6)
     true = tps_eval(w, a, CTRL, p)
-    report = {"size": SIZE, "steps": 150, "pairs": len(p), "seconds": round(seconds, 1),
+    report = {"size": SIZE, "steps": 80, "pairs": len(p), "seconds": round(seconds, 1),
               "point_error_before": float((p - true).norm(dim=1).mean()),
               "matched_error": float((q - true).norm(dim=1).mean()),
               "point_error_after": float((p + theta - true).norm(dim=1).mean())}

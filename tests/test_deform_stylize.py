@@ -119,3 +119,23 @@ def test_cli_deform(pair, tmp_path, capsys):
     assert not out.exists()
     assert main([*args, "--keypoints", str(tmp_path / "kp.json")]) == 2
     assert "deform" in capsys.readouterr().err
+
+
+def test_scales_preserve_color_and_resume(pair, tmp_path):
+    """theta carries over from scale to scale; colour preservation; a checkpoint resumes the joint state."""
+    content, style = pair
+    kp = tmp_path / "kp.json"
+    kp.write_text(json.dumps([[[20, 20], [26, 24]], [[70, 20], [64, 26]], [[20, 45], [26, 40]],
+                              [[70, 45], [66, 40]], [[48, 32], [48, 32]]]))
+    opts = dict(scales=[48, 96], steps=[6, 3], keypoints=str(kp), preserve_color=True)
+    out, infos = _run(content, style, **opts)
+    assert out.shape == content.shape and torch.isfinite(out).all()
+    last_coarse = next(i for i in reversed(infos) if i.scale == 0).deform["theta"]
+    first_fine = next(i for i in infos if i.scale == 1).deform["theta"]
+    assert float(last_coarse.abs().max()) > 0.01
+    assert float((first_fine - last_coarse).abs().max()) < 0.5 * float(last_coarse.abs().max())
+    # interrupted after scale 1 and resumed: the same result as the straight run
+    ck = tmp_path / "ck.pt"
+    a, _ = _run(content, style, **opts, checkpoint=str(ck), checkpoint_every=1)
+    b, _ = _run(content, style, **opts, checkpoint=str(ck), resume=True)
+    assert torch.allclose(a, b, atol=1e-5)
