@@ -41,8 +41,14 @@ def main() -> int:
         painting = net(warp(photo, CTRL, MOVE)[0])
     save_image(painting, OUT / "style.jpg", quality=90)
     infos = []
+
+    def progress(info):
+        infos.append(info)
+        if info.step % 10 == 0:
+            print(f"step {info.step}: {info.seconds:.2f} s, loss {info.terms.total:.4g}", file=sys.stderr, flush=True)
+
     t0 = time.perf_counter()
-    out = stylize(photo, painting, size=SIZE, steps=80, deform=True, callback=infos.append, as_tensor=True,
+    out = stylize(photo, painting, size=SIZE, steps=80, deform=True, callback=progress, as_tensor=True,
                   deform_debug=str(OUT / "keypoints.png"))
     seconds = time.perf_counter() - t0
     plain = stylize(photo, painting, size=SIZE, steps=80, as_tensor=True)
