@@ -109,7 +109,8 @@ def parse_layers(spec: str | dict[str, float] | list[str], what: str = "layers",
 RECIPE_FILES = ("content", "style", "styles", "output")
 #: Keys of one ``[[styles]]`` table, and whether each is a path.
 STYLE_KEYS = {"image": True, "weight": False, "layers": False, "mask": True, "style_mask": True}
-_PATH_KEYS = ("content", "style", "output", "workspace", "log_json", "checkpoint", "init", "weights")
+_PATH_KEYS = ("content", "style", "output", "workspace", "log_json", "checkpoint", "init", "weights", "keypoints",
+              "deform_debug")
 _NOT_PATHS = {"content", "noise", "style", "white", "bundled", "torchvision", "random"}
 
 

@@ -139,3 +139,13 @@ def test_scales_preserve_color_and_resume(pair, tmp_path):
     a, _ = _run(content, style, **opts, checkpoint=str(ck), checkpoint_every=1)
     b, _ = _run(content, style, **opts, checkpoint=str(ck), resume=True)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_recipe_keys(tmp_path):
+    from nst_deploy.recipes import read_recipe
+
+    (tmp_path / "r.toml").write_text('deform = true\nkeypoints = "kp.json"\nk = 40\nwarp_weight = 3.0\n'
+                                     'flow_tv = 0.5\ndeform_debug = "dbg.png"\n')
+    r = read_recipe(tmp_path / "r.toml")
+    assert r["deform"] is True and r["k"] == 40 and r["warp_weight"] == 3.0 and r["flow_tv"] == 0.5
+    assert Path(r["keypoints"]) == tmp_path / "kp.json" and Path(r["deform_debug"]) == tmp_path / "dbg.png"
