@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import sys
 import time
 import warnings
@@ -228,21 +227,25 @@ class PhotoDataset(torch.utils.data.Dataset):
         return self.sample(self.first + i * self.stride)
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``i``: the local batch of step ``start + i`` (module level, so that workers can pickle it)."""
+
+    def __init__(self, ds: PhotoDataset, start: int, batch: int, local: int, rank: int):
+        self.ds, self.start, self.batch, self.local, self.rank = ds, start, batch, local, rank
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        base = (self.start + i) * self.batch + self.rank * self.local
+        return torch.stack([self.ds.sample(base + j) for j in range(self.local)])
+
+
 def _batches(ds: PhotoDataset, start: int, batch: int, local: int, rank: int, workers: int):
-    """Yield the local batch of every step from ``start`` on."""
-    n_steps = 1 << 40
-    ds = PhotoDataset(ds.files, ds.out, ds.seed, ds.min_crop)
-
-    class _Local(torch.utils.data.Dataset):
-        def __len__(self):
-            return n_steps
-
-        def __getitem__(self, step):
-            base = (start + step) * batch + rank * local
-            return torch.stack([ds.sample(base + j) for j in range(local)])
-
-    loader = torch.utils.data.DataLoader(_Local(), batch_size=None, shuffle=False, num_workers=workers,
-                                         persistent_workers=workers > 0,
+    """Yield the local batch of every step from ``start`` on (``workers`` processes decode ahead)."""
+    fresh = PhotoDataset(ds.files, ds.out, ds.seed, ds.min_crop)
+    loader = torch.utils.data.DataLoader(_StepBatches(fresh, start, batch, local, rank), batch_size=None,
+                                         shuffle=False, num_workers=workers, persistent_workers=workers > 0,
                                          prefetch_factor=2 if workers > 0 else None)
     yield from loader
 
@@ -389,7 +392,7 @@ class Trainer:
             "arch": self.o.arch, "config": self.model.config(),
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy_seed": self.o.seed, "python": random.getstate()[1][:1]},
+            "rng": {"torch": torch.get_rng_state()},
             "history": self.history,
         }
         if torch.cuda.is_available():

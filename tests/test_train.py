@@ -155,6 +155,21 @@ def test_resume_matches_uninterrupted(photos, style, tmp_path):
     assert [h["step"] for h in second.history] == [1, 2, 3, 4]
 
 
+def test_data_workers_give_the_same_batches(photos, style, tmp_path):
+    """Decoding in worker processes changes nothing: the batches are a function of the step."""
+    from nst_deploy.train import _batches
+
+    with pytest.warns(UserWarning):
+        files = _scan(photos)
+    ds = PhotoDataset(files, 24, seed=1, min_crop=0.5)
+    a = _batches(ds, 3, 4, 2, 1, workers=0)
+    b = _batches(ds, 3, 4, 2, 1, workers=1)
+    for _ in range(2):
+        x, y = next(a), next(b)
+        assert x.shape == (2, 3, 24, 24) and torch.equal(x, y)
+    assert torch.equal(next(a), torch.stack([ds.sample(5 * 4 + 2 + j) for j in range(2)]))
+
+
 def test_resume_refuses_other_options(photos, style, tmp_path):
     _quiet_trainer(_opts(photos, style, tmp_path, steps=2), tmp_path / "m.pt").run()
     with pytest.raises(NSTError, match="other options"):
