@@ -365,8 +365,11 @@ class Trainer:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             outs = self.module(x)
-            outs = [outs] if self.levels == 1 else list(outs)
-            total, terms = None, [0.0, 0.0, 0.0, 0.0]
+        outs = [outs] if self.levels == 1 else list(outs)
+        # The loss network runs under bf16 autocast too, but never in fp16: the caffe VGG19's
+        # activations (0-255 input scale) and their Gram matrices overflow fp16 (inf at step 1).
+        total, terms = None, [0.0, 0.0, 0.0, 0.0]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             for k, (y, lossfn) in enumerate(zip(outs, self._losses, strict=True)):
                 size = self.in_size * 2 ** k
                 target = photos if size == self.crop else F.interpolate(
@@ -600,7 +603,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--weights", help="loss network weights (default: the bundled VGG19)")
     p.add_argument("--pooling", default=d.pooling, choices=("max", "avg"))
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
-                   help="auto: bf16 autocast on CUDA, fp32 elsewhere")
+                   help="auto: bf16 autocast on CUDA, fp32 elsewhere; fp16: the network in fp16 with a grad "
+                        "scaler, the loss network in fp32 (the VGG19 activations overflow fp16)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers, help="data loading processes (default 0)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -180,6 +181,17 @@ def test_resume_refuses_other_options(photos, style, tmp_path):
         _quiet_trainer(_opts(photos, style, tmp_path, steps=2), tmp_path / "m.pt", resume=True).run()
     with pytest.raises(NSTError, match="no checkpoint"):
         _quiet_trainer(_opts(photos, style, tmp_path / "other", steps=4), tmp_path / "o.pt", resume=True).run()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps(photos, style, tmp_path, precision):
+    """The autocast path (bf16 on CUDA by default; fp16 with the grad scaler) runs and learns on any device."""
+    o = _opts(photos, style, tmp_path, steps=3, precision=precision, checkpoint_every=1000)
+    tr = _quiet_trainer(o, tmp_path / "m.pt")
+    assert tr.precision == precision and tr.scaler.is_enabled() == (precision == "fp16")
+    tr.run()
+    assert all(math.isfinite(h["total"]) for h in tr.history)
+    assert next(tr.model.parameters()).dtype == torch.float32  # autocast: the weights stay fp32
 
 
 def test_bad_options(photos, style, tmp_path):
