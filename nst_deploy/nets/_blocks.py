@@ -67,8 +67,8 @@ def pad_to_multiple(x: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int]:
     h, w = x.shape[-2], x.shape[-1]
     ph = (m - h % m) % m
     pw = (m - w % m) % m
-    if ph or pw:
-        x = F.pad(x, [0, pw, 0, ph], mode="reflect")
+    # always pad (possibly by 0): a Python branch on the size would be frozen by export tracing
+    x = F.pad(x, [0, pw, 0, ph], mode="reflect")
     return x, h, w
 
 
