@@ -1,7 +1,8 @@
 """Export of trained networks (``nst_deploy.export``): TorchScript, ONNX, metadata, verification.
 
-The exporters arrive with the feed-forward networks they export; ``nst-export`` is declared now so
-that its command line is stable.
+See :mod:`nst_deploy.export.core`; the command line is ``nst-export``.
 """
 
-__all__: list[str] = []
+from .core import FORMATS, export_model, export_onnx, export_torchscript, verify
+
+__all__ = ["FORMATS", "export_model", "export_onnx", "export_torchscript", "verify"]

@@ -1,11 +1,13 @@
-"""``nst-export``: export a trained feed-forward network to TorchScript and ONNX."""
+"""``nst-export``: export a trained feed-forward network to TorchScript and ONNX, verified."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .. import __version__
+from ..errors import NSTError
 
 __all__ = ["main"]
 
@@ -14,22 +16,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nst-export",
         description="Export a trained feed-forward style network to TorchScript and ONNX, verified "
-        "against eager PyTorch.",
+        "against eager PyTorch at several sizes (odd, non-square, batch 2), with a manifest of sha256s.",
     )
     p.add_argument("--version", action="version", version=f"nst-deploy {__version__}")
-    p.add_argument("model", help="a checkpoint written by 'nst train'")
+    p.add_argument("model", help="a model file written by 'nst train', or a bundled model's name")
     p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--format", default="torchscript,onnx", help="torchscript, onnx or both (default both)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or later; default 18)")
+    p.add_argument("--no-verify", action="store_true", help="skip the parity check")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    print(
-        f"nst-export: error: cannot export '{args.model}': this version has no trained feed-forward "
-        "networks to export yet",
-        file=sys.stderr,
-    )
-    return 2
+    from ..cli import _model_path
+    from .core import export_model
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            manifest = export_model(_model_path(args.model), args.output,
+                                    [f.strip() for f in args.format.split(",") if f.strip()], args.opset,
+                                    check=not args.no_verify)
+    except NSTError as e:
+        print(f"nst-export: error: {e}", file=sys.stderr)
+        return 2
+    for fmt, a in manifest["artifacts"].items():
+        err = (manifest["verification"] or {}).get(fmt, {}).get("max_abs_error")
+        check = f", max error vs eager {err:.2e}" if err is not None else ""
+        print(f"nst-export: {fmt}: {args.output}/{a['file']} ({a['bytes'] / 1e6:.2f} MB{check})", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
