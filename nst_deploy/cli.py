@@ -311,11 +311,8 @@ def _model_path(name: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
 
     from .images import load_image, resize, save_image
-    from .nets.io import load_model
-    from .optimize import _device
 
     if args.list:
         from .nets.io import bundled_models, read_model
@@ -332,9 +329,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_output(output)
     if args.size is not None and args.size < 8:
         raise NSTError(f"--size {args.size} is too small: use 8 pixels or more")
-    dev = _device(args.device)
-    net, meta = load_model(model, device=dev)
-    scale = int(meta.get("output_scale", 1))
+    from .runtime import Stylizer
+
+    stylizer = Stylizer.load(model, device=args.device)  # ONNX, verified TorchScript or a model file
+    meta = stylizer.meta
+    scale = int(meta.get("output_scale", 1) or 1)
     x = load_image(args.input, size=args.size)
     h, w = x.shape[-2:]
     if scale > 1:  # the multimodal net's output is `scale` times its input
@@ -343,8 +342,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise NSTError(f"input '{args.input}' is {w}x{h}: too small for the network (8 pixels at least)")
     t0 = time.perf_counter()
     try:
-        with torch.inference_mode():
-            y = net(x.to(dev)).float().cpu()
+        y = stylizer(x)
     except RuntimeError as e:
         if "memory" in str(e).lower():
             raise NSTError(f"not enough memory to run {w}x{h}: use --size to make it smaller") from None
@@ -359,8 +357,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="stylize an image with a trained network",
-                       description="Run a trained feed-forward network (a model file from nst train, or a "
-                                   "bundled model by name) on an image.")
+                       description="Run a trained feed-forward network (a model file from nst train, an ONNX or "
+                                   "TorchScript file from nst-export, or a bundled model by name) on an image.")
     p.add_argument("model", nargs="?", help="model file, or a bundled model's name (see --list)")
     p.add_argument("input", nargs="?", help="the image to stylize")
     p.add_argument("-o", "--output", help="output image (default INPUT-MODEL.png)")
