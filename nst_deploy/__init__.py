@@ -9,6 +9,7 @@ from .images import load_image, load_mask, save_image
 from .lossnets import LOSSNETS, LossNetwork, layer_names, load_lossnet
 from .optimize import StylizeOptions, stylize
 from .recipes import PRESETS, read_recipe
+from .runtime import Stylizer
 from .weights import Preprocessing, Weights, load_weights
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __all__ = [
     "NSTError",
     "Preprocessing",
     "StylizeOptions",
+    "Stylizer",
     "WeightsError",
     "Weights",
     "__version__",
