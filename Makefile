@@ -34,6 +34,7 @@ gallery: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_lossnet.py
+	$(BIN)/python benchmarks/bench_runtime.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -144,6 +144,29 @@ def gram_kernels_table(rows: list[dict], path: Path) -> str:
 LAYOUTS["kernels"] = gram_kernels_table
 
 
+def runtime_table(rows: list[dict], path: Path) -> str:
+    """Feed-forward inference per provider and size: p50/p99 ms, images/s, peak memory, error vs eager."""
+    lines = [
+        "| shape | provider | precision | p50 ms | p99 ms | images/s | peak MB | max error vs eager |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        shape = "x".join(map(str, r["shape"]))
+        if r.get("error"):
+            lines.append(f"| {shape} | {r['provider']} | {r['precision']} | failed: {r['error'][:60]} | | | | |")
+            continue
+        err = r.get("max_error_vs_eager")
+        lines.append(
+            f"| {shape} | {r['provider']} | {r['precision']} | {_fmt(r.get('p50_ms'))} | {_fmt(r.get('p99_ms'))} | "
+            f"{_fmt(r.get('images_per_s'), 2)} | {_fmt(r.get('peak_mb'), 0)} | "
+            f"{'' if err is None else f'{err:.1e}'} |"
+        )
+    return _head(rows, path) + "\n".join(lines) + "\n"
+
+
+LAYOUTS["runtime"] = runtime_table
+
+
 def table(path: Path) -> str:
     """A markdown table for one results file, laid out by its subject."""
     rows = json.loads(path.read_text())

@@ -1,0 +1,152 @@
+"""Benchmark: feed-forward inference of a bundled model through every runtime path.
+
+Providers: ``eager`` (the PyTorch module, fp32; fp16 too on CUDA), ``torchscript`` (the exported
+``model.pt``), ``onnxruntime-<provider>`` (the exported ``model.onnx`` on each available execution
+provider: CPU here; CUDA and TensorRT where installed). Shapes: 1x3x512x512 and 1x3x1080x1920.
+Each (provider, shape) runs in its own subprocess (``--one``) so that its peak memory is its own.
+
+Measured: latency p50 and p99 over at least ``--runs`` calls after two warm-up calls (and at least
+``--seconds`` of measuring), images/s = 1000 / p50, peak memory (CUDA: max allocated; CPU: the
+process's peak RSS, with the RSS after loading also reported), and the max difference from eager fp32.
+
+Usage::
+
+    python benchmarks/bench_runtime.py [--model starry_night] [--runs 5] [--seconds 5] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import harness  # noqa: E402
+
+SHAPES = ((1, 3, 512, 512), (1, 3, 1080, 1920))
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, device: str, runs: int,
+         seconds: float) -> dict:
+    from nst_deploy.cli import _model_path
+    from nst_deploy.nets.io import load_model
+    from nst_deploy.runtime import Stylizer
+
+    torch.manual_seed(0)
+    x = torch.rand(*shape)
+    net, _ = load_model(_model_path(model))
+    cuda = device.startswith("cuda")
+    if provider.startswith("eager"):
+        half = provider.endswith("fp16")
+        net = net.to(device, torch.float16 if half else torch.float32)
+        xin = x.to(device, torch.float16 if half else torch.float32)
+
+        def fn():
+            with torch.inference_mode():
+                return net(xin).float()
+    elif provider == "torchscript":
+        s = Stylizer.load(exported / "model.pt", device=device)
+        xin = x.to(device)
+
+        def fn():
+            with torch.inference_mode():
+                return s._run(xin).float()
+    else:
+        ep = provider.removeprefix("onnxruntime-")
+        s = Stylizer.load(exported / "model.onnx", providers=[ep])
+
+        def fn():
+            return s(x)
+    base = _rss_mb()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    y = fn()
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < runs or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    t = np.asarray(times)
+    # CUDA: the tensors' peak; CPU: the process's peak RSS (model, runtime and inference together:
+    # ru_maxrss is a high-water mark, so a difference would read 0 whenever loading peaked higher)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb()
+    ref_net, _ = load_model(_model_path(model))  # the eager fp32 reference, after the peak is read
+    with torch.inference_mode():
+        err = float((y.float().cpu() - ref_net(x)).abs().max())
+    timing = {"median_ms": float(np.median(t)), "p20_ms": float(np.quantile(t, 0.2)),
+              "p80_ms": float(np.quantile(t, 0.8)), "runs": len(times)}
+    return harness.row("runtime", provider, shape, "float16" if "fp16" in provider else "float32",
+                       "fp16" if "fp16" in provider else "fp32", timing, device=device, model=model,
+                       p50_ms=float(np.median(t)), p99_ms=float(np.quantile(t, 0.99)),
+                       images_per_s=1000.0 / float(np.median(t)), peak_mb=peak, rss_after_load_mb=base,
+                       max_error_vs_eager=err)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="starry_night")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--out-dir")
+    ap.add_argument("--one", nargs=4, metavar=("PROVIDER", "H", "W", "EXPORTED"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    device = harness.device_from_arg(args.device)
+    warnings.simplefilter("ignore")
+    if args.one:
+        provider, h, w, exported = args.one
+        r = _one(provider, (1, 3, int(h), int(w)), args.model, Path(exported), device, args.runs, args.seconds)
+        print(json.dumps(r, default=str))
+        return 0
+    import onnxruntime as ort
+    from nst_deploy.export import export_model
+
+    from nst_deploy.cli import _model_path
+
+    providers = ["eager", "torchscript"] + [f"onnxruntime-{p}" for p in ort.get_available_providers()
+                                            if p in ("CPUExecutionProvider", "CUDAExecutionProvider",
+                                                     "TensorrtExecutionProvider")]
+    if device.startswith("cuda"):
+        providers.insert(1, "eager-fp16")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        export_model(_model_path(args.model), tmp)
+        for shape in SHAPES:
+            for p in providers:
+                cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--runs",
+                       str(args.runs), "--seconds", str(args.seconds), "--one", p, str(shape[2]), str(shape[3]), tmp]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    err = (out.stderr.strip().splitlines() or ["failed"])[-1]
+                    r = harness.row("runtime", p, shape, "float32", "fp32", None, device=device, error=err[:200])
+                else:
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                harness.emit(r)
+                rows.append(r)
+    path = harness.write_results("runtime", rows, args.out_dir)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
