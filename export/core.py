@@ -8,7 +8,6 @@ TorchScript file only when its sha256 matches: TorchScript is code).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import NSTError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, sha256_file
 from ..nets.io import load_model
 
 __all__ = ["FORMATS", "export_model", "export_onnx", "export_torchscript", "verify"]
@@ -28,14 +27,6 @@ FORMATS = ("torchscript", "onnx")
 META_FILE = "nst_meta.json"
 #: Sizes checked by default: odd, non-square, and a batch of two.
 VERIFY_SHAPES = ((1, 37, 53), (2, 64, 64), (1, 101, 40))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _metadata(meta: dict, fmt: str) -> dict:
@@ -162,7 +153,7 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
     manifest = {
         "model": Path(model_path).name, "arch": meta.get("arch"), "config": meta.get("config"),
         "style": meta.get("style"), "metadata": _metadata(meta, "manifest"),
-        "artifacts": {fmt: {"file": p.name, "sha256": _sha256(p), "bytes": p.stat().st_size}
+        "artifacts": {fmt: {"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
                       for fmt, p in artifacts.items()},
         "verification": report or None,
     }

@@ -1,15 +1,42 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never a partial file."""
+"""File helpers: atomic writes (a crash leaves the old file or the new one, never a partial file),
+file digests, and reading torch files safely."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "load_torch", "sha256_file"]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (hex), read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_torch(path: str | os.PathLike, what: str):
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure as one ``NSTError`` line.
+
+    ``what`` names the file in the message (``"model"``, ``"checkpoint"``).
+    """
+    import torch
+
+    from .errors import NSTError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for malformed files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NSTError(f"{what} '{path}' cannot be read: {reason[:200]}") from None
 
 
 def _umask() -> int:

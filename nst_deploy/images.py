@@ -58,6 +58,16 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------------------- loading
+def open_allowed(path: str | os.PathLike) -> Image.Image:
+    """Open (not decode) an allowed-format file, with Pillow's global bomb check off: callers check sizes."""
+    with _PIL_LIMIT_LOCK:  # Pillow's own bomb check is a global; ours replaces it
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(path, formats=ALLOWED_FORMATS)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
 def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     """Open, check and fully decode an image file; EXIF orientation applied."""
     path = Path(path)
@@ -66,12 +76,7 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     try:
         with warnings.catch_warnings():  # Pillow warns about skipped corrupt tags; the pixels decide
             warnings.simplefilter("ignore", UserWarning)
-            with _PIL_LIMIT_LOCK:  # Pillow's own bomb check is a global; ours replaces it
-                old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-                try:
-                    img = Image.open(path, formats=ALLOWED_FORMATS)
-                finally:
-                    Image.MAX_IMAGE_PIXELS = old
+            img = open_allowed(path)
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(

@@ -36,8 +36,8 @@ import torch
 
 from .deform import draw_keypoints, flow_tv, match_keypoints, read_keypoints, tps_grid, warp, warp_loss
 from .errors import NSTError
-from .fsutil import atomic_write
-from .images import from_pil, load_image, resize, save_image, target_size, to_pil
+from .fsutil import atomic_write, load_torch
+from .images import from_pil, load_image, open_allowed, resize, save_image, target_size, to_pil
 from .losses import LossTerms, PerceptualLoss
 from .lossnets import load_lossnet
 from .options import _DEFAULT_LR, INITS, MAX_SIZE, OPTIMIZERS, StylizeOptions  # noqa: F401 (re-exported)
@@ -417,7 +417,7 @@ def _original_hw(img) -> tuple[int, int]:
 
     if isinstance(img, (str, Path)):
         try:
-            with Image.open(img) as im:
+            with open_allowed(img) as im:
                 w, h = im.size
                 if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
                     w, h = h, w
@@ -512,11 +512,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def _load_checkpoint(path: Path) -> dict:
     if not path.exists():
         raise NSTError(f"checkpoint '{path}' does not exist (resume needs one written by --checkpoint)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 (torch raises many kinds for malformed files)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NSTError(f"checkpoint '{path}' cannot be read: {reason[:200]}") from None
+    state = load_torch(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise NSTError(f"'{path}' is not a stylize checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:

@@ -15,7 +15,6 @@ the same kind; inputs are checked before inference. A Stylizer may be called fro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -27,19 +26,12 @@ import numpy as np
 import torch
 
 from .errors import NSTError
+from .fsutil import sha256_file
 
 __all__ = ["Stylizer"]
 
 MAX_SIDE = 16384
 MIN_SIDE = 8
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _onnx_providers(device: str, providers) -> list[str]:
@@ -159,7 +151,7 @@ class Stylizer:
             entry = manifest["artifacts"]["torchscript"]
         except (OSError, ValueError, KeyError, TypeError):
             raise NSTError(f"refusing TorchScript '{path}': '{manifest_path}' has no torchscript entry") from None
-        if entry.get("file") != path.name or entry.get("sha256") != _sha256(path):
+        if entry.get("file") != path.name or entry.get("sha256") != sha256_file(path):
             raise NSTError(f"refusing TorchScript '{path}': its sha256 does not match '{manifest_path}' "
                            "(the file was changed after export)")
         extra = {"nst_meta.json": ""}

@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from .errors import ImageError, NSTError
-from .fsutil import atomic_write
-from .images import _PIL_LIMIT_LOCK, ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, from_pil, load_image, save_image
+from .fsutil import atomic_write, load_torch, sha256_file
+from .images import DEFAULT_MAX_PIXELS, from_pil, load_image, open_allowed, save_image
 from .losses import LossTerms, PerceptualLoss
 from .lossnets import load_lossnet
 from .nets import create, list_models
@@ -140,7 +140,7 @@ def _scan(folder: Path) -> list[Path]:
     good = []
     for p in found:
         try:
-            with Image.open(p, formats=ALLOWED_FORMATS) as img:
+            with open_allowed(p) as img:
                 w, h = img.size
         except Exception as e:  # noqa: BLE001 - any unreadable file is skipped
             warnings.warn(f"skipping '{p}': not a readable image ({type(e).__name__})", stacklevel=2)
@@ -199,12 +199,7 @@ class PhotoDataset(torch.utils.data.Dataset):
 
     def _crop(self, path: Path, u: float, fx: float, fy: float, flip: bool) -> torch.Tensor:
         try:
-            with _PIL_LIMIT_LOCK:
-                old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-                try:
-                    img = Image.open(path, formats=ALLOWED_FORMATS)
-                finally:
-                    Image.MAX_IMAGE_PIXELS = old
+            img = open_allowed(path)
             w, h = img.size
             side = u * min(w, h)
             if img.format == "JPEG":  # decode at a reduced scale when the crop allows it (fast)
@@ -308,7 +303,7 @@ class Trainer:
         self.precision = prec
         self.files = _scan(Path(o.data))
         self.style = load_image(o.style, size=o.style_size or o.size)
-        self.style_sha = _digest_bytes(Path(o.style).read_bytes())
+        self.style_sha = sha256_file(o.style)
 
         torch.manual_seed(o.seed)
         self.model = create(o.arch, **o.net_config()).to(self.device)
@@ -411,10 +406,7 @@ class Trainer:
         path = self._checkpoint_path()
         if not path.is_file():
             raise NSTError(f"--resume: no checkpoint '{path}' (written every --checkpoint-every steps)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise NSTError(f"checkpoint '{path}' cannot be read: {str(e).strip()[:200] or type(e).__name__}") from None
+        state = load_torch(path, "checkpoint")
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise NSTError(f"'{path}' is not a training checkpoint")
         if state.get("version") != CHECKPOINT_VERSION:

@@ -15,7 +15,6 @@ it) this writes
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -27,7 +26,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nst_deploy.fsutil import atomic_write  # noqa: E402
+from nst_deploy.fsutil import atomic_write, sha256_file  # noqa: E402
 from nst_deploy.images import load_image, save_image  # noqa: E402
 from nst_deploy.nets.io import load_model, read_model  # noqa: E402
 
@@ -35,10 +34,6 @@ MODELS = ROOT / "nst_deploy" / "data" / "models"
 DOCS = ROOT / "docs" / "models"
 #: Photographs none of the bundled models saw in training (held out of the training folder).
 UNSEEN = [ROOT / "nst_deploy" / "data" / "chelsea.jpg", ROOT / "nst_deploy" / "data" / "coffee.jpg"]
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def loss_curve(history: list[dict], path: Path, title: str) -> None:
@@ -101,7 +96,7 @@ def main(argv=None) -> int:
                 if m.name in line:
                     commands[m.name] = line.strip()
     photos = sorted(p for p in args.data.rglob("*") if p.is_file())
-    data_list = [{"file": p.relative_to(args.data).as_posix(), "sha256": _sha(p)} for p in photos]
+    data_list = [{"file": p.relative_to(args.data).as_posix(), "sha256": sha256_file(p)} for p in photos]
     MODELS.mkdir(parents=True, exist_ok=True)
     for m in args.models:
         name = m.stem

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import NSTError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, load_torch
 
 __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "bundled_models", "load_model", "read_model", "save_model"]
 
@@ -56,11 +56,7 @@ def read_model(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise NSTError(f"model '{path}' does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for malformed files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NSTError(f"model '{path}' cannot be read: {reason[:200]}") from None
+    state = load_torch(path, "model")
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         raise NSTError(f"'{path}' is not an nst-deploy model file")
     if state.get("version") != MODEL_VERSION:
