@@ -23,7 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--format", default="torchscript,onnx", help="torchscript, onnx or both (default both)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or later; default 18)")
+    p.add_argument("--fp16", action="store_true",
+                   help="half-precision weights and activations with float32 input and output (verified at rtol 1e-2)")
+    p.add_argument("--fp16-io", action="store_true", help="fully half precision: float16 input and output too")
+    p.add_argument("--static", nargs=2, type=int, metavar=("H", "W"),
+                   help="fix the ONNX height and width (multiples of 4); the batch stays dynamic")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    t = p.add_argument_group("serving with NVIDIA Triton Inference Server")
+    t.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository into DIR")
+    t.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size (default 8)")
+    t.add_argument("--instances", type=int, default=1, help="Triton model instances per device (default 1)")
+    t.add_argument("--triton-kind", choices=("gpu", "cpu"), default="gpu", help="Triton instance kind (default gpu)")
+    t.add_argument("--tensorrt-fp16", action="store_true",
+                   help="ask Triton's onnxruntime backend for the TensorRT accelerator in FP16")
     return p
 
 
@@ -32,12 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     from ..cli import _model_path
     from .core import export_model
 
+    precision = "fp16-io" if args.fp16_io else "fp16" if args.fp16 else "fp32"
+    triton = {"max_batch_size": args.max_batch_size, "instances": args.instances, "kind": args.triton_kind,
+              "tensorrt_fp16": args.tensorrt_fp16}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             manifest = export_model(_model_path(args.model), args.output,
                                     [f.strip() for f in args.format.split(",") if f.strip()], args.opset,
-                                    check=not args.no_verify)
+                                    check=not args.no_verify, precision=precision, static=args.static,
+                                    triton_repo=args.triton_repo, triton=triton,
+                                    log=lambda msg: print(f"nst-export: {msg}", file=sys.stderr))
     except NSTError as e:
         print(f"nst-export: error: {e}", file=sys.stderr)
         return 2

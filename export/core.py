@@ -4,10 +4,18 @@ Every artifact carries the model's metadata (architecture, configuration, style,
 contract, training digest, toolkit version): TorchScript as the extra file ``nst_meta.json``, ONNX in
 ``metadata_props``. ``manifest.json`` lists every artifact with its sha256 (the runtime loads a
 TorchScript file only when its sha256 matches: TorchScript is code).
+
+Precisions: ``fp32``; ``fp16`` (weights and activations in half precision, float32 input and output:
+a drop-in replacement); ``fp16-io`` (fully half, input and output float16 too). Next to ``model.onnx``
+goes ``model.tiles.onnx``, the same network with its instance-norm statistics as an input
+(:class:`nst_deploy.tiling.StatsGraph`), which the runtime uses to tile images over its memory
+budget. ``static=(H, W)`` fixes the ONNX graphs' height and width (for engines that want fixed
+shapes); the batch stays dynamic.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -21,20 +29,61 @@ from ..errors import NSTError
 from ..fsutil import atomic_write, sha256_file
 from ..nets.io import load_model
 
-__all__ = ["FORMATS", "export_model", "export_onnx", "export_torchscript", "verify"]
+__all__ = ["FORMATS", "PRECISIONS", "export_model", "export_onnx", "export_torchscript", "verify"]
 
 FORMATS = ("torchscript", "onnx")
+PRECISIONS = ("fp32", "fp16", "fp16-io")
 META_FILE = "nst_meta.json"
 #: Sizes checked by default: odd, non-square, and a batch of two.
 VERIFY_SHAPES = ((1, 37, 53), (2, 64, 64), (1, 101, 40))
+#: Tolerance of the parity check per precision.
+RTOL = {"fp32": 1e-3, "fp16": 1e-2, "fp16-io": 1e-2}
+
+
+class Precision(torch.nn.Module):
+    """The network in half precision, with float32 (``fp16``) or float16 (``fp16-io``) input and output."""
+
+    def __init__(self, net: torch.nn.Module, io_half: bool):
+        super().__init__()
+        self.net = net.half()
+        self.io_half = io_half
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x.half())
+        if self.io_half:
+            return y
+        return y.float()
+
+
+class _TilesPrecision(torch.nn.Module):
+    """:class:`~nst_deploy.tiling.StatsGraph` with the same casts as :class:`Precision` (statistics stay float32)."""
+
+    def __init__(self, graph: torch.nn.Module, precision: str):
+        super().__init__()
+        self.inner = graph.half() if precision != "fp32" else graph
+        self.precision = precision
+
+    def forward(self, image: torch.Tensor, stats: torch.Tensor, mix: torch.Tensor):
+        x = image.half() if self.precision != "fp32" else image
+        y, own = self.inner(x, stats, mix)
+        return (y.float() if self.precision == "fp16" else y), own
+
+
+def _io_dtype(precision: str) -> torch.dtype:
+    return torch.float16 if precision == "fp16-io" else torch.float32
 
 
 def _metadata(meta: dict, fmt: str) -> dict:
     from .. import __version__
 
     keep = {k: meta.get(k) for k in ("arch", "config", "style", "style_sha256", "training_digest", "steps",
-                                     "input", "output", "output_scale")}
-    keep.update({"format": fmt, "toolkit": __version__, "torch": torch.__version__})
+                                     "input", "output", "output_scale", "precision", "static", "tiling")}
+    precision = meta.get("precision") or "fp32"
+    io = "float16" if precision == "fp16-io" else "float32"
+    for side in ("input", "output"):
+        if isinstance(keep.get(side), dict):
+            keep[side] = dict(keep[side], dtype=io)
+    keep.update({"precision": precision, "format": fmt, "toolkit": __version__, "torch": torch.__version__})
     return keep
 
 
@@ -51,28 +100,48 @@ def export_torchscript(net: torch.nn.Module, meta: dict, path: Path) -> Path:
     return path
 
 
-def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18) -> Path:
+def _dims(static: tuple[int, int] | None) -> dict:
+    batch = torch.export.Dim("batch", min=1, max=256)
+    if static:
+        return {0: batch}
+    return {0: batch, 2: torch.export.Dim("height", min=8, max=16384), 3: torch.export.Dim("width", min=8, max=16384)}
+
+
+def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, static: tuple[int, int] | None = None,
+                tiles: bool = False) -> Path:
     """ONNX via ``torch.onnx.export(dynamo=True)`` with dynamic batch, height and width; checked.
 
-    The graph is checked by ``onnx.checker`` (full check) and strict shape inference; the metadata
-    goes into ``metadata_props``.
+    ``static=(H, W)`` fixes height and width (the batch stays dynamic). ``tiles=True`` exports ``net``
+    as a :class:`~nst_deploy.tiling.StatsGraph` (inputs ``image``, ``stats``, ``mix``; outputs
+    ``stylized``, ``stats``). The graph is checked by ``onnx.checker`` (full check) and strict shape
+    inference; the metadata goes into ``metadata_props``.
     """
     import onnx
 
     if opset < 17:
         raise NSTError(f"--opset {opset}: use 17 or later")
-    multiple = int(getattr(net, "MULTIPLE", 4))
-    x = torch.rand(1, 3, 8 * multiple, 10 * multiple)
-    dims = {0: torch.export.Dim("batch", min=1, max=256), 2: torch.export.Dim("height", min=8, max=16384),
-            3: torch.export.Dim("width", min=8, max=16384)}
+    multiple = int(meta.get("tiling", {}).get("multiple", 4))
+    dtype = _io_dtype(meta.get("precision") or "fp32")
+    h, w = static or (8 * multiple, 10 * multiple)
+    x = torch.rand(1, 3, h, w).to(dtype)
+    dims = _dims(static)
+    if tiles:
+        n_stats = 2 * sum(meta["tiling"]["norm_channels"])
+        args = (x, torch.zeros(1, n_stats), torch.ones(1))
+        shapes = {"image": dims, "stats": {0: dims[0]}, "mix": None}
+        names = (["image", "stats", "mix"], ["stylized", "stats_out"])
+    else:
+        args = (x,)
+        shapes = {next(iter(inspect.signature(net.forward).parameters)): dims}
+        names = (["image"], ["stylized"])
     tmp = path.with_name(f".{path.name}.export")
     # torch.onnx logs a warning for every torchvision op it cannot register when torchvision is absent
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (x,), str(tmp), dynamo=True, dynamic_shapes={"x": dims}, opset_version=opset,
-                              input_names=["image"], output_names=["stylized"], external_data=False, verbose=False)
+            torch.onnx.export(net, args, str(tmp), dynamo=True, dynamic_shapes=shapes, opset_version=opset,
+                              input_names=names[0], output_names=names[1], external_data=False, verbose=False)
         model = onnx.load(str(tmp))
     except NSTError:
         raise
@@ -80,7 +149,7 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18) -
         raise NSTError(f"ONNX export failed: {str(e).strip().splitlines()[0][:200]}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    for key, value in _metadata(meta, "onnx").items():
+    for key, value in _metadata(meta, "onnx_tiles" if tiles else "onnx").items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     try:
@@ -94,69 +163,169 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18) -
 
 
 def verify(net: torch.nn.Module, artifacts: dict[str, Path], shapes=VERIFY_SHAPES, rtol: float = 1e-3,
-           seed: int = 0) -> dict:
+           seed: int = 0, io_dtype: torch.dtype = torch.float32, reference: torch.nn.Module | None = None) -> dict:
     """Run eager, TorchScript and ONNX Runtime on the same inputs; return the max errors per format.
 
+    ``net`` is the exported module (in its precision, taking ``io_dtype``); ``reference`` (the float32
+    network, default ``net``) gives the ``max_abs_error_vs_fp32`` reported for reduced precisions.
     Passes when ``|y - y_eager| <= rtol * (1 + |y_eager|)`` everywhere (outputs are in ``[0, 1]``).
+    The tiles graph (``onnx_tiles``) is checked with its own statistics (``mix = 0``) against eager,
+    and with statistics of another image (``mix = 1``) against eager with those statistics.
 
     Raises:
         NSTError: a format disagrees (the message names it, the size and the error).
     """
+    from ..tiling import NormStats
+
     g = torch.Generator().manual_seed(seed)
     report: dict[str, dict] = {}
     runners = {}
     if "torchscript" in artifacts:
         ts = torch.jit.load(str(artifacts["torchscript"]), map_location="cpu")
         runners["torchscript"] = lambda x: ts(x)
-    if "onnx" in artifacts:
-        import onnxruntime as ort
+    sessions = {}
+    for fmt in ("onnx", "onnx_tiles"):
+        if fmt in artifacts:
+            import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(artifacts["onnx"]), providers=["CPUExecutionProvider"])
-        runners["onnx"] = lambda x: torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
+            sessions[fmt] = ort.InferenceSession(str(artifacts[fmt]), providers=["CPUExecutionProvider"])
+    if "onnx" in sessions:
+        runners["onnx"] = lambda x: torch.from_numpy(sessions["onnx"].run(None, {"image": x.numpy()})[0])
+    if "onnx_tiles" in sessions:
+        def tiles(x: torch.Tensor) -> torch.Tensor:
+            n = sessions["onnx_tiles"].get_inputs()[1].shape[1]
+            out = sessions["onnx_tiles"].run(None, {"image": x.numpy(), "stats": torch.zeros(x.shape[0], n).numpy(),
+                                                    "mix": torch.zeros(1).numpy()})
+            return torch.from_numpy(out[0])
+
+        runners["onnx_tiles"] = tiles
+
+    def record(fmt: str, shape, y: torch.Tensor, ref: torch.Tensor, ref32: torch.Tensor | None) -> None:
+        b, _, h, w = shape
+        if y.shape != ref.shape:
+            raise NSTError(f"{fmt} output {tuple(y.shape)} at {b}x3x{h}x{w}, eager gives {tuple(ref.shape)}")
+        err = float((y - ref).abs().max())
+        worst = float(((y - ref).abs() / (1 + ref.abs())).max())
+        r = report.setdefault(fmt, {"max_abs_error": 0.0, "shapes": []})
+        r["max_abs_error"] = max(r["max_abs_error"], err)
+        r["shapes"].append([b, 3, h, w])
+        if ref32 is not None:
+            r["max_abs_error_vs_fp32"] = max(r.get("max_abs_error_vs_fp32", 0.0), float((y - ref32).abs().max()))
+        if worst > rtol:
+            raise NSTError(f"{fmt} differs from eager PyTorch at {b}x3x{h}x{w}: max error {err:.3g} "
+                           f"(tolerance {rtol:g})")
+
     for b, h, w in shapes:
-        x = torch.rand(b, 3, h, w, generator=g)
+        x = torch.rand(b, 3, h, w, generator=g).to(io_dtype)
         with torch.inference_mode():
             ref = net(x).float()
+            ref32 = reference(x.float()).float() if reference is not None else None
             for fmt, run in runners.items():
-                y = run(x).float()
-                if y.shape != ref.shape:
-                    raise NSTError(f"{fmt} output {tuple(y.shape)} at {b}x3x{h}x{w}, eager gives {tuple(ref.shape)}")
-                err = float((y - ref).abs().max())
-                worst = float(((y - ref).abs() / (1 + ref.abs())).max())
-                report.setdefault(fmt, {"max_abs_error": 0.0, "shapes": []})
-                report[fmt]["max_abs_error"] = max(report[fmt]["max_abs_error"], err)
-                report[fmt]["shapes"].append([b, 3, h, w])
-                if worst > rtol:
-                    raise NSTError(f"{fmt} differs from eager PyTorch at {b}x3x{h}x{w}: max error {err:.3g} "
-                                   f"(tolerance {rtol:g})")
+                record(fmt, (b, 3, h, w), run(x).float(), ref, ref32)
+    if "onnx_tiles" in sessions and reference is None:  # shared statistics (tiling), float32 only
+        b, h, w = shapes[0]
+        x, other = torch.rand(b, 3, h, w, generator=g), torch.rand(b, 3, h + 8, w + 4, generator=g)
+        rec = NormStats()
+        with torch.inference_mode():
+            with rec:
+                net(other)
+            stats = rec.flat()
+            with NormStats(given=stats):
+                ref = net(x).float()
+        y = sessions["onnx_tiles"].run(None, {"image": x.numpy(), "stats": stats.numpy(),
+                                              "mix": torch.ones(1).numpy()})[0]
+        record("onnx_tiles", (b, 3, h, w), torch.from_numpy(y).float(), ref, None)
     return report
 
 
+def _name(model_path: Path) -> str:
+    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in model_path.stem).lstrip(".") or "model"
+
+
 def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, formats=FORMATS, opset: int = 18,
-                 check: bool = True) -> dict:
-    """Export a model file to ``out_dir`` (``model.pt`` TorchScript, ``model.onnx``), verify, write the manifest."""
+                 check: bool = True, precision: str = "fp32", static: tuple[int, int] | None = None,
+                 triton_repo: str | os.PathLike | None = None, triton: dict | None = None, log=None) -> dict:
+    """Export a model file to ``out_dir``, verify, write the manifest (and a Triton model repository).
+
+    Writes ``model.pt`` (TorchScript), ``model.onnx`` and ``model.tiles.onnx`` (ONNX; the tiles graph
+    is left out for ``static`` exports) and ``manifest.json``. ``precision`` is one of
+    :data:`PRECISIONS`; ``static=(H, W)`` fixes the ONNX height and width; ``triton_repo`` also writes
+    an NVIDIA Triton model repository (``triton``: keyword arguments of
+    :func:`~nst_deploy.export.triton.write_triton_repo`, e.g. ``max_batch_size``, ``instances``).
+
+    Raises:
+        NSTError: unknown format or precision, bad static size, unreadable model, export or parity failure.
+    """
+    import copy
+
+    from ..tiling import probe
+
+    log = log or (lambda msg: None)
     formats = tuple(formats)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise NSTError(f"unknown format {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}")
+    if precision not in PRECISIONS:
+        raise NSTError(f"unknown precision '{precision}': choose from {', '.join(PRECISIONS)}")
+    if triton_repo is not None:  # the Triton arguments are checked before anything is exported
+        t = dict(triton or {})
+        if int(t.get("max_batch_size", 8)) < 0 or int(t.get("instances", 1)) < 1:
+            raise NSTError("Triton: max_batch_size must be >= 0 and instances >= 1")
+        if t.get("kind", "gpu") not in ("gpu", "cpu"):
+            raise NSTError(f"Triton: kind must be gpu or cpu, not {t.get('kind')!r}")
+        if t.get("tensorrt_fp16") and ("onnx" not in formats or t.get("kind", "gpu") != "gpu"):
+            raise NSTError("Triton: the TensorRT fp16 accelerator needs the onnx format and GPU instances")
     net, meta = load_model(model_path)
+    multiple = int(getattr(net, "MULTIPLE", 4))
+    if static is not None:
+        static = (int(static[0]), int(static[1]))
+        if min(static) < 8 or max(static) > 16384 or static[0] % multiple or static[1] % multiple:
+            raise NSTError(f"--static {static[0]} {static[1]}: height and width must be multiples of {multiple} "
+                           "between 8 and 16384")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NSTError(f"'{out}' exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta, precision=precision, static=list(static) if static else None,
+                tiling=probe(net, multiple=multiple))
+    module = net if precision == "fp32" else Precision(copy.deepcopy(net), io_half=precision == "fp16-io").eval()
     artifacts: dict[str, Path] = {}
     if "torchscript" in formats:
-        artifacts["torchscript"] = export_torchscript(net, meta, out / "model.pt")
+        log("TorchScript: scripting")
+        artifacts["torchscript"] = export_torchscript(module, meta, out / "model.pt")
     if "onnx" in formats:
-        artifacts["onnx"] = export_onnx(net, meta, out / "model.onnx", opset)
-    report = verify(net, artifacts) if check else {}
+        log("ONNX: exporting the network")
+        artifacts["onnx"] = export_onnx(module, meta, out / "model.onnx", opset, static=static)
+        if static is None:
+            from ..tiling import StatsGraph
+
+            log("ONNX: exporting the tiles graph (instance-norm statistics as an input)")
+            graph = _TilesPrecision(StatsGraph(net), precision).eval()
+            artifacts["onnx_tiles"] = export_onnx(graph, meta, out / "model.tiles.onnx", opset, tiles=True)
+    report = {}
+    if check:
+        log("verifying against eager PyTorch")
+        shapes = VERIFY_SHAPES if static is None else ((1, *static), (2, *static))
+        report = verify(module, artifacts, shapes=shapes, rtol=RTOL[precision], io_dtype=_io_dtype(precision),
+                        reference=None if precision == "fp32" else net)
     manifest = {
         "model": Path(model_path).name, "arch": meta.get("arch"), "config": meta.get("config"),
-        "style": meta.get("style"), "metadata": _metadata(meta, "manifest"),
+        "style": meta.get("style"), "precision": precision, "static": meta["static"],
+        "metadata": _metadata(meta, "manifest"),
         "artifacts": {fmt: {"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
                       for fmt, p in artifacts.items()},
         "verification": report or None,
     }
+    if triton_repo is not None:
+        from .triton import write_triton_repo
+
+        served = {f: p for f, p in artifacts.items() if f in FORMATS}
+        written = write_triton_repo(triton_repo, _name(Path(model_path)), served,
+                                    io_dtype="fp16" if precision == "fp16-io" else "fp32", static_hw=static,
+                                    output_scale=int(meta.get("output_scale") or 1), meta=_metadata(meta, "triton"),
+                                    **(triton or {}))
+        manifest["triton_repo"] = written
+        log(f"Triton model repository: {triton_repo}")
     with atomic_write(out / "manifest.json", "w") as fh:
         json.dump(manifest, fh, indent=1)
     return manifest

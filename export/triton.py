@@ -1,0 +1,292 @@
+"""A model repository for NVIDIA Triton Inference Server from exported style-transfer networks.
+
+:func:`write_triton_repo` lays out, under a repository folder::
+
+    REPO/
+      NAME/                      ONNX model (ONNX Runtime backend, platform "onnxruntime_onnx")
+        config.pbtxt
+        1/model.onnx
+      NAME_torchscript/          TorchScript model (LibTorch backend, platform "pytorch_libtorch")
+        config.pbtxt
+        1/model.pt
+
+Each ``config.pbtxt`` is an ``inference.ModelConfig`` message in protobuf text format (Triton's
+``model_config.proto``): the tensors with their data type and shape, the batch size, the instance
+group, dynamic batching, a version policy that serves only the newest version, and the model's
+metadata (style, architecture, toolkit version) as ``parameters``. The model files are copied
+atomically (written beside the destination, then renamed).
+
+Serve the folder with::
+
+    tritonserver --model-repository REPO
+
+then send an ``image`` tensor (NCHW RGB in [0, 1]) to ``NAME`` (the ONNX model; output ``stylized``) or an
+``INPUT__0`` tensor to ``NAME_torchscript`` (output ``OUTPUT__0``), e.g. over HTTP at
+``localhost:8000/v2/models/NAME/infer``. With ``max_batch_size`` > 0 (the default) a request's tensor
+carries the batch dimension: shape ``[N, 3, H, W]`` with ``N <= max_batch_size``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import NSTError
+from ..fsutil import atomic_write
+
+__all__ = ["write_triton_repo"]
+
+#: Triton platform, model file name and tensor names per export format. The LibTorch backend cannot
+#: read tensor names from a TorchScript file, so its configuration names them ``<name>__<index>``
+#: (position in ``forward``'s arguments / in the returned values): Triton's documented convention
+#: ("Special Conventions for PyTorch Backend", server docs/user_guide/model_configuration.md), which
+#: every backend version accepts, whatever ``forward``'s argument is called.
+_FORMATS = {
+    "onnx": {"platform": "onnxruntime_onnx", "file": "model.onnx", "suffix": "",
+             "input": "image", "output": "stylized"},
+    "torchscript": {"platform": "pytorch_libtorch", "file": "model.pt", "suffix": "_torchscript",
+                    "input": "INPUT__0", "output": "OUTPUT__0"},
+}
+_DTYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16"}
+_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+#: The metadata keys copied into ``parameters`` (as ``nst_<key>``), when present in ``meta``.
+_META_KEYS = ("style", "arch", "toolkit", "toolkit_version", "style_sha256", "training_digest")
+#: Temporary names left by an interrupted ``atomic_write`` of one of our files: tolerated, never deleted.
+_OUR_TMP = re.compile(r"\.(config\.pbtxt|model\.onnx|model\.pt)\..+\.tmp")
+
+
+def _quote(value: str) -> str:
+    """A protobuf text-format string literal: ASCII, with C escapes (UTF-8 bytes as octal escapes)."""
+    out = []
+    for b in value.encode("utf-8"):
+        c = chr(b)
+        if c in "\\\"'":
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\r":
+            out.append("\\r")
+        elif c == "\t":
+            out.append("\\t")
+        elif 0x20 <= b < 0x7F:
+            out.append(c)
+        else:
+            out.append(f"\\{b:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def _dims(values) -> str:
+    return "[ " + ", ".join(str(int(v)) for v in values) + " ]"
+
+
+def _check_int(value, what: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise NSTError(f"{what} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _check_args(name, artifacts, io_dtype, static_hw, output_scale, max_batch_size, instances, kind,
+                tensorrt_fp16) -> tuple[dict[str, Path], tuple[int, int] | None]:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("."):
+        raise NSTError(f"model name {name!r} is not allowed: use letters, digits, '_', '.', '-', not starting with '.'")
+    if not artifacts:
+        raise NSTError("no artifacts to put in the Triton repository (give an 'onnx' and/or a 'torchscript' file)")
+    unknown = sorted(str(f) for f in artifacts if f not in _FORMATS)
+    if unknown:
+        raise NSTError(f"unknown format {', '.join(unknown)} for Triton: choose from {', '.join(_FORMATS)}")
+    files = {fmt: Path(p) for fmt, p in artifacts.items()}
+    for fmt, path in files.items():
+        if not path.is_file():
+            raise NSTError(f"{fmt} artifact '{path}' does not exist or is not a file")
+    if io_dtype not in _DTYPES:
+        raise NSTError(f"unknown io dtype {io_dtype!r}: choose from {', '.join(_DTYPES)}")
+    if kind not in _KINDS:
+        raise NSTError(f"unknown instance kind {kind!r}: choose from {', '.join(_KINDS)}")
+    _check_int(max_batch_size, "max_batch_size", 0)
+    _check_int(instances, "instances", 1)
+    _check_int(output_scale, "output_scale", 1)
+    hw = None
+    if static_hw is not None:
+        try:
+            h, w = static_hw
+        except (TypeError, ValueError):
+            raise NSTError(f"static size must be (height, width), got {static_hw!r}") from None
+        hw = (_check_int(h, "static height", 1), _check_int(w, "static width", 1))
+    if tensorrt_fp16 and kind != "gpu":
+        raise NSTError("tensorrt_fp16 needs GPU instances (kind 'gpu')")
+    if tensorrt_fp16 and "onnx" not in files:
+        raise NSTError("tensorrt_fp16 applies to the ONNX model only, and no onnx artifact was given")
+    return files, hw
+
+
+def _check_model_dir(model_dir: Path, model_file: str) -> None:
+    """Refuse a model folder holding anything but what we write (``config.pbtxt``, ``1/<model_file>``)."""
+    if not os.path.lexists(model_dir):
+        return
+    if model_dir.is_symlink() or not model_dir.is_dir():
+        raise NSTError(f"'{model_dir}' exists and is not a folder written by nst-export")
+    allowed = {"config.pbtxt": "file", "1": "dir"}
+    for entry in model_dir.iterdir():
+        _check_entry(entry, allowed, model_dir)
+        if entry.name == "1":
+            for inner in entry.iterdir():
+                _check_entry(inner, {model_file: "file"}, model_dir)
+
+
+def _check_entry(entry: Path, allowed: dict[str, str], model_dir: Path) -> None:
+    if _OUR_TMP.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+        return
+    want = allowed.get(entry.name)
+    ok = want is not None and not entry.is_symlink() and (entry.is_dir() if want == "dir" else entry.is_file())
+    if not ok:
+        raise NSTError(f"'{model_dir}' holds '{entry.relative_to(model_dir)}', which nst-export did not write: "
+                       f"choose another name or move it away (nothing is deleted)")
+
+
+def _config(model_name: str, spec: dict, *, io_dtype: str, hw: tuple[int, int] | None, output_scale: int,
+            max_batch_size: int, instances: int, kind: str, tensorrt_fp16: bool, params: dict[str, str]) -> str:
+    if hw is None:
+        in_dims, out_dims = [3, -1, -1], [3, -1, -1]
+    else:
+        in_dims, out_dims = [3, hw[0], hw[1]], [3, hw[0] * output_scale, hw[1] * output_scale]
+    if max_batch_size == 0:
+        # No batching by Triton: dims are the full tensor shape, batch dimension included (the exported
+        # graphs keep a dynamic batch dimension, so any N is accepted).
+        in_dims, out_dims = [-1, *in_dims], [-1, *out_dims]
+    dtype = _DTYPES[io_dtype]
+    lines = [
+        f"# Written by nst-export. Serve with: tritonserver --model-repository <the folder holding {model_name}/>",
+        f"name: {_quote(model_name)}",
+        f"platform: {_quote(spec['platform'])}",
+        f"max_batch_size: {max_batch_size}",
+        "input [",
+        "  {",
+        f"    name: {_quote(spec['input'])}",
+        f"    data_type: {dtype}",
+        f"    dims: {_dims(in_dims)}",
+        "  }",
+        "]",
+        "output [",
+        "  {",
+        f"    name: {_quote(spec['output'])}",
+        f"    data_type: {dtype}",
+        f"    dims: {_dims(out_dims)}",
+        "  }",
+        "]",
+        "instance_group [",
+        "  {",
+        f"    count: {instances}",
+        f"    kind: {_KINDS[kind]}",
+        "  }",
+        "]",
+        "version_policy: { latest: { num_versions: 1 } }",
+    ]
+    if max_batch_size > 0:
+        # Dynamic batching whenever Triton may batch (max_batch_size > 0), static or dynamic image size.
+        # Triton's dynamic batcher only puts requests together when every input has the same shape in all
+        # of them (unless an input sets allow_ragged_batch, which we do not; see Triton's ragged batching
+        # docs), so images of different sizes are never mixed in one batch: requests of one size are batched
+        # together, which is what a service receiving fixed-size images (the common case) gains from, and a
+        # request of another size simply runs in a batch of its own. So the rule is not "static shapes only".
+        # max_queue_delay_microseconds stays 0 (Triton's default): no request waits for others to arrive.
+        # With max_batch_size 0 Triton does no batching at all, and a batcher would be pointless.
+        lines.append("dynamic_batching { }")
+    if tensorrt_fp16 and spec["platform"] == "onnxruntime_onnx" and kind == "gpu":
+        # The ONNX Runtime backend's TensorRT execution provider, building FP16 engines (Accelerator.parameters
+        # is a map<string, string>). With dynamic image sizes TensorRT builds an engine per new shape.
+        lines += [
+            "optimization {",
+            "  execution_accelerators {",
+            "    gpu_execution_accelerator: [",
+            "      {",
+            '        name: "tensorrt"',
+            '        parameters { key: "precision_mode" value: "FP16" }',
+            "      }",
+            "    ]",
+            "  }",
+            "}",
+        ]
+    for key, value in params.items():
+        lines.append(f"parameters {{ key: {_quote(key)} value: {{ string_value: {_quote(value)} }} }}")
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_repo(repo_dir, name: str, artifacts: dict, *, io_dtype: str = "fp32",
+                      static_hw: tuple[int, int] | None = None, output_scale: int = 1, max_batch_size: int = 8,
+                      instances: int = 1, kind: str = "gpu", meta: dict | None = None,
+                      tensorrt_fp16: bool = False) -> dict:
+    """Write a Triton model repository (``config.pbtxt`` and version ``1``) for exported networks.
+
+    The ONNX model goes to ``repo_dir/<name>/`` (platform ``onnxruntime_onnx``, tensors ``image`` and
+    ``stylized``); the TorchScript model to ``repo_dir/<name>_torchscript/`` (platform
+    ``pytorch_libtorch``, tensors ``INPUT__0`` and ``OUTPUT__0`` per the LibTorch backend's naming
+    convention). Our own ``config.pbtxt`` and ``1/model.*`` are overwritten; a model folder holding
+    anything else is refused, and nothing is deleted. Every argument is checked before anything is written.
+
+    Args:
+        repo_dir: The model repository folder (created if missing).
+        name: The model name: letters, digits, ``_``, ``.``, ``-``, not starting with ``.``.
+        artifacts: Export format (``"onnx"``, ``"torchscript"``) to the path of the exported file.
+        io_dtype: ``"fp32"``, or ``"fp16"`` for the fully-fp16 export (input and output both float16).
+        static_hw: ``(height, width)`` of a static-size export; ``None`` for dynamic height and width.
+        output_scale: Output size over input size (1 for the Johnson network; 2 or 4 for the multimodal one).
+        max_batch_size: The largest batch Triton forms; 0 turns Triton's batching off (the dims then
+            include the batch dimension).
+        instances: Model instances (per GPU for ``kind="gpu"``).
+        kind: ``"gpu"`` (``KIND_GPU``) or ``"cpu"`` (``KIND_CPU``).
+        meta: The model's metadata; ``style``, ``arch``, ``toolkit`` (or ``toolkit_version``),
+            ``style_sha256`` and ``training_digest``, where present, become ``parameters`` named ``nst_<key>``.
+        tensorrt_fp16: For the ONNX model on GPU, run it through ONNX Runtime's TensorRT execution provider
+            in FP16 precision.
+
+    Returns:
+        ``{"repo": ..., "models": {format: {"name", "dir", "config", "model"}}}``, paths as strings.
+
+    Raises:
+        NSTError: A bad name or argument, an unknown format, no artifacts, a missing artifact file, or a
+            model folder (or its ``1/``) holding files nst-export did not write.
+    """
+    files, hw = _check_args(name, artifacts, io_dtype, static_hw, output_scale, max_batch_size, instances, kind,
+                            tensorrt_fp16)
+    repo = Path(repo_dir)
+    if os.path.lexists(repo) and not repo.is_dir():
+        raise NSTError(f"'{repo}' exists and is not a folder")
+    params: dict[str, str] = {}
+    for key in _META_KEYS:
+        value = (meta or {}).get(key)
+        if value is not None and not isinstance(value, (dict, list, tuple)):
+            params[f"nst_{key}"] = str(value)
+    params["nst_io_dtype"] = io_dtype
+    params["nst_output_scale"] = str(output_scale)
+    plan = []
+    for fmt in _FORMATS:  # a fixed order: onnx, then torchscript
+        if fmt not in files:
+            continue
+        spec = _FORMATS[fmt]
+        model_name = name + spec["suffix"]
+        model_dir = repo / model_name
+        _check_model_dir(model_dir, spec["file"])
+        plan.append((fmt, spec, model_name, model_dir))
+    written: dict[str, dict[str, str]] = {}
+    for fmt, spec, model_name, model_dir in plan:
+        extra = {"INFERENCE_MODE": "true"} if fmt == "torchscript" else {}  # LibTorch backend: no autograd
+        text = _config(model_name, spec, io_dtype=io_dtype, hw=hw, output_scale=output_scale,
+                       max_batch_size=max_batch_size, instances=instances, kind=kind, tensorrt_fp16=tensorrt_fp16,
+                       params={**extra, **params})
+        version_dir = model_dir / "1"
+        try:
+            version_dir.mkdir(parents=True, exist_ok=True)
+            model_path = version_dir / spec["file"]
+            with open(files[fmt], "rb") as src, atomic_write(model_path, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            config_path = model_dir / "config.pbtxt"
+            with atomic_write(config_path, "w") as fh:
+                fh.write(text)
+        except OSError as e:
+            raise NSTError(f"cannot write the Triton model '{model_dir}': {e.strerror or e}") from None
+        written[fmt] = {"name": model_name, "dir": str(model_dir), "config": str(config_path),
+                        "model": str(model_path)}
+    return {"repo": str(repo), "models": written}
