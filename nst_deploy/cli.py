@@ -331,7 +331,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise NSTError(f"--size {args.size} is too small: use 8 pixels or more")
     from .runtime import Stylizer
 
-    stylizer = Stylizer.load(model, device=args.device)  # ONNX, verified TorchScript or a model file
+    if not args.memory_mb > 0:
+        raise NSTError(f"--memory-mb must be positive, got {args.memory_mb:g}")
+    # ONNX, verified TorchScript or a model file
+    stylizer = Stylizer.load(model, device=args.device, memory_mb=args.memory_mb)
+    if not args.quiet:
+        def progress(done: int, total: int) -> None:
+            print(f"\rnst: tile {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+        stylizer.progress = progress
     meta = stylizer.meta
     scale = int(meta.get("output_scale", 1) or 1)
     x = load_image(args.input, size=args.size)
@@ -345,7 +353,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         y = stylizer(x)
     except RuntimeError as e:
         if "memory" in str(e).lower():
-            raise NSTError(f"not enough memory to run {w}x{h}: use --size to make it smaller") from None
+            raise NSTError(f"not enough memory to run {w}x{h}: lower --memory-mb (tiles) or use --size") from None
         raise
     if tuple(y.shape[-2:]) != (h, w):
         y = resize(y, (h, w))
@@ -365,6 +373,8 @@ def _add_run(sub) -> None:
     p.add_argument("--size", type=int, help="resize the input's longest side first (default: keep)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--memory-mb", type=float, default=2048,
+                   help="working-memory budget; larger images run in tiles that agree (default 2048)")
     p.add_argument("--list", action="store_true", help="list the bundled models")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_run)

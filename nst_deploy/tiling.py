@@ -79,8 +79,8 @@ class NormStats(TorchDispatchMode):
         eps = float(args[7]) if len(args) > 7 else float(kwargs.get("eps", 1e-5))
         c = x.shape[1]
         var, mean = torch.var_mean(x.float(), dim=(2, 3), correction=0)
-        self.own.append(torch.cat([mean, var], 1))
         self.channels.append(int(c))
+        self.own.append(torch.cat([mean, var], 1))
         if self.given is None:
             return func(*args, **kwargs)
         o = self.offset
@@ -326,17 +326,17 @@ def thumbnail_size(h: int, w: int, stats_size: int) -> tuple[int, int]:
 
 
 def thumbnail(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Antialiased downsampling of a float ``(N, 3, H, W)`` tensor."""
+    """Area (box) downsampling of a float ``(N, 3, H, W)`` tensor, like Pillow's ``BOX`` for uint8 images."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return F.interpolate(x, size=size, mode="area")
 
 
 def uint8_source(arr: np.ndarray) -> Callable[[int, int, int, int], torch.Tensor]:
     """A ``source`` over an ``HxWx3`` uint8 array (converted to float one tile at a time)."""
 
     def source(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(arr[y0:y1, x0:x1]))
+        t = torch.from_numpy(arr[y0:y1, x0:x1].copy())
         return t.permute(2, 0, 1)[None].float().div_(255.0)
 
     return source

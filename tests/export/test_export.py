@@ -13,7 +13,7 @@ from nst_deploy.export.cli import main
 
 from nst_deploy.errors import NSTError
 from nst_deploy.nets import create
-from nst_deploy.nets.io import bundled_models, save_model
+from nst_deploy.nets.io import bundled_models, load_model, save_model
 
 
 @pytest.mark.parametrize("name", ["johnson__starry_night", "johnson__the_scream"])
@@ -64,3 +64,65 @@ def test_cli_errors(tmp_path, capsys):
     assert "17 or later" in capsys.readouterr().err
     assert main(["nope", "-o", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp16-io"])
+def test_fp16_variants(precision, tmp_path):
+    from nst_deploy.runtime import Stylizer
+
+    m = export_model(bundled_models()["johnson__starry_night"], tmp_path, precision=precision)
+    assert m["precision"] == precision and m["metadata"]["precision"] == precision
+    for fmt in ("torchscript", "onnx", "onnx_tiles"):
+        v = m["verification"][fmt]
+        assert v["max_abs_error"] < 1e-2 and v["max_abs_error_vs_fp32"] < 2e-2 and len(v["shapes"]) >= 3
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    io = onnx.TensorProto.FLOAT16 if precision == "fp16-io" else onnx.TensorProto.FLOAT
+    assert model.graph.input[0].type.tensor_type.elem_type == io
+    assert model.graph.output[0].type.tensor_type.elem_type == io
+    conv_weights = [t for t in model.graph.initializer if len(t.dims) == 4]
+    assert conv_weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in conv_weights)
+    net, _ = load_model(bundled_models()["johnson__starry_night"])
+    x = torch.rand(1, 3, 48, 72)
+    with torch.no_grad():
+        ref = net(x)
+    for name in ("model.onnx", "model.pt"):
+        s = Stylizer.load(tmp_path / name, precision="fp16")
+        y = s(x)
+        assert y.dtype == torch.float32 and (y - ref).abs().max() < 2e-2
+        with pytest.raises(NSTError, match=f"exported in {precision}"):
+            Stylizer.load(tmp_path / name, precision="fp32")
+
+
+def test_static_export_with_triton_repository(tmp_path, capsys):
+    from google.protobuf import descriptor_pool, message_factory, text_format
+
+    from nst_deploy.runtime import Stylizer
+
+    from .test_triton import _schema_file
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(_schema_file())
+    model_config = message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfig"))
+
+    out, repo = tmp_path / "out", tmp_path / "repo"
+    assert main(["starry_night", "-o", str(out), "--static", "64", "96", "--triton-repo", str(repo),
+                 "--max-batch-size", "4", "--instances", "2"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["static"] == [64, 96] and "onnx_tiles" not in m["artifacts"]
+    assert m["verification"]["onnx"]["shapes"] == [[1, 3, 64, 96], [2, 3, 64, 96]]
+    shape = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape
+    dims = [d.dim_value or d.dim_param for d in shape.dim]
+    assert isinstance(dims[0], str) and dims[1:] == [3, 64, 96]
+    cfg = text_format.Parse((repo / "johnson__starry_night" / "config.pbtxt").read_text(), model_config())
+    assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 4 and list(cfg.input[0].dims) == [3, 64, 96]
+    assert cfg.instance_group[0].count == 2
+    assert (repo / "johnson__starry_night" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert (repo / "johnson__starry_night_torchscript" / "1" / "model.pt").is_file()
+    s = Stylizer.load(out / "model.onnx")
+    assert s(torch.rand(2, 3, 64, 96)).shape == (2, 3, 64, 96)
+    with pytest.raises(NSTError, match="exported for 96x64"):
+        s(torch.rand(1, 3, 64, 64))
+    assert main(["starry_night", "-o", str(out), "--static", "63", "96"]) == 2
+    assert "multiples of 4" in capsys.readouterr().err
+    assert main(["starry_night", "-o", str(out), "--triton-repo", str(repo), "--instances", "0"]) == 2
+    assert "instances" in capsys.readouterr().err
