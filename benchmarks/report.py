@@ -167,6 +167,33 @@ def runtime_table(rows: list[dict], path: Path) -> str:
 LAYOUTS["runtime"] = runtime_table
 
 
+def tiling_table(rows: list[dict], path: Path) -> str:
+    """Tiled inference of a large image: time, tiles, memory against the budget, seam error."""
+    lines = [
+        "| image | provider | budget MB | call MB | peak RSS MB | tiles | tile | thumbnail | s | "
+        "seam max / mean (8-bit levels) | boundary step ratio x / y |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | --- |",
+    ]
+    for r in rows:
+        size = f"{r['shape'][3]}x{r['shape'][2]}"
+        if r.get("error"):
+            lines.append(f"| {size} | {r['provider']} | {_fmt(r.get('budget_mb'), 0)} | failed: {r['error'][:60]} "
+                         "| | | | | | | |")
+            continue
+        th = "x".join(str(v) for v in reversed(r["thumbnail"]))
+        rx, ry = r.get("boundary_step_ratio_x"), r.get("boundary_step_ratio_y")
+        lines.append(
+            f"| {size} | {r['provider']} | {_fmt(r['budget_mb'], 0)} | {_fmt(r['call_mb'], 0)} | "
+            f"{_fmt(r['peak_rss_mb'], 0)} | {r['tiles']} | {r['tile_side']} | {th} | {_fmt(r['wall_s'], 1)} | "
+            f"{r['seam_max_abs_levels']} / {r['seam_mean_abs_levels']:.1e} | "
+            f"{'' if rx is None else f'{rx:.3f}'} / {'' if ry is None else f'{ry:.3f}'} |"
+        )
+    return _head(rows, path) + "\n".join(lines) + "\n"
+
+
+LAYOUTS["tiling"] = tiling_table
+
+
 def table(path: Path) -> str:
     """A markdown table for one results file, laid out by its subject."""
     rows = json.loads(path.read_text())

@@ -331,7 +331,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise NSTError(f"--size {args.size} is too small: use 8 pixels or more")
     from .runtime import Stylizer
 
-    if not args.memory_mb > 0:
+    if args.memory_mb is not None and not args.memory_mb > 0:
         raise NSTError(f"--memory-mb must be positive, got {args.memory_mb:g}")
     # ONNX, verified TorchScript or a model file
     stylizer = Stylizer.load(model, device=args.device, memory_mb=args.memory_mb)
@@ -373,8 +373,9 @@ def _add_run(sub) -> None:
     p.add_argument("--size", type=int, help="resize the input's longest side first (default: keep)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-    p.add_argument("--memory-mb", type=float, default=2048,
-                   help="working-memory budget; larger images run in tiles that agree (default 2048)")
+    p.add_argument("--memory-mb", type=float,
+                   help="working-memory budget; larger images run in tiles that agree (default: half the "
+                        "available memory)")
     p.add_argument("--list", action="store_true", help="list the bundled models")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_run)

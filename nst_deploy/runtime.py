@@ -42,8 +42,22 @@ __all__ = ["Stylizer"]
 
 MAX_SIDE = 16384
 MIN_SIDE = 8
-#: Default budget for one call's working memory (activations and accumulators), in MiB.
-MEMORY_MB = 2048
+#: Share of the memory available at load that a call may use by default.
+MEMORY_SHARE = 0.5
+
+
+def default_memory_mb(device: torch.device) -> float:
+    """Half the memory available now: free GPU memory on CUDA, ``MemAvailable`` on the CPU (else 4096)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return MEMORY_SHARE * free / 2**20
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return MEMORY_SHARE * int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 4096.0
 #: Floats per input pixel assumed for models that do not record theirs.
 DEFAULT_FLOATS_PER_PIXEL = 256.0
 
@@ -107,7 +121,8 @@ class Stylizer:
     """
 
     def __init__(self, backend: str, run, meta: dict, device: torch.device, module=None, path: Path | None = None,
-                 providers: list[str] | None = None, dtype: torch.dtype = torch.float32, memory_mb: float = MEMORY_MB):
+                 providers: list[str] | None = None, dtype: torch.dtype = torch.float32,
+                 memory_mb: float | None = None):
         self.backend = backend
         self._run = run
         self.meta = meta
@@ -116,7 +131,7 @@ class Stylizer:
         self._path = path
         self._providers = providers
         self.dtype = dtype  # input dtype the model takes
-        self.memory_mb = float(memory_mb)
+        self.memory_mb = float(memory_mb if memory_mb is not None else default_memory_mb(device))
         self.stats_size = 1024
         self.tile: int | None = None
         self.progress = None
@@ -128,7 +143,7 @@ class Stylizer:
     # -- loading
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", providers: list[str] | None = None,
-             precision: str | None = None, memory_mb: float = MEMORY_MB, warmup: bool = True) -> Stylizer:
+             precision: str | None = None, memory_mb: float | None = None, warmup: bool = True) -> Stylizer:
         """Load an ONNX file, a verified TorchScript file or an ``nst train`` model file.
 
         Args:
@@ -137,7 +152,8 @@ class Stylizer:
             providers: ONNX Runtime execution providers, in order (default: TensorRT, CUDA, CPU as available).
             precision: ``None`` (the file's), ``fp32`` or ``fp16``. Eager models cast to it; exported
                 files must have been exported in it (``nst-export --fp16``).
-            memory_mb: working-memory budget of one call; larger images run in tiles.
+            memory_mb: working-memory budget of one call; larger images run in tiles (default: half
+                the memory available at load, on the GPU for CUDA).
             warmup: run once on a small image at load, so the first real call does not pay the setup.
 
         Raises:
@@ -149,7 +165,7 @@ class Stylizer:
             raise NSTError(f"model '{path}' does not exist")
         if precision not in (None, "fp32", "fp16"):
             raise NSTError(f"precision must be fp32 or fp16, not '{precision}'")
-        if not memory_mb > 0:
+        if memory_mb is not None and not memory_mb > 0:
             raise NSTError(f"memory_mb must be positive, got {memory_mb}")
         from .optimize import _device
 
@@ -191,7 +207,7 @@ class Stylizer:
         return torch.float16 if have == "fp16-io" else torch.float32
 
     @classmethod
-    def _session(cls, path: Path, dev: torch.device, providers):
+    def _session(cls, path: Path, dev: torch.device, providers, arena: bool = True):
         import onnxruntime as ort
 
         try:
@@ -200,9 +216,12 @@ class Stylizer:
             raise
         except Exception as e:  # noqa: BLE001
             raise NSTError(f"ONNX model '{path}' cannot be read: {str(e).strip().splitlines()[0][:160]}") from None
+        opts = ort.SessionOptions()
+        # the CPU arena keeps (and grows by powers of two) what it ever held: off for tiles, which must
+        # stay within the memory budget
+        opts.enable_cpu_mem_arena = arena
         try:
-            return ort.InferenceSession(str(path), sess_options=ort.SessionOptions(),
-                                        providers=_onnx_providers(dev.type, providers))
+            return ort.InferenceSession(str(path), sess_options=opts, providers=_onnx_providers(dev.type, providers))
         except Exception as e:  # noqa: BLE001
             raise NSTError(f"ONNX model '{path}' cannot be loaded: {str(e).strip().splitlines()[0][:160]}") from None
 
@@ -312,7 +331,7 @@ class Stylizer:
                 if not tpath.is_file():
                     raise NSTError(f"this image needs tiling (memory_mb={self.memory_mb:g}), but '{tpath.name}' is "
                                    f"not beside '{self._path.name}': export with nst-export (without --static)")
-                self._tiles_sess = self._session(tpath, self.device, self._providers)
+                self._tiles_sess = self._session(tpath, self.device, self._providers, arena=False)
             return self._tiles_sess
 
     def _stats_runners(self):

@@ -110,3 +110,19 @@ def test_bench_kernels_rows_and_table(tmp_path):
         ("gram_loss/fwd+bwd", "fused-torch")]
     assert all(r["median_ms"] > 0 and r["shape"] == [1, 64, 32, 32] for r in rows)
     assert "| 32 | conv1_1 | 64x32x32 | gram/fwd | eager |" in report.table(path)
+
+
+# --------------------------------------------------------------------------- bench_tiling (tiny)
+def test_bench_tiling_measures_seams(tmp_path):
+    import bench_tiling
+    import numpy as np
+
+    image = tmp_path / "image.npy"
+    np.save(image, bench_tiling.make_image(480, 320))
+    cmd = [sys.executable, str(BENCH / "bench_tiling.py"), "--budget", "40", "--one", "eager", str(image),
+           str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["tiles"] >= 4 and r["seam_points"] >= 3 and r["seam_max_abs_levels"] <= 1
+    assert r["shape"] == [1, 3, 320, 480] and r["call_mb"] > 0

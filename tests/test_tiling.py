@@ -143,3 +143,15 @@ def test_tiling_errors(exported, tmp_path):
     net, _ = load_model(bundled_models()["johnson__starry_night"])
     assert Stylizer.load(exported / "model.onnx").working_bytes(1, 100, 100) > 100 * 100 * 4 * 10
     del net
+
+
+def test_nst_run_tiles_with_progress(tmp_path, capsys):
+    from nst_deploy.cli import main
+
+    out = tmp_path / "out.png"
+    assert main(["run", "starry_night", str(DATA / "chelsea.jpg"), "-o", str(out), "--memory-mb", "40"]) == 0
+    err = capsys.readouterr().err
+    assert "tile " in err and Image.open(out).size == (451, 300)
+    assert main(["run", "starry_night", str(DATA / "chelsea.jpg"), "-o", str(tmp_path / "x.png"),
+                 "--memory-mb", "0.5"]) == 2
+    assert "too small to tile" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
