@@ -5,13 +5,13 @@ The image is 7680x4320 (an asset upscaled and cropped; ``--size`` changes it). E
 subprocess (``--one``) through ``Stylizer`` with ``memory_mb`` = ``--budget``.
 
 Measured: wall time of the call, tiles and tile side, the thumbnail, the process's RSS before the
-call and its peak (``ru_maxrss``) — their difference is what the call itself took, to compare with
-the budget — and the seam error: at points on tile boundaries (the middle of each overlap, and
-crossings of four tiles), a 256x256 window of the tiled output is compared with the network run on a
-crop around it large enough to contain its receptive field, with the same thumbnail statistics (the
-untiled computation there). Reported in 8-bit levels: max and mean absolute difference. Also the
-ratio of the mean horizontal/vertical step across tile boundaries to the mean step elsewhere
-(1.0: nothing special at the boundaries).
+call and its peak (``ru_maxrss``): their difference is what the call itself took, to compare with
+the budget. The seam error: at points on tile boundaries (the middle of each overlap, and crossings
+of four tiles), a 256x256 window (smaller for small images) of the tiled output is compared with the
+network run on a crop around it large enough to hold its receptive field, with the same thumbnail
+statistics (the untiled computation there); reported in 8-bit levels, max and mean absolute
+difference. Also the ratio of the mean step between neighbouring pixels across tile boundaries to
+the mean step elsewhere (1.0: nothing special at the boundaries).
 
 Usage::
 
@@ -104,14 +104,15 @@ def _one(provider: str, image_path: Path, exported: Path, budget: float) -> dict
     m = int(info.get("multiple", 4))
     reach = int(info["radius"]) + 4 * m
     errs = []
+    win = min(WINDOW, min(h, w) // 4 // m * m)
     for cy, cx in _seam_points(plan.rows, plan.cols):
-        y0, x0 = cy - WINDOW // 2, cx - WINDOW // 2
+        y0, x0 = min(max(0, cy - win // 2), h - win), min(max(0, cx - win // 2), w - win)
         cy0, cx0 = max(0, (y0 - reach) // m * m), max(0, (x0 - reach) // m * m)
-        cy1, cx1 = min(h, y0 + WINDOW + reach), min(w, x0 + WINDOW + reach)
+        cy1, cx1 = min(h, y0 + win + reach), min(w, x0 + win + reach)
         crop = torch.from_numpy(arr[cy0:cy1, cx0:cx1].copy()).permute(2, 0, 1)[None].float() / 255
-        ref = run_tile(crop, stats).float()[0, :, y0 - cy0:y0 - cy0 + WINDOW, x0 - cx0:x0 - cx0 + WINDOW]
+        ref = run_tile(crop, stats).float()[0, :, y0 - cy0:y0 - cy0 + win, x0 - cx0:x0 - cx0 + win]
         ref8 = (ref.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-        d = np.abs(out[y0:y0 + WINDOW, x0:x0 + WINDOW].astype(int) - ref8.astype(int))
+        d = np.abs(out[y0:y0 + win, x0:x0 + win].astype(int) - ref8.astype(int))
         errs.append((int(d.max()), float(d.mean())))
     # steps across tile boundaries against steps elsewhere
     f = out.astype(np.float32)

@@ -101,7 +101,7 @@ def test_tiled_tensor_batch(exported):
     s = Stylizer.load(exported / "model.onnx")
     x = torch.rand(2, 3, 150, 230)
     whole = s(x)
-    s.memory_mb = 30
+    s.memory_mb = 70
     calls = []
     s.progress = lambda done, total: calls.append(total)
     tiled = s(x)
