@@ -84,6 +84,8 @@ def _metadata(meta: dict, fmt: str) -> dict:
         if isinstance(keep.get(side), dict):
             keep[side] = dict(keep[side], dtype=io)
     keep.update({"precision": precision, "format": fmt, "toolkit": __version__, "torch": torch.__version__})
+    if fmt == "torchscript":  # a scripted module takes any size; --static applies to the ONNX graphs
+        keep["static"] = None
     return keep
 
 

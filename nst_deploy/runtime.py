@@ -101,6 +101,10 @@ def _bound_run(sess, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Te
     """Run ``sess`` with inputs and outputs bound in place (CPU or CUDA torch tensors: no copies)."""
     binding = sess.io_binding()
     feeds = {name: t.contiguous() for name, t in feeds.items()}  # kept alive until the run returns
+    for t in list(feeds.values()) + list(outputs.values()):
+        if t.is_cuda:  # torch's queued work on these buffers must be done before ONNX Runtime's stream reads them
+            torch.cuda.synchronize(t.device)
+            break
     for name, t in feeds.items():
         binding.bind_input(name, t.device.type, t.device.index or 0, _ort_type(t.dtype), tuple(t.shape), t.data_ptr())
     for name, t in outputs.items():

@@ -122,6 +122,7 @@ def test_static_export_with_triton_repository(tmp_path, capsys):
     assert s(torch.rand(2, 3, 64, 96)).shape == (2, 3, 64, 96)
     with pytest.raises(NSTError, match="exported for 96x64"):
         s(torch.rand(1, 3, 64, 64))
+    assert Stylizer.load(out / "model.pt")(torch.rand(1, 3, 40, 52)).shape == (1, 3, 40, 52)  # scripted: any size
     assert main(["starry_night", "-o", str(out), "--static", "63", "96"]) == 2
     assert "multiples of 4" in capsys.readouterr().err
     assert main(["starry_night", "-o", str(out), "--triton-repo", str(repo), "--instances", "0"]) == 2
