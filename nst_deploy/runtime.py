@@ -154,8 +154,8 @@ class Stylizer:
             path: ``model.onnx``, ``model.pt`` (TorchScript, with its ``manifest.json``) or a model file.
             device: ``auto``, ``cpu``, ``cuda[:N]`` (for ONNX: picks the execution providers).
             providers: ONNX Runtime execution providers, in order (default: TensorRT, CUDA, CPU as available).
-            precision: ``None`` (the file's), ``fp32`` or ``fp16``. Eager models cast to it; exported
-                files must have been exported in it (``nst-export --fp16``).
+            precision: ``None`` (the file's), ``fp32`` or ``fp16``. Eager models and float32
+                TorchScript cast to fp16; ONNX files must have been exported in it (``nst-export --fp16``).
             memory_mb: working-memory budget of one call; larger images run in tiles (default: half
                 the memory available at load, on the GPU for CUDA).
             warmup: run once on a small image at load, so the first real call does not pay the setup.
@@ -278,7 +278,11 @@ class Stylizer:
             meta = json.loads(extra["nst_meta.json"] or "{}")
         except ValueError:
             raise NSTError(f"TorchScript '{path}' has malformed metadata") from None
-        dtype = cls._check_precision(path, meta, precision)
+        if precision == "fp16" and (meta.get("precision") or "fp32") == "fp32":
+            module.half()  # a float32 scripted module casts like an eager one
+            meta["precision"], dtype = "fp16", torch.float16
+        else:
+            dtype = cls._check_precision(path, meta, precision)
         module.eval()
         return cls("torchscript", module, meta, dev, module=module, path=path, dtype=dtype, memory_mb=memory_mb)
 

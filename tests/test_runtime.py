@@ -130,3 +130,33 @@ def test_nst_run_uses_the_stylizer(exported, tmp_path):
     ref = np.asarray(Image.open(eager)).astype(int)
     for v in outs.values():
         assert np.abs(v - ref).max() <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_bound_in_place(exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDA provider here")
+    cpu = Stylizer.load(exported / "model.onnx", device="cpu")
+    gpu = Stylizer.load(exported / "model.onnx", device="cuda", providers=["CUDAExecutionProvider"])
+    assert gpu.device.type == "cuda"
+    x = torch.rand(2, 3, 72, 100)
+    y = gpu(x.cuda())
+    assert y.is_cuda and (y.cpu() - cpu(x)).abs().max() < 1e-3
+    ts = Stylizer.load(exported / "model.pt", device="cuda", precision="fp16")
+    assert (ts(x.cuda()).cpu() - cpu(x)).abs().max() < 2e-2
+
+
+def test_precision_option(exported):
+    x = torch.rand(1, 3, 40, 56)
+    ref = Stylizer.load(exported / "model.onnx")(x)
+    for path in (exported / "model.pt", bundled_models()["johnson__starry_night"]):
+        s = Stylizer.load(path, precision="fp16")  # float32 TorchScript and eager models cast
+        assert s.dtype == torch.float16 and s.meta["precision"] == "fp16"
+        y = s(x)
+        assert y.dtype == torch.float32 and 0 < (y - ref).abs().max() < 2e-2
+    with pytest.raises(NSTError, match="exported in fp32"):
+        Stylizer.load(exported / "model.onnx", precision="fp16")
+    with pytest.raises(NSTError, match="fp32 or fp16"):
+        Stylizer.load(exported / "model.onnx", precision="int8")
