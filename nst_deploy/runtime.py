@@ -413,7 +413,7 @@ class Stylizer:
             x = data if kind == "tensor" else torch.from_numpy(data.copy()).permute(2, 0, 1)[None]
             y = self._infer(x.float() / 255.0 if kind != "tensor" else x.float())
             if kind == "tensor":
-                return y.to(image.device)
+                return y.to(image.device, image.dtype)
             return self._to_image(y[0], kind)
         return self._tiled(kind, n, h, w, data, image)
 
@@ -470,7 +470,7 @@ class Stylizer:
 
         tiling.run_tiled(source, sink, plan, lambda t: run_tile(t, stats), w * s, self.progress)
         if kind == "tensor":
-            return out.to(image.device)
+            return out.to(image.device, image.dtype)
         if kind == "numpy":
             return out
         from PIL import Image

@@ -156,6 +156,7 @@ def test_precision_option(exported):
         assert s.dtype == torch.float16 and s.meta["precision"] == "fp16"
         y = s(x)
         assert y.dtype == torch.float32 and 0 < (y - ref).abs().max() < 2e-2
+        assert s(x.half()).dtype == torch.float16  # the caller's dtype back
     with pytest.raises(NSTError, match="exported in fp32"):
         Stylizer.load(exported / "model.onnx", precision="fp16")
     with pytest.raises(NSTError, match="fp32 or fp16"):
