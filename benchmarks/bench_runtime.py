@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -135,12 +134,7 @@ def main(argv=None) -> int:
             for p in providers:
                 cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--runs",
                        str(args.runs), "--seconds", str(args.seconds), "--one", p, str(shape[2]), str(shape[3]), tmp]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    err = (out.stderr.strip().splitlines() or ["failed"])[-1]
-                    r = harness.row("runtime", p, shape, "float32", "fp32", None, device=device, error=err[:200])
-                else:
-                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                r = harness.run_row(cmd, "runtime", p, shape, "float32", "fp32", device=device)
                 harness.emit(r)
                 rows.append(r)
     path = harness.write_results("runtime", rows, args.out_dir)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -157,13 +156,7 @@ def main(argv=None) -> int:
         np.save(image, make_image(*args.size))
         for p in [p.strip() for p in args.providers.split(",") if p.strip()]:
             cmd = [sys.executable, __file__, "--budget", str(args.budget), "--one", p, str(image), tmp]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                err = (out.stderr.strip().splitlines() or ["failed"])[-1]
-                r = harness.row("tiling", p, [1, 3, args.size[1], args.size[0]], "uint8", "fp32", None,
-                                device="cpu", error=err[:200])
-            else:
-                r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = harness.run_row(cmd, "tiling", p, [1, 3, args.size[1], args.size[0]], "uint8", "fp32", device="cpu")
             harness.emit(r)
             rows.append(r)
     path = harness.write_results("tiling", rows, args.out_dir)

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -176,6 +177,16 @@ def row(
     r.update(derived)
     r["environment"] = environment(derived.get("device"))
     return r
+
+
+def run_row(cmd: list[str], subject: str, provider: str, shape: Sequence[int], dtype: str, precision: str,
+            **fields: Any) -> dict[str, Any]:
+    """Run a ``--one`` child process that prints its row as the last stdout line; an error row if it fails."""
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        err = (out.stderr.strip().splitlines() or ["failed"])[-1]
+        return row(subject, provider, shape, dtype, precision, None, error=err[:200], **fields)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def emit(r: dict[str, Any]) -> None:
