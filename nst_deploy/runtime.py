@@ -58,6 +58,8 @@ def default_memory_mb(device: torch.device) -> float:
     except OSError:
         pass
     return 4096.0
+
+
 #: Floats per input pixel assumed for models that do not record theirs.
 DEFAULT_FLOATS_PER_PIXEL = 256.0
 
@@ -111,7 +113,6 @@ def _bound_run(sess, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Te
         binding.bind_output(name, t.device.type, t.device.index or 0, _ort_type(t.dtype), tuple(t.shape),
                             t.data_ptr())
     sess.run_with_iobinding(binding)
-    del feeds
 
 
 class Stylizer:
@@ -379,7 +380,8 @@ class Stylizer:
         budget = self.memory_mb * 2**20
         overlap = self._overlap(info)
         band = 2 * 4 * n * 3 * self.scale * self.scale * w  # float band rows, per input row of tile height
-        t = self.tile or int(math.isqrt(max(int(budget / max(self.working_bytes(n, 1, 1), 1)), 1))) // m * m
+        # a multiple of the stride, so that tiles sample the strided grid of the whole image
+        t = (self.tile or math.isqrt(max(int(budget / max(self.working_bytes(n, 1, 1), 1)), 1))) // m * m
         while t > overlap + 2 * m and self.working_bytes(n, t, t) + band * t > budget:
             t -= m
         if t <= overlap + 2 * m:

@@ -112,6 +112,9 @@ def test_tiled_tensor_batch(exported):
     ref = run_tile(x, stats_of(T.thumbnail(x, (th, tw))))
     assert (tiled - ref).abs().max() < 1e-4
     assert not torch.equal(tiled[0], tiled[1])
+    s.tile = 150  # a tile side off the stride grid is rounded down to it: still exact
+    assert s._tile_side(2, 230, s._tiling_info()) == 148
+    assert (s(x) - ref).abs().max() < 1e-4
 
 
 def test_tiled_multimodal_output_scale(tmp_path):
