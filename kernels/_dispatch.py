@@ -10,7 +10,7 @@ import torch
 
 __all__ = ["BACKENDS", "choose_backend", "has_triton", "is_exporting"]
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "syrk")
 ENV_VAR = "NST_KERNELS"
 
 
@@ -37,16 +37,19 @@ def is_exporting() -> bool:
     return bool(onnx is not None and hasattr(onnx, "is_in_onnx_export") and onnx.is_in_onnx_export())
 
 
-def choose_backend(x: torch.Tensor, backend: str = "auto") -> str:
-    """``"triton"`` or ``"torch"`` for an op on ``x``.
+def choose_backend(x: torch.Tensor, backend: str = "auto", syrk: bool = False) -> str:
+    """``"triton"``, ``"torch"`` or ``"syrk"`` for an op on ``x``.
 
     Args:
         x: the op's main input.
-        backend: ``"auto"`` (the rule above), ``"torch"`` or ``"triton"``; the ``NST_KERNELS``
-            environment variable, when set, overrides ``"auto"``.
+        backend: ``"auto"`` (the rule above), ``"torch"``, ``"triton"`` or ``"syrk"``; the
+            ``NST_KERNELS`` environment variable, when set, overrides ``"auto"``.
+        syrk: whether the op has a cuBLAS SYRK path (the Gram forward). ``"syrk"`` applies to such
+            ops on float32/float64 CUDA tensors; everywhere else it means ``"auto"``.
 
     Raises:
-        ValueError: an unknown backend name, or ``"triton"`` asked for without triton.
+        ValueError: an unknown backend name, ``"triton"`` asked for without triton, or
+            ``"syrk"`` asked for where its extension cannot be built (the reason is given).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend '{backend}': choose from {', '.join(BACKENDS)}")
@@ -54,10 +57,20 @@ def choose_backend(x: torch.Tensor, backend: str = "auto") -> str:
         env = os.environ.get(ENV_VAR, "").strip().lower()
         if env and env not in ("auto",):
             if env not in BACKENDS:
-                raise ValueError(f"{ENV_VAR}={env!r} is not one of torch, triton, auto")
+                raise ValueError(f"{ENV_VAR}={env!r} is not one of {', '.join(BACKENDS)}")
             backend = env
     if is_exporting():
         return "torch"
+    if backend == "syrk":
+        if not (syrk and x.is_cuda and x.dtype in (torch.float32, torch.float64)):
+            backend = "auto"
+        else:
+            from . import _syrk
+
+            ok, why = _syrk.available()
+            if not ok:
+                raise ValueError(f"kernel backend 'syrk' was asked for, but {why}")
+            return "syrk"
     if backend == "triton":
         if not has_triton():
             raise ValueError("kernel backend 'triton' was asked for, but triton cannot be imported")

@@ -10,6 +10,10 @@ mirrors them; it splits ``K`` across programs (style-layer features are skinny: 
 ``K`` up to 10^6) into an fp32 workspace summed afterwards (deterministic, no atomics). fp32
 inputs run at a precision mode (``ieee``, ``tf32x3``, ``tf32``); bf16/fp16 inputs accumulate in
 fp32. Backward is one pass: ``dF = (dG + dG^T) F / norm``.
+
+A third forward provider, ``backend="syrk"`` (or ``NST_KERNELS=syrk``), computes the same product
+with cuBLAS's symmetric rank-k update through a small C++ extension (``csrc/gram_syrk.cpp``, built
+on first use by :mod:`._syrk`); float32/float64 CUDA features only, the backward is shared.
 """
 
 from __future__ import annotations
@@ -133,6 +137,24 @@ def gram_forward(x: torch.Tensor, normalize: str = "hw", precision: str | None =
     return out if split == 1 else ws.sum(0)
 
 
+def gram_forward_syrk(x: torch.Tensor, normalize: str = "hw") -> torch.Tensor:
+    """cuBLAS SYRK Gram of float32/float64 CUDA ``x`` ``(B, C, H, W)``: ``(B, C, C)`` in ``x``'s dtype."""
+    from . import _syrk
+
+    _check(x)
+    b, c, h, w = x.shape
+    return _syrk.gram_syrk(x.reshape(b, c, h * w), 1.0 / _norm(x, normalize))
+
+
+def _forward(x: torch.Tensor, normalize: str, precision: str | None, impl: str) -> torch.Tensor:
+    """The forward Gram of ``x`` by ``impl`` (``"triton"``, ``"syrk"`` or ``"torch"``), no autograd."""
+    if impl == "triton":
+        return gram_forward(x, normalize, precision)
+    if impl == "syrk":
+        return gram_forward_syrk(x, normalize)
+    return gram_ref(x.detach(), normalize)
+
+
 def _gram_backward(x: torch.Tensor, dg_sym: torch.Tensor, norm: float) -> torch.Tensor:
     """``dF = dGsym F / norm`` with ``dGsym = dG + dG^T``: one pass over ``F`` (cuBLAS/bmm)."""
     b, c, h, w = x.shape
@@ -144,19 +166,19 @@ def _gram_backward(x: torch.Tensor, dg_sym: torch.Tensor, norm: float) -> torch.
 # --- autograd -----------------------------------------------------------------------------------
 
 class GramFunction(torch.autograd.Function):
-    """``G = F F^T / norm`` with the Triton forward; backward ``dF = (dG + dG^T) F / norm``."""
+    """``G = F F^T / norm`` with the Triton (or SYRK) forward; backward ``dF = (dG + dG^T) F / norm``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, normalize: str, precision: str | None):
+    def forward(ctx, x: torch.Tensor, normalize: str, precision: str | None, impl: str = "triton"):
         ctx.save_for_backward(x)
         ctx.norm = _norm(x, normalize)
-        return gram_forward(x, normalize, precision)
+        return _forward(x, normalize, precision, impl)
 
     @staticmethod
     def backward(ctx, dg: torch.Tensor):
         (x,) = ctx.saved_tensors
         dx = _gram_backward(x, dg + dg.transpose(1, 2), ctx.norm) if ctx.needs_input_grad[0] else None
-        return dx, None, None
+        return dx, None, None, None
 
 
 class GramLossFunction(torch.autograd.Function):
@@ -167,8 +189,8 @@ class GramLossFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, targets, weights, normalize: str, scale: float, use_triton: bool, precision):
-        g = gram_forward(x, normalize, precision) if use_triton else gram_ref(x.detach(), normalize)
+    def forward(ctx, x, targets, weights, normalize: str, scale: float, impl: str, precision):
+        g = _forward(x, normalize, precision, impl)
         d = g.unsqueeze(1) - targets.unsqueeze(0)  # (B, T, C, C): small
         wv = weights.view(1, -1, 1, 1)
         loss = scale * (wv * d.square()).sum()
@@ -194,7 +216,8 @@ def gram(x: torch.Tensor, normalize: str = "hw", backend: str = "auto", precisio
         x: features.
         normalize: ``"hw"`` (default), ``"chw"`` or ``"none"``.
         backend: ``"auto"`` (Triton on CUDA, the reference elsewhere; see
-            :func:`nst_deploy.kernels.choose_backend`), ``"torch"`` or ``"triton"``.
+            :func:`nst_deploy.kernels.choose_backend`), ``"torch"``, ``"triton"`` or ``"syrk"``
+            (cuBLAS SYRK forward for float32/float64 CUDA features, ``"auto"`` elsewhere).
         precision: fp32 matmul mode of the Triton kernel: ``"ieee"``, ``"tf32x3"``, ``"tf32"``
             (default: ``ieee`` when ``torch.get_float32_matmul_precision()`` is ``"highest"``).
 
@@ -203,8 +226,9 @@ def gram(x: torch.Tensor, normalize: str = "hw", backend: str = "auto", precisio
     """
     _check(x)
     _norm(x, normalize)
-    if choose_backend(x, backend) == "triton":
-        return GramFunction.apply(x, normalize, precision)
+    impl = choose_backend(x, backend, syrk=True)
+    if impl != "torch":
+        return GramFunction.apply(x, normalize, precision, impl)
     return gram_ref(x, normalize)
 
 
@@ -221,5 +245,5 @@ def gram_loss(x: torch.Tensor, targets: torch.Tensor, weights=None, normalize: s
     if is_exporting():
         return gram_loss_ref(x, targets, weights, normalize, scale)
     a, w = _targets(targets.detach(), weights, x.shape[1], x.device)
-    use_triton = choose_backend(x, backend) == "triton"
-    return GramLossFunction.apply(x, a, w, normalize, float(scale), use_triton, precision)
+    impl = choose_backend(x, backend, syrk=True)
+    return GramLossFunction.apply(x, a, w, normalize, float(scale), impl, precision)
