@@ -173,7 +173,12 @@ def _fn(op: str, provider: str, x: torch.Tensor, g: torch.Generator, n_masks: in
     fn = {"gram/fwd": gram_fwd, "gram/fwd+bwd": gram_fwd_bwd, "gram_loss/fwd+bwd": gram_loss_fwd_bwd,
           "masked_gram/fwd": masked_fwd, "masked_loss/fwd+bwd": masked_loss_fwd_bwd,
           "autocorr_loss/fwd+bwd": autocorr_loss_fwd_bwd}[op]
-    return torch.compile(fn) if provider == "compile" else fn
+    if provider != "compile":
+        return fn
+    # A fresh static-shape compile per measurement: dynamo's cache would otherwise turn the later
+    # shapes of the same function into one dynamic-shape graph, or fall back to eager at its limit.
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False)
 
 
 def min_bytes(op: str, shape, element_size: int, n_masks: int) -> float:

@@ -120,16 +120,18 @@ LAYOUTS: dict[str, Callable[[list[dict], Path], str]] = {
 
 
 def gram_kernels_table(rows: list[dict], path: Path) -> str:
-    """Gram and fused Gram loss per style layer, op and provider (``benchmarks/bench_kernels.py``)."""
+    """Style-statistic ops per style layer, op and provider (``benchmarks/bench_kernels.py``)."""
     head = _head(rows, path, triton=True)
     lines = [
-        "| image | layer | C x H x W | op | provider | median ms | GB/s | GFLOP/s | of HBM peak | compile s |",
-        "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| image | layer | C x H x W | op | provider | precision | median ms | GB/s | GFLOP/s | of HBM peak "
+        "| compile s |",
+        "| ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         c, h, w = r["shape"][1:]
-        first = (f"| {r.get('image_size', '')} | {r.get('layer', '')} | {c}x{h}x{w} | {r.get('op', '')} | "
-                 f"{r['provider']} |")
+        op = r.get("op", "") + (f" (K={r['masks']})" if r.get("masks") else "")
+        first = (f"| {r.get('image_size', '')} | {r.get('layer', '')} | {c}x{h}x{w} | {op} | "
+                 f"{r['provider']} | {r.get('precision', '')} |")
         if r.get("error"):
             lines.append(f"{first} failed: {r['error'][:50]} | | | | |")
             continue
