@@ -8,18 +8,22 @@ Shapes: the features of conv1_1, conv2_1, conv3_1, conv4_1 and conv5_1 for a ``S
 * ``gram_loss/fwd+bwd``: the style loss ``||G - A||^2 / (4 C^2)`` and its gradient;
 * ``masked_gram/fwd``: ``K`` masked Gram matrices (``--masks K``, soft masks summing to 1 per pixel);
 * ``masked_loss/fwd+bwd``: the masked style loss over the ``K`` masks and its gradient;
-* ``autocorr_loss/fwd+bwd``: the per-channel autocorrelation style loss and its gradient.
+* ``autocorr_loss/fwd+bwd``: the per-channel autocorrelation style loss and its gradient;
+* ``local_loss/fwd+bwd``: the localized Gram loss (window ``s``, default 0: pixel-wise) and its
+  gradient (``--windows 0 2``: one row each); the eager baseline materializes both
+  ``(B, C, C, H, W)`` localized Grams and is skipped (an error row saying so) where the estimate
+  of its working memory (:func:`local_bytes`) exceeds ``--max-materialize-gb``.
 
 Providers (``--providers``):
 
 * ``eager``: what a straightforward torch implementation does, with plain autograd: ``bmm`` in the
   input dtype for the Gram (cuBLAS on a GPU); one masked ``bmm`` per mask; for the autocorrelation
   loss the ``torch.fft`` pipeline ``irfft2(|rfft2(pad F)|^2)``, the lag window gathered and
-  compared with the style's;
+  compared with the style's; the localized Grams materialized;
 * ``compile``: ``torch.compile`` of the eager function;
 * ``fused-torch``: our fused autograd Functions / formulas on the torch backend (the CPU path): the
   Gram loss with its one-pass backward, the batched masked reference, the Parseval-domain
-  autocorrelation loss;
+  autocorrelation loss, the expanded localized loss (``O(C H W)`` memory; it has no Triton kernel);
 * ``triton``: our Triton kernels (CUDA only: the CPU interpreter is for tests, not timing);
 * ``syrk``: the Gram forward by cuBLAS SYRK (``kernels/csrc``; float32 CUDA only; Gram ops only).
 
@@ -58,6 +62,8 @@ from nst_deploy.kernels import (  # noqa: E402
     autocorr_style_loss,
     gram,
     gram_loss,
+    local_gram_loss,
+    local_gram_ref,
     masked_gram,
     masked_gram_style_loss,
 )
@@ -67,10 +73,11 @@ from nst_deploy.lossnets import layer_info  # noqa: E402
 SUBJECT = "kernels"
 PROVIDERS = ("eager", "fused-torch", "compile", "triton", "syrk")
 OPS = ("gram/fwd", "gram/fwd+bwd", "gram_loss/fwd+bwd", "masked_gram/fwd", "masked_loss/fwd+bwd",
-       "autocorr_loss/fwd+bwd")
+       "autocorr_loss/fwd+bwd", "local_loss/fwd+bwd")
 GRAM_OPS = OPS[:3]
 #: (op, provider) pairs that do not exist: fused-torch is a loss path; syrk is the Gram's forward
-SKIP = {("gram/fwd", "fused-torch"), ("gram/fwd+bwd", "fused-torch")} | {(op, "syrk") for op in OPS[3:]}
+SKIP = ({("gram/fwd", "fused-torch"), ("gram/fwd+bwd", "fused-torch"), ("local_loss/fwd+bwd", "triton")}
+        | {(op, "syrk") for op in OPS[3:]})
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 H100_HBM_GBPS = 3350.0
@@ -114,7 +121,15 @@ def make_masks(k: int, h: int, w: int, device: str, generator: torch.Generator) 
 
 # --- one measurement ------------------------------------------------------------------------------
 
-def _fn(op: str, provider: str, x: torch.Tensor, g: torch.Generator, n_masks: int):
+def local_bytes(shape, window: int) -> float:
+    """Working bytes of the materialized float32 localized Gram ``(B, C, C, H, W)``: the Gram, and
+    for a window the ``(2s+1)^2``-fold buffer its convolution may unfold into (the CPU's did: a run
+    at conv5_1, s = 2, was killed at 24 GB)."""
+    b, c, h, w = shape
+    return 4.0 * b * c * c * h * w * (1 if window == 0 else (2 * window + 1) ** 2)
+
+
+def _fn(op: str, provider: str, x: torch.Tensor, g: torch.Generator, n_masks: int, window: int = 0):
     """The zero-argument callable timed for ``(op, provider)`` on features ``x``; it returns the op's
     output (forward ops) or its loss (after the backward), so that providers can be compared."""
     b, c, h, w = x.shape
@@ -170,9 +185,18 @@ def _fn(op: str, provider: str, x: torch.Tensor, g: torch.Generator, n_masks: in
         else:
             return backward(autocorr_style_loss(x, spectrum, backend=backend))
 
+    def local_loss_fwd_bwd():
+        if provider in ("eager", "compile"):
+            return backward((local_gram_ref(x, window) - local_target).square().sum())
+        return backward(local_gram_loss(x, y, window=window, backend=backend))
+
+    if op.startswith("local") and provider in ("eager", "compile"):
+        with torch.no_grad():
+            local_target = local_gram_ref(y, window)
+
     fn = {"gram/fwd": gram_fwd, "gram/fwd+bwd": gram_fwd_bwd, "gram_loss/fwd+bwd": gram_loss_fwd_bwd,
           "masked_gram/fwd": masked_fwd, "masked_loss/fwd+bwd": masked_loss_fwd_bwd,
-          "autocorr_loss/fwd+bwd": autocorr_loss_fwd_bwd}[op]
+          "autocorr_loss/fwd+bwd": autocorr_loss_fwd_bwd, "local_loss/fwd+bwd": local_loss_fwd_bwd}[op]
     if provider != "compile":
         return fn
     # A fresh static-shape compile per measurement: dynamo's cache would otherwise turn the later
@@ -192,7 +216,7 @@ def min_bytes(op: str, shape, element_size: int, n_masks: int) -> float:
 
 def flops(op: str, shape, n_masks: int) -> float | None:
     b, c, h, w = shape
-    if op.startswith("autocorr"):
+    if op.startswith(("autocorr", "local")):
         return None
     one = 2.0 * b * c * c * h * w * (n_masks if op.startswith("masked") else 1)
     return one if op.endswith("/fwd") else 2.0 * one
@@ -205,19 +229,27 @@ def precision_name(device: str, dtype: torch.dtype) -> str:
 
 
 def run_one(size: int, layer: str, shape, op: str, provider: str, device: str, min_run_time: float,
-            dtype: torch.dtype = torch.float32, n_masks: int = 4) -> dict:
+            dtype: torch.dtype = torch.float32, n_masks: int = 4, window: int = 0,
+            max_materialize_gb: float = 2.0) -> dict:
     extra: dict = {"device": device, "op": op, "layer": layer, "image_size": size}
     if op.startswith("masked"):
         extra["masks"] = n_masks
+    if op.startswith("local"):
+        extra["window"] = window
     timing = None
     try:
         if provider in ("triton", "syrk") and not device.startswith("cuda"):
             raise RuntimeError(f"the {provider} provider is timed on CUDA only")
         if provider == "syrk" and dtype != torch.float32:
             raise RuntimeError("the syrk provider is float32 only")
+        if op.startswith("local") and provider in ("eager", "compile"):
+            gb = local_bytes(shape, window) / 1e9
+            if gb > max_materialize_gb:
+                raise RuntimeError(f"skipped: materializing the localized Gram needs about {gb:.1f} GB "
+                                   f"(--max-materialize-gb {max_materialize_gb:g})")
         g = torch.Generator(device=device).manual_seed(0)
         x = torch.randn(shape, device=device, generator=g, dtype=dtype).requires_grad_(not op.endswith("/fwd"))
-        fn = _fn(op, provider, x, g, n_masks)
+        fn = _fn(op, provider, x, g, n_masks, window)
         start = time.perf_counter()
         fn()
         if device.startswith("cuda"):
@@ -249,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="feature dtype (half dtypes: Gram ops only)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls (torch and Triton)")
     parser.add_argument("--masks", type=int, default=4, help="masks of the masked ops")
+    parser.add_argument("--compile-ops", nargs="+", choices=OPS, default=None,
+                        help="the ops the compile provider runs on (default: all; each shape compiles afresh)")
+    parser.add_argument("--windows", type=int, nargs="+", default=[0], help="windows s of the localized loss")
+    parser.add_argument("--max-materialize-gb", type=float, default=2.0,
+                        help="skip the eager localized loss above this size of one materialized Gram")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement (CPU)")
     parser.add_argument("--out-dir", default=None, help="default: benchmarks/results")
@@ -256,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.masks < 1:
         parser.error("--masks must be at least 1")
+    if min(args.windows) < 0:
+        parser.error("--windows must be at least 0")
     device = harness.device_from_arg(args.device)
     dtype = DTYPES[args.dtype]
     ops = list(args.ops) if dtype == torch.float32 else [op for op in args.ops if op in GRAM_OPS]
@@ -269,16 +308,21 @@ def main(argv: list[str] | None = None) -> int:
             if layer not in args.layers:
                 continue
             for op in ops:
-                for provider in providers:
-                    if not applies(op, provider):
-                        continue
-                    r = run_one(size, layer, shape, op, provider, device, args.min_run_time, dtype, args.masks)
-                    harness.emit(r)
-                    rows.append(r)
+                for window in args.windows if op.startswith("local") else [0]:
+                    for provider in providers:
+                        if not applies(op, provider):
+                            continue
+                        if provider == "compile" and args.compile_ops is not None and op not in args.compile_ops:
+                            continue
+                        r = run_one(size, layer, shape, op, provider, device, args.min_run_time, dtype, args.masks,
+                                    window, args.max_materialize_gb)
+                        harness.emit(r)
+                        rows.append(r)
     subject = f"{SUBJECT}-{harness.slug(args.tag)}" if args.tag else SUBJECT
     path = harness.write_results(subject, rows, out_dir=args.out_dir)
     print(f"wrote {path}", file=sys.stderr)
-    expected = [r for r in rows if device.startswith("cuda") or r["provider"] not in ("triton", "syrk")]
+    expected = [r for r in rows if (device.startswith("cuda") or r["provider"] not in ("triton", "syrk"))
+                and not str(r.get("error", "")).startswith("RuntimeError: skipped:")]
     return 1 if any(r.get("error") for r in expected) else 0
 
 

