@@ -35,11 +35,20 @@ over the ``(4s+1)^2`` offsets ``e`` and ``q`` in the map grown by ``s``: ``3 (4s
 reductions, ``O((4s+1)^2 C H W)`` time and ``O(C H W + (4s+1)^2 H W)`` memory (against
 ``O((2s+1)^2 C^2 H W)`` to materialize), differentiable by autograd.
 
-There is no Triton kernel (yet): every backend computes the reference; a fused kernel is worth
-it only where benchmarks say so.
+The loss has a Triton path (``backend="triton"``, the default on CUDA; ``_local_gram_triton.py``):
+one kernel accumulates the loss over the offsets and channels for a block of pixels, reading ``F``
+and ``S`` at ``p`` and ``p + e`` (the shifted reads stay in the caches) and keeping ``K^FF_e(p)``
+and ``K^FS_e(p)`` (``B x (4s+1)^2 x H W``, no channel axis) for the backward, which is one more
+kernel writing ``dF`` once: ``dF(p) = sum_e 2 M_e(p) K^FF_e(p) F(p + e) + 2 M_e(p - e) K^FF_e(p - e)
+F(p - e) - 4 M_e(p) K^FS_e(p) S(p + e)``. The torch path loops over the offsets with three channel
+reductions each (``3 (4s+1)^2`` passes over ``F``); on the CPU the windowed loss (``s = 2``) costs
+90-330x the pixel-wise one (``benchmarks/results/kernels-local-amd-epyc.json``). float64 inputs
+always take the torch path. The materialized :func:`local_gram` has no kernel.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -191,6 +200,77 @@ def local_gram_loss_ref(x: torch.Tensor, target: torch.Tensor, window: int = 0, 
     return total * red
 
 
+@functools.lru_cache(maxsize=32)
+def _multiplicities(h: int, w: int, s: int, device: torch.device) -> torch.Tensor:
+    """``M_e(p)`` for the ``(4s+1)^2`` offsets ``e`` (row-major, ``e = (-2s, -2s) .. (2s, 2s)``) and
+    the map's pixels ``p``: ``(E, H*W)`` fp32, one convolution of the map's indicator (cached).
+
+    ``M_e(p) = sum_d k_e(d) [p - d in the map]`` with ``k_e(d) = w(d) w(d + e)``; the torch path
+    builds the same values on the grown grid (:func:`_multiplicity`).
+    """
+    wts = window_weights(s, torch.float64)
+    side, big = 2 * s + 1, 4 * s + 1
+    k = torch.zeros(big * big, 1, side, side, dtype=torch.float64)
+    for i, (ey, ex) in enumerate((ey, ex) for ey in range(-2 * s, 2 * s + 1) for ex in range(-2 * s, 2 * s + 1)):
+        for dy in range(-s, s + 1):
+            for dx in range(-s, s + 1):
+                if abs(dy + ey) <= s and abs(dx + ex) <= s:
+                    # conv2d correlates: weight at -d multiplies the indicator at p - d
+                    k[i, 0, s - dy, s - dx] = wts[s + dy, s + dx] * wts[s + dy + ey, s + dx + ex]
+    ones = torch.ones(1, 1, h, w, dtype=torch.float64)
+    m = F.conv2d(ones, k, padding=s)[0]  # (E, H, W)
+    return m.reshape(big * big, h * w).to(device=device, dtype=torch.float32).contiguous()
+
+
+def _pow2(n: int, cap: int) -> int:
+    return min(cap, 1 << max(0, (max(1, n) - 1).bit_length()))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class LocalGramLossFunction(torch.autograd.Function):
+    """The localized Gram loss on the Triton kernels (module docstring); ``x`` gets the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, target: torch.Tensor, s: int, red: float):
+        from . import _local_gram_triton
+
+        b, c, h, w = x.shape
+        hw = h * w
+        f = x.detach().contiguous().reshape(b, c, hw)
+        t = target.detach().contiguous().reshape(target.shape[0], c, hw)
+        m = _multiplicities(h, w, s, x.device)
+        n_off = m.shape[0]
+        store = bool(ctx.needs_input_grad[0])
+        block_c, block_p = _pow2(c, 32), _pow2(hw, 64)
+        part = torch.empty(b, _cdiv(hw, block_p), device=x.device, dtype=torch.float32)
+        shape = (b, n_off, hw) if store else (1,)
+        kff = torch.empty(shape, device=x.device, dtype=torch.float32)
+        kfs = torch.empty(shape, device=x.device, dtype=torch.float32)
+        _local_gram_triton.launch_dots(f, t, m, kff, kfs, part, h, w, s, store, block_c, block_p)
+        ctx.save_for_backward(f, t, m, kff, kfs)
+        ctx.geometry = (x.shape, h, w, s, red)
+        return part.sum() * red
+
+    @staticmethod
+    def backward(ctx, grad):
+        from . import _local_gram_triton
+
+        f, t, m, kff, kfs = ctx.saved_tensors
+        shape, h, w, s, red = ctx.geometry
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        g = grad.float() * red
+        a = (2.0 * g) * m * kff  # (B, E, HW)
+        cf = (-4.0 * g) * m * kfs
+        df = torch.empty_like(f)
+        c = f.shape[1]
+        _local_gram_triton.launch_grad(f, t, a, cf, df, h, w, s, _pow2(c, 32), _pow2(h * w, 64))
+        return df.reshape(shape), None, None, None
+
+
 def local_gram(x: torch.Tensor, window: int = 0, backend: str = "auto") -> torch.Tensor:
     """Localized Gram ``(B, C, C, H, W)`` (:func:`local_gram_ref`); differentiable.
 
@@ -204,9 +284,15 @@ def local_gram(x: torch.Tensor, window: int = 0, backend: str = "auto") -> torch
 def local_gram_loss(
     x: torch.Tensor, target: torch.Tensor, window: int = 0, reduction: str = "sum", backend: str = "auto"
 ) -> torch.Tensor:
-    """Localized Gram loss (:func:`local_gram_loss_ref`, ``O(C H W)`` memory); differentiable.
+    """Localized Gram loss (:func:`local_gram_loss_ref`, ``O(C H W)`` memory); differentiable in ``x``.
 
-    ``backend`` is validated; every backend computes the reference.
+    ``backend``: ``"triton"`` runs the two kernels of the module docstring (the default on CUDA),
+    ``"torch"`` the reference; float64 and empty inputs always take the reference.
     """
-    choose_backend(x, backend)
-    return local_gram_loss_ref(x, target, window, reduction)
+    use_triton = choose_backend(x, backend) == "triton"
+    if not use_triton or x.dtype == torch.float64 or x.numel() == 0:
+        return local_gram_loss_ref(x, target, window, reduction)
+    _require_same_size(x, target)
+    s = _check_window(window)
+    red = _reduction_scale(x, reduction)
+    return LocalGramLossFunction.apply(x, target, s, red)

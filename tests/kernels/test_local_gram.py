@@ -194,3 +194,55 @@ def test_cuda_bf16_loss(s):
     assert loss.dtype == torch.float32 and gx.dtype == torch.bfloat16
     torch.testing.assert_close(loss.double(), ref, rtol=1e-3, atol=0)
     torch.testing.assert_close(gx.double(), gref, rtol=2e-2, atol=2e-2 * gref.abs().max().item())
+
+
+# --- the Triton path (the interpreter without a GPU) ---------------------------------------------
+
+from nst_deploy.kernels import has_triton  # noqa: E402
+from nst_deploy.kernels.local_gram import _multiplicities, _multiplicity  # noqa: E402
+
+needs_triton = pytest.mark.skipif(not has_triton(), reason="triton is not installed")
+DEV = "cuda" if CUDA else "cpu"
+
+
+@pytest.mark.parametrize("s", [0, 1, 2])
+@pytest.mark.parametrize("hw", [(7, 9), (1, 5), (4, 3)])
+def test_kernel_multiplicities_match_the_torch_path(s, hw):
+    h, w = hw
+    wts = window_weights(s, torch.float64)
+    ref = torch.stack([_multiplicity(h, w, s, (ey, ex), wts)[s:s + h, s:s + w].reshape(-1)
+                       for ey in range(-2 * s, 2 * s + 1) for ex in range(-2 * s, 2 * s + 1)])
+    torch.testing.assert_close(_multiplicities(h, w, s, torch.device("cpu")).double(), ref, rtol=1e-6, atol=1e-7)
+
+
+@needs_triton
+@pytest.mark.parametrize("s", [0, 1, 2])
+@pytest.mark.parametrize("shape,target_batch", [((2, 3, 7, 9), 1), ((2, 5, 6, 5), 2), ((1, 64, 5, 7), 1),
+                                                ((1, 4, 1, 6), 1)])
+def test_triton_loss_and_gradient_match_reference(s, shape, target_batch):
+    x = _rand(*shape, dtype=torch.float32, device=DEV).requires_grad_(True)
+    t = _rand(target_batch, *shape[1:], dtype=torch.float32, seed=3, device=DEV)
+    loss = local_gram_loss(x, t, window=s, backend="triton")
+    (gx,) = torch.autograd.grad(loss, x)
+    xd = x.detach().double().requires_grad_(True)
+    ref = local_gram_loss_ref(xd, t.double(), s)
+    (gref,) = torch.autograd.grad(ref, xd)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6 * abs(ref.item()))
+    torch.testing.assert_close(gx.double(), gref, rtol=1e-4, atol=1e-5 * gref.abs().max().item())
+
+
+@needs_triton
+def test_triton_mean_reduction_no_grad_and_fallbacks():
+    x = _rand(2, 3, 5, 6, dtype=torch.float32, device=DEV)
+    t = _rand(1, 3, 5, 6, dtype=torch.float32, seed=4, device=DEV)
+    with torch.no_grad():  # no K buffers kept
+        got = local_gram_loss(x, t, window=1, reduction="mean", backend="triton")
+    torch.testing.assert_close(got.double(), local_gram_loss_ref(x.double(), t.double(), 1, "mean"), rtol=1e-5,
+                               atol=0)
+    # float64 and empty inputs take the reference, whatever the backend
+    xd = x.double().requires_grad_(True)
+    torch.autograd.gradcheck(lambda v: local_gram_loss(v, t.double(), window=1, backend="triton"), (xd,))
+    empty = torch.zeros(0, 3, 5, 6, device=DEV)
+    assert local_gram_loss(empty, t, window=1, backend="triton").item() == 0.0
+    with pytest.raises(ValueError, match="same spatial size"):
+        local_gram_loss(x, t[..., :4], window=1, backend="triton")

@@ -1,0 +1,156 @@
+"""Triton kernels of the localized Gram loss (imported lazily by :mod:`nst_deploy.kernels.local_gram`).
+
+Importing this module imports triton; ``nst_deploy`` itself never does until a Triton op runs.
+
+With ``E = (4s+1)^2`` offsets ``e`` and ``K^AB_e(p) = A(p) . B(p + e)`` (zero outside the map):
+
+* ``_local_dots_kernel``: one program per (batch, block of pixels) loops over the offsets and the
+  channels, reading ``F``/``S`` at ``p`` and ``p + e`` (the shifted reads of one block stay in the
+  caches: ``F`` and ``S`` come from memory about once), and accumulates ``sum_e M_e(p) (K^FF^2 -
+  2 K^FS^2 + K^SS^2)``; it stores ``K^FF`` and ``K^FS`` (``B x E x HW``, no channel axis) for the
+  backward.
+* ``_local_grad_kernel``: one program per (batch, block of channels, block of pixels) computes
+  ``dF(p) = sum_e a_e(p) F(p + e) + a_e(p - e) F(p - e) + c_e(p) S(p + e)`` with
+  ``a = 2 M K^FF`` and ``c = -4 M K^FS`` (precomputed, ``B x E x HW``) and writes ``dF`` once.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _local_dots_kernel(
+    f_ptr,  # features F (B, C, H*W), contiguous; any float dtype
+    t_ptr,  # target S (BT, C, H*W), contiguous; BT = 1 or B (stride_tb = 0 for a shared target)
+    m_ptr,  # fp32 (E, H*W): the multiplicities M_e(p)
+    kff_ptr,  # fp32 (B, E, H*W) out: K^FF_e(p) (written when STORE)
+    kfs_ptr,  # fp32 (B, E, H*W) out: K^FS_e(p) (written when STORE)
+    part_ptr,  # fp32 (B, P): per-program partial loss
+    C,
+    H,
+    W,
+    stride_tb,
+    S2: tl.constexpr,  # 2s: offsets run over [-2s, 2s] in y and in x
+    STORE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    b = tl.program_id(0)
+    pid = tl.program_id(1)
+    hw = H * W
+    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = p < hw
+    y = p // W
+    x = p % W
+    chans = tl.arange(0, BLOCK_C)
+    f_base = f_ptr + b.to(tl.int64) * C * hw
+    t_base = t_ptr + b.to(tl.int64) * stride_tb
+    side = 2 * S2 + 1
+    n_off = side * side
+    total = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    for e in range(n_off):
+        ey = e // side - S2
+        ex = e % side - S2
+        yy = y + ey
+        xx = x + ex
+        q = yy * W + xx
+        q_ok = p_ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        kff = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        kfs = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        kss = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            cs = c0 + chans
+            c_ok = cs < C
+            rows = cs[:, None].to(tl.int64) * hw
+            m0 = c_ok[:, None] & p_ok[None, :]
+            me = c_ok[:, None] & q_ok[None, :]
+            f0 = tl.load(f_base + rows + p[None, :], mask=m0, other=0.0).to(tl.float32)
+            t0 = tl.load(t_base + rows + p[None, :], mask=m0, other=0.0).to(tl.float32)
+            fe = tl.load(f_base + rows + q[None, :], mask=me, other=0.0).to(tl.float32)
+            te = tl.load(t_base + rows + q[None, :], mask=me, other=0.0).to(tl.float32)
+            kff += tl.sum(f0 * fe, axis=0)
+            kfs += tl.sum(f0 * te, axis=0)
+            kss += tl.sum(t0 * te, axis=0)
+        m = tl.load(m_ptr + e * hw + p, mask=p_ok, other=0.0)
+        total += m * (kff * kff - 2.0 * kfs * kfs + kss * kss)
+        if STORE:
+            out = (b.to(tl.int64) * n_off + e) * hw + p
+            tl.store(kff_ptr + out, kff, mask=p_ok)
+            tl.store(kfs_ptr + out, kfs, mask=p_ok)
+    tl.store(part_ptr + b.to(tl.int64) * tl.num_programs(1) + pid, tl.sum(total, axis=0))
+
+
+@triton.jit
+def _local_grad_kernel(
+    f_ptr,  # features F (B, C, H*W), contiguous
+    t_ptr,  # target S (BT, C, H*W), contiguous (stride_tb = 0 for a shared target)
+    a_ptr,  # fp32 (B, E, H*W): a_e(p) = 2 M_e(p) K^FF_e(p), times the output gradient and scale
+    c_ptr,  # fp32 (B, E, H*W): c_e(p) = -4 M_e(p) K^FS_e(p), likewise scaled
+    df_ptr,  # (B, C, H*W) out: dL/dF in F's dtype
+    C,
+    H,
+    W,
+    stride_tb,
+    S2: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    b = tl.program_id(0)
+    cb = tl.program_id(1)
+    pid = tl.program_id(2)
+    hw = H * W
+    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = p < hw
+    y = p // W
+    x = p % W
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = cs < C
+    rows = cs[:, None].to(tl.int64) * hw
+    f_base = f_ptr + b.to(tl.int64) * C * hw
+    t_base = t_ptr + b.to(tl.int64) * stride_tb
+    side = 2 * S2 + 1
+    n_off = side * side
+    coef_base = b.to(tl.int64) * n_off * hw
+    acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    for e in range(n_off):
+        ey = e // side - S2
+        ex = e % side - S2
+        # p + e: the partner of K_e(p)
+        yy = y + ey
+        xx = x + ex
+        fwd_ok = p_ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        q = yy * W + xx
+        # p - e: where p is the partner, K_e(p - e)
+        yb = y - ey
+        xb = x - ex
+        bwd_ok = p_ok & (yb >= 0) & (yb < H) & (xb >= 0) & (xb < W)
+        r = yb * W + xb
+        a_here = tl.load(a_ptr + coef_base + e * hw + p, mask=fwd_ok, other=0.0)
+        c_here = tl.load(c_ptr + coef_base + e * hw + p, mask=fwd_ok, other=0.0)
+        a_back = tl.load(a_ptr + coef_base + e * hw + r, mask=bwd_ok, other=0.0)
+        fe = tl.load(f_base + rows + q[None, :], mask=c_ok[:, None] & fwd_ok[None, :], other=0.0).to(tl.float32)
+        te = tl.load(t_base + rows + q[None, :], mask=c_ok[:, None] & fwd_ok[None, :], other=0.0).to(tl.float32)
+        fb = tl.load(f_base + rows + r[None, :], mask=c_ok[:, None] & bwd_ok[None, :], other=0.0).to(tl.float32)
+        acc += a_here[None, :] * fe + c_here[None, :] * te + a_back[None, :] * fb
+    out = df_ptr + b.to(tl.int64) * C * hw + rows + p[None, :]
+    tl.store(out, acc.to(df_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
+
+
+def launch_dots(f, t, m, kff, kfs, part, h: int, w: int, s: int, store: bool, block_c: int, block_p: int) -> None:
+    """Forward: ``f`` (B, C, HW), ``t`` (BT, C, HW), ``m`` (E, HW); fills ``part`` (B, P) and, when
+    ``store``, ``kff``/``kfs`` (B, E, HW)."""
+    b, c, _ = f.shape
+    stride_tb = 0 if t.shape[0] == 1 else t.stride(0)
+    grid = (b, part.shape[1])
+    _local_dots_kernel[grid](f, t, m, kff, kfs, part, c, h, w, stride_tb, S2=2 * s, STORE=store,
+                             BLOCK_C=block_c, BLOCK_P=block_p)
+
+
+def launch_grad(f, t, a, cf, df, h: int, w: int, s: int, block_c: int, block_p: int) -> None:
+    """Backward: ``dF`` (B, C, HW) from the scaled coefficients ``a``/``cf`` (B, E, HW)."""
+    b, c, hw = f.shape
+    stride_tb = 0 if t.shape[0] == 1 else t.stride(0)
+    grid = (b, triton.cdiv(c, block_c), triton.cdiv(hw, block_p))
+    _local_grad_kernel[grid](f, t, a, cf, df, c, h, w, stride_tb, S2=2 * s, BLOCK_C=block_c, BLOCK_P=block_p)
