@@ -132,8 +132,9 @@ def gram_forward(x: torch.Tensor, normalize: str = "hw", precision: str | None =
     k_per_split = math.ceil(math.ceil(k / split) / block_k) * block_k
     split = math.ceil(k / k_per_split)
     ws = out.unsqueeze(0) if split == 1 else torch.empty(split, b, c, c, device=x.device, dtype=torch.float32)
+    # 64 x 64 tiles on 4 warps spilled (255 registers + stack, sm_90 compile check); on 8 they do not
     _gram_triton.launch_gram(f, ws, ti, tj, k_per_split, 1.0 / _norm(x, normalize), block_c, block_k,
-                             precision_mode(precision))
+                             precision_mode(precision), num_warps=8 if block_c >= 64 else 4)
     return out if split == 1 else ws.sum(0)
 
 
