@@ -6,10 +6,20 @@ import functools
 
 import torch
 
-__all__ = ["PRECISIONS", "precision_mode", "upper_tile_pairs"]
+__all__ = ["PRECISIONS", "cdiv", "pow2", "precision_mode", "upper_tile_pairs"]
 
 #: fp32 matmul precision of the Triton kernels (half inputs ignore it).
 PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive ``b``."""
+    return -(-a // b)
+
+
+def pow2(n: int, cap: int) -> int:
+    """The smallest power of two ``>= n`` (at least 1), at most ``cap``: a block size."""
+    return min(cap, 1 << max(0, (n - 1).bit_length()))
 
 
 def precision_mode(precision: str | None) -> str:

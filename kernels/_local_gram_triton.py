@@ -21,6 +21,21 @@ import triton.language as tl
 
 
 @triton.jit
+def _pixels(pid, H, W, BLOCK_P: tl.constexpr):
+    """The block ``pid`` of flattened pixels: indices, in-map flags, rows, columns."""
+    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    return p, p < H * W, p // W, p % W
+
+
+@triton.jit
+def _shift(y, x, dy, dx, H, W, ok):
+    """Flattened index of ``(y + dy, x + dx)`` and whether it lies in the map (and ``ok``)."""
+    yy = y + dy
+    xx = x + dx
+    return yy * W + xx, ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+
+
+@triton.jit
 def _local_dots_kernel(
     f_ptr,  # features F (B, C, H*W), contiguous; any float dtype
     t_ptr,  # target S (BT, C, H*W), contiguous; BT = 1 or B (stride_tb = 0 for a shared target)
@@ -40,10 +55,7 @@ def _local_dots_kernel(
     b = tl.program_id(0)
     pid = tl.program_id(1)
     hw = H * W
-    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = p < hw
-    y = p // W
-    x = p % W
+    p, p_ok, y, x = _pixels(pid, H, W, BLOCK_P)
     chans = tl.arange(0, BLOCK_C)
     f_base = f_ptr + b.to(tl.int64) * C * hw
     t_base = t_ptr + b.to(tl.int64) * stride_tb
@@ -51,12 +63,7 @@ def _local_dots_kernel(
     n_off = side * side
     total = tl.zeros((BLOCK_P,), dtype=tl.float32)
     for e in range(n_off):
-        ey = e // side - S2
-        ex = e % side - S2
-        yy = y + ey
-        xx = x + ex
-        q = yy * W + xx
-        q_ok = p_ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        q, q_ok = _shift(y, x, e // side - S2, e % side - S2, H, W, p_ok)
         kff = tl.zeros((BLOCK_P,), dtype=tl.float32)
         kfs = tl.zeros((BLOCK_P,), dtype=tl.float32)
         kss = tl.zeros((BLOCK_P,), dtype=tl.float32)
@@ -101,10 +108,7 @@ def _local_grad_kernel(
     cb = tl.program_id(1)
     pid = tl.program_id(2)
     hw = H * W
-    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = p < hw
-    y = p // W
-    x = p % W
+    p, p_ok, y, x = _pixels(pid, H, W, BLOCK_P)
     cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cs < C
     rows = cs[:, None].to(tl.int64) * hw
@@ -117,16 +121,8 @@ def _local_grad_kernel(
     for e in range(n_off):
         ey = e // side - S2
         ex = e % side - S2
-        # p + e: the partner of K_e(p)
-        yy = y + ey
-        xx = x + ex
-        fwd_ok = p_ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        q = yy * W + xx
-        # p - e: where p is the partner, K_e(p - e)
-        yb = y - ey
-        xb = x - ex
-        bwd_ok = p_ok & (yb >= 0) & (yb < H) & (xb >= 0) & (xb < W)
-        r = yb * W + xb
+        q, fwd_ok = _shift(y, x, ey, ex, H, W, p_ok)  # p + e: the partner of K_e(p)
+        r, bwd_ok = _shift(y, x, -ey, -ex, H, W, p_ok)  # p - e: where p is the partner, K_e(p - e)
         a_here = tl.load(a_ptr + coef_base + e * hw + p, mask=fwd_ok, other=0.0)
         c_here = tl.load(c_ptr + coef_base + e * hw + p, mask=fwd_ok, other=0.0)
         a_back = tl.load(a_ptr + coef_base + e * hw + r, mask=bwd_ok, other=0.0)

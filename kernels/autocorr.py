@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import choose_backend
+from ._launch import cdiv, pow2
 
 __all__ = [
     "DIRECT_MAX_HW",
@@ -223,14 +224,6 @@ def autocorr_fft(x: torch.Tensor, normalize: str = "hw", fft_shape: tuple[int, i
 # 3. launchers
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pow2(n: int, cap: int) -> int:
-    return min(cap, 1 << max(0, (n - 1).bit_length()))
-
-
 def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -262,9 +255,9 @@ def autocorr_direct_forward(x: torch.Tensor, scale: float) -> torch.Tensor:
         return out
     f = x.contiguous()
     n_q = (oh * ow + 1) // 2  # up to and including the centre lag
-    block_q = _pow2(n_q, 64)
-    block_k = _pow2(h * w, 64)
-    grid = (n, _cdiv(n_q, block_q))
+    block_q = pow2(n_q, 64)
+    block_k = pow2(h * w, 64)
+    grid = (n, cdiv(n_q, block_q))
     _xcorr2d_kernel[grid](
         f, f, out, h, w, h, w, oh, ow, h - 1, w - 1, n_q, _kernel_scale(out, scale),
         MIRROR=True, SYM_A=False, BLOCK_Q=block_q, BLOCK_K=block_k,
@@ -289,9 +282,9 @@ def autocorr_direct_backward(x: torch.Tensor, grad_r: torch.Tensor, scale: float
         return out.to(x.dtype)
     f = x.contiguous()
     g = grad_r.contiguous()
-    block_q = _pow2(h * w, 64)
-    block_k = _pow2(oh * ow, 64)
-    grid = (n, _cdiv(h * w, block_q))
+    block_q = pow2(h * w, 64)
+    block_k = pow2(oh * ow, 64)
+    grid = (n, cdiv(h * w, block_q))
     _xcorr2d_kernel[grid](
         g, f, out, oh, ow, h, w, h, w, h - 1, w - 1, h * w, _kernel_scale(out, scale),
         MIRROR=False, SYM_A=True, BLOCK_Q=block_q, BLOCK_K=block_k,
@@ -313,7 +306,7 @@ def spectral_loss_forward(spec: torch.Tensor, q: torch.Tensor, nw: int, p_scale:
 
     fr = torch.view_as_real(spec.contiguous())
     numel = spec.numel()
-    partial = torch.empty(max(1, _cdiv(numel, _SPECTRAL_BLOCK)), device=spec.device, dtype=fr.dtype)
+    partial = torch.empty(max(1, cdiv(numel, _SPECTRAL_BLOCK)), device=spec.device, dtype=fr.dtype)
     if numel == 0:
         return partial.zero_().sum()
     exact = fr.dtype == torch.float64  # fp64: keep the fp32 kernel scalar out (see _kernel_scale)
@@ -341,7 +334,7 @@ def spectral_loss_backward(
     exact = fr.dtype == torch.float64  # fp64: coef * p_scale is applied here, not in the kernel
     qc = (q.to(fr.dtype) / p_scale if exact else q.to(fr.dtype)).contiguous()
     g = grad_out.reshape(1).contiguous()
-    grid = (_cdiv(numel, _SPECTRAL_BLOCK),)
+    grid = (cdiv(numel, _SPECTRAL_BLOCK),)
     _spectral_loss_bwd_kernel[grid](
         fr, qc, g, out, numel, qc.numel(), 1.0 if exact else float(p_scale), 1.0 if exact else float(coef),
         BLOCK=_SPECTRAL_BLOCK,

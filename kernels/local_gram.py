@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import choose_backend
+from ._launch import cdiv, pow2
 
 __all__ = [
     "REDUCTIONS",
@@ -222,14 +223,6 @@ def _multiplicities(h: int, w: int, s: int, device: torch.device) -> torch.Tenso
     return m.reshape(big * big, h * w).to(device=device, dtype=torch.float32).contiguous()
 
 
-def _pow2(n: int, cap: int) -> int:
-    return min(cap, 1 << max(0, (max(1, n) - 1).bit_length()))
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 class LocalGramLossFunction(torch.autograd.Function):
     """The localized Gram loss on the Triton kernels (module docstring); ``x`` gets the gradient."""
 
@@ -244,8 +237,8 @@ class LocalGramLossFunction(torch.autograd.Function):
         m = _multiplicities(h, w, s, x.device)
         n_off = m.shape[0]
         store = bool(ctx.needs_input_grad[0])
-        block_c, block_p = _pow2(c, 32), _pow2(hw, 64)
-        part = torch.empty(b, _cdiv(hw, block_p), device=x.device, dtype=torch.float32)
+        block_c, block_p = pow2(c, 32), pow2(hw, 64)
+        part = torch.empty(b, cdiv(hw, block_p), device=x.device, dtype=torch.float32)
         shape = (b, n_off, hw) if store else (1,)
         kff = torch.empty(shape, device=x.device, dtype=torch.float32)
         kfs = torch.empty(shape, device=x.device, dtype=torch.float32)
@@ -267,7 +260,7 @@ class LocalGramLossFunction(torch.autograd.Function):
         cf = (-4.0 * g) * m * kfs
         df = torch.empty_like(f)
         c = f.shape[1]
-        _local_gram_triton.launch_grad(f, t, a, cf, df, h, w, s, _pow2(c, 32), _pow2(h * w, 64))
+        _local_gram_triton.launch_grad(f, t, a, cf, df, h, w, s, pow2(c, 32), pow2(h * w, 64))
         return df.reshape(shape), None, None, None
 
 
