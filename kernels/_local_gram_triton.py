@@ -62,6 +62,7 @@ def _local_dots_kernel(
     side = 2 * S2 + 1
     n_off = side * side
     total = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    m_e = m_ptr  # M_e's row: advanced by a pointer step per offset (64-bit, no e * hw product)
     for e in range(n_off):
         q, q_ok = _shift(y, x, e // side - S2, e % side - S2, H, W, p_ok)
         kff = tl.zeros((BLOCK_P,), dtype=tl.float32)
@@ -80,7 +81,8 @@ def _local_dots_kernel(
             kff += tl.sum(f0 * fe, axis=0)
             kfs += tl.sum(f0 * te, axis=0)
             kss += tl.sum(t0 * te, axis=0)
-        m = tl.load(m_ptr + e * hw + p, mask=p_ok, other=0.0)
+        m = tl.load(m_e + p, mask=p_ok, other=0.0)
+        m_e += hw
         total += m * (kff * kff - 2.0 * kfs * kfs + kss * kss)
         if STORE:
             out = (b.to(tl.int64) * n_off + e) * hw + p
@@ -118,18 +120,22 @@ def _local_grad_kernel(
     n_off = side * side
     coef_base = b.to(tl.int64) * n_off * hw
     acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    a_e = a_ptr + coef_base  # the coefficients' rows for offset e, advanced per offset
+    c_e = c_ptr + coef_base
     for e in range(n_off):
         ey = e // side - S2
         ex = e % side - S2
         q, fwd_ok = _shift(y, x, ey, ex, H, W, p_ok)  # p + e: the partner of K_e(p)
         r, bwd_ok = _shift(y, x, -ey, -ex, H, W, p_ok)  # p - e: where p is the partner, K_e(p - e)
-        a_here = tl.load(a_ptr + coef_base + e * hw + p, mask=fwd_ok, other=0.0)
-        c_here = tl.load(c_ptr + coef_base + e * hw + p, mask=fwd_ok, other=0.0)
-        a_back = tl.load(a_ptr + coef_base + e * hw + r, mask=bwd_ok, other=0.0)
+        a_here = tl.load(a_e + p, mask=fwd_ok, other=0.0)
+        c_here = tl.load(c_e + p, mask=fwd_ok, other=0.0)
+        a_back = tl.load(a_e + r, mask=bwd_ok, other=0.0)
         fe = tl.load(f_base + rows + q[None, :], mask=c_ok[:, None] & fwd_ok[None, :], other=0.0).to(tl.float32)
         te = tl.load(t_base + rows + q[None, :], mask=c_ok[:, None] & fwd_ok[None, :], other=0.0).to(tl.float32)
         fb = tl.load(f_base + rows + r[None, :], mask=c_ok[:, None] & bwd_ok[None, :], other=0.0).to(tl.float32)
         acc += a_here[None, :] * fe + c_here[None, :] * te + a_back[None, :] * fb
+        a_e += hw
+        c_e += hw
     out = df_ptr + b.to(tl.int64) * C * hw + rows + p[None, :]
     tl.store(out, acc.to(df_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
 
