@@ -8,7 +8,7 @@ import os
 
 import torch
 
-__all__ = ["BACKENDS", "choose_backend", "has_triton", "is_exporting"]
+__all__ = ["BACKENDS", "choose_backend", "has_triton", "is_exporting", "too_large_for_kernels"]
 
 BACKENDS = ("auto", "torch", "triton", "syrk")
 ENV_VAR = "NST_KERNELS"
@@ -74,7 +74,17 @@ def choose_backend(x: torch.Tensor, backend: str = "auto", syrk: bool = False) -
     if backend == "triton":
         if not has_triton():
             raise ValueError("kernel backend 'triton' was asked for, but triton cannot be imported")
+        if too_large_for_kernels(x):
+            raise ValueError(f"kernel backend 'triton' was asked for, but one image's features have "
+                             f"{x[:1].numel()} elements, more than its 32-bit offsets reach (2^31 - 1)")
         return "triton"
     if backend == "torch":
         return "torch"
-    return "triton" if x.is_cuda and has_triton() else "torch"
+    return "triton" if x.is_cuda and has_triton() and not too_large_for_kernels(x) else "torch"
+
+
+def too_large_for_kernels(x: torch.Tensor) -> bool:
+    """Whether one image of ``x`` has ``2^31`` elements or more: the Triton kernels offset within an
+    image with 32-bit integers (a 64-channel map of about 5800 x 5800), so such inputs take the
+    reference."""
+    return x.dim() > 0 and x.shape[0] > 0 and x.numel() // x.shape[0] >= 2**31

@@ -56,3 +56,15 @@ def test_import_is_lean():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_inputs_beyond_32_bit_offsets_take_the_reference(monkeypatch):
+    from nst_deploy.kernels._dispatch import too_large_for_kernels
+
+    monkeypatch.delenv("NST_KERNELS", raising=False)
+    big = torch.empty(2, 64, 6000, 6000, device="meta")  # one image: 2.3e9 elements
+    assert too_large_for_kernels(big) and not too_large_for_kernels(torch.empty(4, 64, 4096, 4096, device="meta"))
+    assert choose_backend(big) == "torch"
+    if has_triton():
+        with pytest.raises(ValueError, match="32-bit"):
+            choose_backend(big, "triton")
