@@ -293,19 +293,30 @@ def _run_pastiche(o, content_path: Path, style_path: Path, steps: int, optimizer
     return artist, stamps, losses, extra
 
 
+_UNFUSED_CALLS = [0]  # calls of the plain Gram loss in this process (``unfused``)
+
+
 def use_kernels(kernels: str) -> None:
-    """Make this process's style losses use ``kernels`` (one of :data:`KERNELS`)."""
+    """Make this process's style losses use ``kernels`` (one of :data:`KERNELS`).
+
+    ``unfused`` replaces the fused Gram loss where the style losses call it (``nst_deploy.styles``
+    and ``nst_deploy.losses`` import it by name) with the plain reference, counting its calls in
+    ``_UNFUSED_CALLS`` so that the row can show the replacement was the one used.
+    """
     if kernels not in KERNELS:
         raise ValueError(f"unknown kernels {kernels!r}: choose from {', '.join(KERNELS)}")
     if kernels == "unfused":
         from nst_deploy.kernels import gram_loss_ref
 
         import nst_deploy.losses as losses
+        import nst_deploy.styles as styles
 
         def plain(f, target, weights=None, normalize="hw", scale=1.0, **_):
+            _UNFUSED_CALLS[0] += 1
             return gram_loss_ref(f, target, weights, normalize, scale)
 
         losses.gram_loss = plain
+        styles.gram_loss = plain
         os.environ["NST_KERNELS"] = "torch"
     elif kernels != "auto":
         os.environ["NST_KERNELS"] = kernels
@@ -351,6 +362,10 @@ def run_one(tool: str, optimizer: str, size: int, steps: int, device: str, input
             if tool == "ours":
                 use_kernels(kernels)
                 out, stamps, losses, more = _run_ours(o, content_path, style_path, size, steps, optimizer, device)
+                if kernels == "unfused":
+                    if _UNFUSED_CALLS[0] == 0:
+                        raise RuntimeError("the plain Gram loss was never called: the unfused row would be fused")
+                    extra["unfused_calls"] = _UNFUSED_CALLS[0]
                 artist = None
                 if tuple(out.shape[-2:]) != hw:
                     raise RuntimeError(f"nst_deploy resized the inputs to {tuple(out.shape[-2:])}, not {hw}")
@@ -414,8 +429,8 @@ def run_subprocess(tool: str, optimizer: str, size: int, steps: int, device: str
         return json.loads(lines[-1])
     why = "timed out" if proc is None else f"exit {proc.returncode}: {' '.join(proc.stderr.split())[-300:]}"
     return harness.row(SUBJECT, label(tool, kernels), (1, 3, size, size), "float32", "fp32", None, device=device,
-                       tool=tool, optimizer=optimizer, size=size, steps=steps, kernels=kernels,
-                       error=f"subprocess {why}")
+                       tool=tool, optimizer=optimizer, size=size, steps=steps,
+                       kernels=kernels if tool == "ours" else None, error=f"subprocess {why}")
 
 
 def main(argv: list[str] | None = None) -> int:

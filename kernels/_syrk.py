@@ -4,7 +4,9 @@
 computes exactly one triangle of the product (half the FLOPs of ``bmm``) and is mirrored after.
 It serves float32 and float64 CUDA features; the Gram ops use it for their forward when the
 ``syrk`` backend is chosen (``backend="syrk"`` or ``NST_KERNELS=syrk``); their backward is the same
-one-pass ``bmm`` as the other backends'.
+one-pass ``bmm`` as the other backends'. Precision: the ops' ``precision`` sets cuBLAS's math mode
+for the call: ``tf32`` lets float32 run on the TF32 tensor cores, ``ieee`` and ``tf32x3`` (which
+cuBLAS's SYRK does not offer; full float32 is at least as accurate) run in full float32.
 
 The extension is compiled by :func:`torch.utils.cpp_extension.load` with ninja into
 ``$NST_EXTENSIONS_DIR`` (default ``~/.cache/nst-deploy/extensions/<torch>-<cuda>``), once per
@@ -125,10 +127,30 @@ def _build():
     try:
         return cpp_extension.load(NAME, [str(SOURCE)], build_directory=str(folder), extra_cflags=["-O3"]
                                   + args.pop("extra_cflags", []), verbose=False, **args)
-    except Exception as exc:  # compiler or linker output: keep its last line
-        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-        raise SyrkUnavailable(f"building the SYRK extension failed: {lines[-1] if lines else type(exc).__name__}") \
-            from exc
+    except Exception as exc:  # compiler or linker output
+        raise SyrkUnavailable(build_failure(str(exc) or type(exc).__name__, folder)) from exc
+
+
+#: Lines of a compiler or linker log that say what went wrong (ninja's own last line does not).
+_ERROR_MARKERS = ("error:", "error ", "undefined reference", "cannot find", "no such file", "fatal")
+
+
+def build_failure(log: str, folder: Path) -> str:
+    """One line for a failed build: the log's first error line (else its last line), and where the
+    whole log was written (``build-error.log`` in ``folder``, when it can be written)."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if any(m in ln.lower() for m in _ERROR_MARKERS) and not ln.startswith("ninja:")),
+                 lines[-1] if lines else "no output")
+    where = ""
+    try:
+        path = folder / "build-error.log"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(log)
+        os.replace(tmp, path)
+        where = f" (full log: {path})"
+    except OSError:
+        pass
+    return f"building the SYRK extension failed: {first[:300]}{where}"
 
 
 def available() -> tuple[bool, str]:
@@ -140,6 +162,10 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
-def gram_syrk(f: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``alpha F F^T`` of ``(B, C, K)`` float32/float64 CUDA features: ``(B, C, C)`` in ``F``'s dtype."""
-    return load().gram_syrk(f, float(alpha))
+def gram_syrk(f: torch.Tensor, alpha: float, allow_tf32: bool = False) -> torch.Tensor:
+    """``alpha F F^T`` of ``(B, C, K)`` float32/float64 CUDA features: ``(B, C, C)`` in ``F``'s dtype.
+
+    ``allow_tf32``: float32 products may use the TF32 tensor cores (cuBLAS's
+    ``CUBLAS_TF32_TENSOR_OP_MATH``, set for this call only); otherwise full float32.
+    """
+    return load().gram_syrk(f, float(alpha), bool(allow_tf32))

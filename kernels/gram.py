@@ -132,19 +132,26 @@ def gram_forward(x: torch.Tensor, normalize: str = "hw", precision: str | None =
     k_per_split = math.ceil(math.ceil(k / split) / block_k) * block_k
     split = math.ceil(k / k_per_split)
     ws = out.unsqueeze(0) if split == 1 else torch.empty(split, b, c, c, device=x.device, dtype=torch.float32)
-    # 64 x 64 tiles on 4 warps spilled (255 registers + stack, sm_90 compile check); on 8 they do not
+    # 64 x 64 tiles on 8 warps: no spill on either (sm_90 compile check, with the JIT's divisibility
+    # hints); 8 halve the registers per thread (ieee 166 -> 102, tf32 113 -> 59), so that more warps
+    # stay resident to hide the memory latency of this bandwidth-bound kernel. Not yet timed on a GPU.
     _gram_triton.launch_gram(f, ws, ti, tj, k_per_split, 1.0 / _norm(x, normalize), block_c, block_k,
                              precision_mode(precision), num_warps=8 if block_c >= 64 else 4)
     return out if split == 1 else ws.sum(0)
 
 
-def gram_forward_syrk(x: torch.Tensor, normalize: str = "hw") -> torch.Tensor:
-    """cuBLAS SYRK Gram of float32/float64 CUDA ``x`` ``(B, C, H, W)``: ``(B, C, C)`` in ``x``'s dtype."""
+def gram_forward_syrk(x: torch.Tensor, normalize: str = "hw", precision: str | None = None) -> torch.Tensor:
+    """cuBLAS SYRK Gram of float32/float64 CUDA ``x`` ``(B, C, H, W)``: ``(B, C, C)`` in ``x``'s dtype.
+
+    ``precision`` ``"tf32"`` lets float32 run on the TF32 tensor cores; ``"ieee"`` and ``"tf32x3"``
+    run in full float32 (cuBLAS's SYRK has no 3xTF32 mode); ``None`` as :func:`precision_mode`.
+    """
     from . import _syrk
 
     _check(x)
     b, c, h, w = x.shape
-    return _syrk.gram_syrk(x.reshape(b, c, h * w), 1.0 / _norm(x, normalize))
+    tf32 = precision_mode(precision) == "tf32"
+    return _syrk.gram_syrk(x.reshape(b, c, h * w), 1.0 / _norm(x, normalize), allow_tf32=tf32)
 
 
 def _forward(x: torch.Tensor, normalize: str, precision: str | None, impl: str) -> torch.Tensor:
@@ -152,7 +159,7 @@ def _forward(x: torch.Tensor, normalize: str, precision: str | None, impl: str) 
     if impl == "triton":
         return gram_forward(x, normalize, precision)
     if impl == "syrk":
-        return gram_forward_syrk(x, normalize)
+        return gram_forward_syrk(x, normalize, precision)
     return gram_ref(x.detach(), normalize)
 
 
@@ -220,7 +227,9 @@ def gram(x: torch.Tensor, normalize: str = "hw", backend: str = "auto", precisio
             :func:`nst_deploy.kernels.choose_backend`), ``"torch"``, ``"triton"`` or ``"syrk"``
             (cuBLAS SYRK forward for float32/float64 CUDA features, ``"auto"`` elsewhere).
         precision: fp32 matmul mode of the Triton kernel: ``"ieee"``, ``"tf32x3"``, ``"tf32"``
-            (default: ``ieee`` when ``torch.get_float32_matmul_precision()`` is ``"highest"``).
+            (default: ``ieee`` when ``torch.get_float32_matmul_precision()`` is ``"highest"``, else
+            ``tf32``). SYRK runs ``"tf32"`` on the TF32 tensor cores and the other two in full
+            float32; the torch backend follows torch's own matmul settings.
 
     Returns:
         ``(B, C, C)``; fp32 for half inputs on either backend.

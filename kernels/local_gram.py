@@ -38,12 +38,13 @@ reductions, ``O((4s+1)^2 C H W)`` time and ``O(C H W + (4s+1)^2 H W)`` memory (a
 The loss has a Triton path (``backend="triton"``, the default on CUDA; ``_local_gram_triton.py``):
 one kernel accumulates the loss over the offsets and channels for a block of pixels, reading ``F``
 and ``S`` at ``p`` and ``p + e`` (the shifted reads stay in the caches) and keeping ``K^FF_e(p)``
-and ``K^FS_e(p)`` (``B x (4s+1)^2 x H W``, no channel axis) for the backward, which is one more
-kernel writing ``dF`` once: ``dF(p) = sum_e 2 M_e(p) K^FF_e(p) F(p + e) + 2 M_e(p - e) K^FF_e(p - e)
-F(p - e) - 4 M_e(p) K^FS_e(p) S(p + e)``. The torch path loops over the offsets with three channel
-reductions each (``3 (4s+1)^2`` passes over ``F``); on the CPU the windowed loss (``s = 2``) costs
-90-330x the pixel-wise one (``benchmarks/results/kernels-local-amd-epyc.json``). float64 inputs
-always take the torch path. The materialized :func:`local_gram` has no kernel.
+and ``K^FS_e(p)`` (``B x (4s+1)^2 x H W``, no channel axis; only when a gradient is wanted) for the
+backward, which is one more kernel writing ``dF`` once: ``dF(p) = sum_e 2 M_e(p) K^FF_e(p) F(p + e)
++ 2 M_e(p - e) K^FF_e(p - e) F(p - e) - 4 M_e(p) K^FS_e(p) S(p + e)``. The torch path loops over the
+offsets with three channel reductions each (``3 (4s+1)^2`` passes over ``F``); on the CPU the
+windowed loss (``s = 2``) costs 90-330x the pixel-wise one
+(``benchmarks/results/kernels-local-amd-epyc.json``). float64 inputs always take the torch path. The
+materialized :func:`local_gram` has no kernel.
 """
 
 from __future__ import annotations
@@ -201,10 +202,9 @@ def local_gram_loss_ref(x: torch.Tensor, target: torch.Tensor, window: int = 0, 
     return total * red
 
 
-@functools.lru_cache(maxsize=32)
 def _multiplicities(h: int, w: int, s: int, device: torch.device) -> torch.Tensor:
     """``M_e(p)`` for the ``(4s+1)^2`` offsets ``e`` (row-major, ``e = (-2s, -2s) .. (2s, 2s)``) and
-    the map's pixels ``p``: ``(E, H*W)`` fp32, one convolution of the map's indicator (cached).
+    the map's pixels ``p``: ``(E, H*W)`` fp32, one convolution of the map's indicator.
 
     ``M_e(p) = sum_d k_e(d) [p - d in the map]`` with ``k_e(d) = w(d) w(d + e)``; the torch path
     builds the same values on the grown grid (:func:`_multiplicity`).
@@ -223,45 +223,70 @@ def _multiplicities(h: int, w: int, s: int, device: torch.device) -> torch.Tenso
     return m.reshape(big * big, h * w).to(device=device, dtype=torch.float32).contiguous()
 
 
+def _border_class(n: int, s: int) -> torch.Tensor:
+    """Class of each row (or column) ``0 .. n-1`` of a map of ``n``, as the kernels' ``_cls``: ``y``
+    within ``s`` of the start, ``s`` in the interior, ``y - (n - min(n, 2s + 1))`` within ``s`` of
+    the end. ``M_e`` depends on ``p`` only through these classes (whether ``p - d`` lies in the map
+    for ``|d| <= s``), so row ``cls(y)`` of :func:`_multiplicity_table` holds ``M_e`` of row ``y``."""
+    y = torch.arange(n)
+    nc = min(n, 2 * s + 1)
+    return torch.where(y < s, y, torch.where(y >= n - s, y - (n - nc), torch.full_like(y, s)))
+
+
+@functools.lru_cache(maxsize=16)
+def _multiplicity_table(h: int, w: int, s: int, device: torch.device) -> torch.Tensor:
+    """``M_e`` by border class: ``(E, hc, wc)`` fp32 with ``hc = min(H, 2s + 1)``, ``wc = min(W, 2s + 1)``,
+    i.e. :func:`_multiplicities` of an ``hc x wc`` map (at most ``(4s+1)^2 (2s+1)^2`` values: 8 kB for
+    ``s = 2``, so the cache pins nothing of note). The Triton kernels read ``M_e(y, x)`` at
+    ``[e, cls(y), cls(x)]`` (:func:`_border_class`)."""
+    hc, wc = min(h, 2 * s + 1), min(w, 2 * s + 1)
+    return _multiplicities(hc, wc, s, device).reshape(-1, hc, wc).contiguous()
+
+
 class LocalGramLossFunction(torch.autograd.Function):
-    """The localized Gram loss on the Triton kernels (module docstring); ``x`` gets the gradient."""
+    """The localized Gram loss on the Triton kernels (module docstring); ``x`` gets the gradient.
+
+    ``store``: keep ``K^FF``/``K^FS`` (``B x (4s+1)^2 x HW`` fp32 each) for the backward; the caller
+    passes ``x.requires_grad and torch.is_grad_enabled()`` so that a loss evaluated without
+    gradients allocates nothing beyond the partial sums.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, target: torch.Tensor, s: int, red: float):
+    def forward(ctx, x: torch.Tensor, target: torch.Tensor, s: int, red: float, store: bool):
         from . import _local_gram_triton
 
         b, c, h, w = x.shape
         hw = h * w
         f = x.detach().contiguous().reshape(b, c, hw)
         t = target.detach().contiguous().reshape(target.shape[0], c, hw)
-        m = _multiplicities(h, w, s, x.device)
+        m = _multiplicity_table(h, w, s, x.device)
         n_off = m.shape[0]
-        store = bool(ctx.needs_input_grad[0])
         block_c, block_p = pow2(c, 32), pow2(hw, 64)
         part = torch.empty(b, cdiv(hw, block_p), device=x.device, dtype=torch.float32)
         shape = (b, n_off, hw) if store else (1,)
         kff = torch.empty(shape, device=x.device, dtype=torch.float32)
         kfs = torch.empty(shape, device=x.device, dtype=torch.float32)
         _local_gram_triton.launch_dots(f, t, m, kff, kfs, part, h, w, s, store, block_c, block_p)
-        ctx.save_for_backward(f, t, m, kff, kfs)
-        ctx.geometry = (x.shape, h, w, s, red)
+        if store:
+            ctx.save_for_backward(f, t, m, kff, kfs)
+        ctx.geometry = (x.shape, h, w, s, red, store)
         return part.sum() * red
 
     @staticmethod
     def backward(ctx, grad):
         from . import _local_gram_triton
 
-        f, t, m, kff, kfs = ctx.saved_tensors
-        shape, h, w, s, red = ctx.geometry
+        shape, h, w, s, red, store = ctx.geometry
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        g = grad.float() * red
-        a = (2.0 * g) * m * kff  # (B, E, HW)
-        cf = (-4.0 * g) * m * kfs
+            return None, None, None, None, None
+        if not store:
+            raise RuntimeError("local_gram_loss: the forward ran without gradients and kept nothing to differentiate")
+        f, t, m, kff, kfs = ctx.saved_tensors
+        g = (grad.float() * red).reshape(1).contiguous()  # stays on the device: no synchronization
         df = torch.empty_like(f)
         c = f.shape[1]
-        _local_gram_triton.launch_grad(f, t, a, cf, df, h, w, s, pow2(c, 32), pow2(h * w, 64))
-        return df.reshape(shape), None, None, None
+        _local_gram_triton.launch_grad(f, t, m, kff, kfs, g, df, h, w, s, pow2(c, 32), pow2(h * w, 64))
+        return df.reshape(shape), None, None, None, None
 
 
 def local_gram(x: torch.Tensor, window: int = 0, backend: str = "auto") -> torch.Tensor:
@@ -288,4 +313,5 @@ def local_gram_loss(
     _require_same_size(x, target)
     s = _check_window(window)
     red = _reduction_scale(x, reduction)
-    return LocalGramLossFunction.apply(x, target, s, red)
+    store = x.requires_grad and torch.is_grad_enabled()
+    return LocalGramLossFunction.apply(x, target, s, red, store)

@@ -81,6 +81,8 @@ def test_stylize_unfused_kernels_same_objective(stylize_rows, tmp_path):
     r = _one("ours", "adam", tmp_path, kernels="unfused")
     fused = stylize_rows[1]
     assert r["provider"] == "ours-unfused" and r["kernels"] == "unfused" and fused["kernels"] == "auto"
+    assert r.get("error") is None and r["unfused_calls"] >= 3  # the plain loss ran in every step
+    assert "unfused_calls" not in fused
     assert r["own_losses"] == pytest.approx(fused["own_losses"], rel=1e-4)
 
 

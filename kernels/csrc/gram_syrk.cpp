@@ -27,11 +27,29 @@ cublasStatus_t syrk(cublasHandle_t h, int n, int k, const double* alpha, const d
   return cublasDsyrk(h, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, n, k, alpha, a, lda, beta, c, ldc);
 }
 
+// Sets the handle's math mode for the lifetime of the guard and restores the previous one (torch
+// sets its own mode from allow_tf32 whenever it fetches the handle; this keeps ours local).
+class MathModeGuard {
+ public:
+  MathModeGuard(cublasHandle_t h, cublasMath_t mode) : handle_(h) {
+    TORCH_CUDABLAS_CHECK(cublasGetMathMode(handle_, &previous_));
+    TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle_, mode));
+  }
+  ~MathModeGuard() { cublasSetMathMode(handle_, previous_); }
+  MathModeGuard(const MathModeGuard&) = delete;
+  MathModeGuard& operator=(const MathModeGuard&) = delete;
+
+ private:
+  cublasHandle_t handle_;
+  cublasMath_t previous_ = CUBLAS_DEFAULT_MATH;
+};
+
 }  // namespace
 
 // F: (B, C, K) float32 or float64 on a CUDA device. Returns the full symmetric (B, C, C) Gram
-// alpha * F F^T in F's dtype, on the current stream.
-torch::Tensor gram_syrk(const torch::Tensor& f, double alpha) {
+// alpha * F F^T in F's dtype, on the current stream. allow_tf32: float32 products may run on the
+// TF32 tensor cores (CUBLAS_TF32_TENSOR_OP_MATH); otherwise full float32 (CUBLAS_DEFAULT_MATH).
+torch::Tensor gram_syrk(const torch::Tensor& f, double alpha, bool allow_tf32) {
   TORCH_CHECK(f.is_cuda(), "gram_syrk: F must be a CUDA tensor");
   TORCH_CHECK(f.dim() == 3, "gram_syrk: F must be (B, C, K), got ", f.dim(), " dimensions");
   TORCH_CHECK(f.scalar_type() == at::kFloat || f.scalar_type() == at::kDouble,
@@ -46,6 +64,7 @@ torch::Tensor gram_syrk(const torch::Tensor& f, double alpha) {
     return out;
   }
   cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();  // bound to the current stream
+  const MathModeGuard mode(handle, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "gram_syrk", [&] {
     const scalar_t a = static_cast<scalar_t>(alpha);
     const scalar_t zero = 0;
@@ -64,5 +83,5 @@ torch::Tensor gram_syrk(const torch::Tensor& f, double alpha) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gram_syrk", &gram_syrk, "alpha * F F^T of (B, C, K) CUDA features by cuBLAS SYRK",
-        pybind11::arg("f"), pybind11::arg("alpha") = 1.0);
+        pybind11::arg("f"), pybind11::arg("alpha") = 1.0, pybind11::arg("allow_tf32") = false);
 }

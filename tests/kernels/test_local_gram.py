@@ -199,7 +199,12 @@ def test_cuda_bf16_loss(s):
 # --- the Triton path (the interpreter without a GPU) ---------------------------------------------
 
 from nst_deploy.kernels import has_triton  # noqa: E402
-from nst_deploy.kernels.local_gram import _multiplicities, _multiplicity  # noqa: E402
+from nst_deploy.kernels.local_gram import (  # noqa: E402
+    _border_class,
+    _multiplicities,
+    _multiplicity,
+    _multiplicity_table,
+)
 
 needs_triton = pytest.mark.skipif(not has_triton(), reason="triton is not installed")
 DEV = "cuda" if CUDA else "cpu"
@@ -215,10 +220,23 @@ def test_kernel_multiplicities_match_the_torch_path(s, hw):
     torch.testing.assert_close(_multiplicities(h, w, s, torch.device("cpu")).double(), ref, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("s", [0, 1, 2])
+@pytest.mark.parametrize("hw", [(1, 1), (1, 5), (4, 3), (5, 6), (7, 9), (13, 2), (40, 33)])
+def test_kernel_multiplicity_table_by_border_class(s, hw):
+    """The kernels read M_e(y, x) from a (2s+1)^2-bounded table at the row and column classes; expanded
+    by the classes it gives M_e of every pixel."""
+    h, w = hw
+    table = _multiplicity_table(h, w, s, torch.device("cpu"))
+    assert table.shape == ((4 * s + 1) ** 2, min(h, 2 * s + 1), min(w, 2 * s + 1))
+    ry, rx = _border_class(h, s), _border_class(w, s)
+    expanded = table[:, ry[:, None], rx[None, :]].reshape(table.shape[0], h * w)
+    torch.testing.assert_close(expanded, _multiplicities(h, w, s, torch.device("cpu")), rtol=0, atol=0)
+
+
 @needs_triton
 @pytest.mark.parametrize("s", [0, 1, 2])
 @pytest.mark.parametrize("shape,target_batch", [((2, 3, 7, 9), 1), ((2, 5, 6, 5), 2), ((1, 64, 5, 7), 1),
-                                                ((1, 4, 1, 6), 1)])
+                                                ((1, 4, 1, 6), 1), ((1, 3, 12, 11), 1)])
 def test_triton_loss_and_gradient_match_reference(s, shape, target_batch):
     x = _rand(*shape, dtype=torch.float32, device=DEV).requires_grad_(True)
     t = _rand(target_batch, *shape[1:], dtype=torch.float32, seed=3, device=DEV)
@@ -235,8 +253,24 @@ def test_triton_loss_and_gradient_match_reference(s, shape, target_batch):
 def test_triton_mean_reduction_no_grad_and_fallbacks():
     x = _rand(2, 3, 5, 6, dtype=torch.float32, device=DEV)
     t = _rand(1, 3, 5, 6, dtype=torch.float32, seed=4, device=DEV)
-    with torch.no_grad():  # no K buffers kept
-        got = local_gram_loss(x, t, window=1, reduction="mean", backend="triton")
+    from nst_deploy.kernels import _local_gram_triton
+
+    stored = []
+    real = _local_gram_triton.launch_dots
+
+    def spy(*args, **kw):
+        stored.append(args[9])  # the store flag
+        return real(*args, **kw)
+
+    _local_gram_triton.launch_dots = spy
+    try:
+        with torch.no_grad():  # no K buffers kept, even for a leaf that requires grad
+            got = local_gram_loss(x, t, window=1, reduction="mean", backend="triton")
+            local_gram_loss(x.clone().requires_grad_(True), t, window=1, backend="triton")
+        local_gram_loss(x.clone().requires_grad_(True), t, window=1, backend="triton")
+    finally:
+        _local_gram_triton.launch_dots = real
+    assert stored == [False, False, True]
     torch.testing.assert_close(got.double(), local_gram_loss_ref(x.double(), t.double(), 1, "mean"), rtol=1e-5,
                                atol=0)
     # float64 and empty inputs take the reference, whatever the backend

@@ -147,3 +147,34 @@ def test_syrk_gradients_and_loss():
     (gx,) = torch.autograd.grad(loss, x)
     (rx,) = torch.autograd.grad(ref, x)
     torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-6)
+
+
+@needs_cuda
+def test_syrk_precision_modes():
+    """``ieee`` (and ``tf32x3``) run in full float32 whatever torch's TF32 flag; ``tf32`` within TF32's error."""
+    ok, why = _syrk.available()
+    if not ok:
+        pytest.skip(why)
+    x = torch.randn(1, 64, 64, 64, device="cuda")
+    ref = gram_ref(x.double()).float()
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True  # torch's handle in TF32 mode: ours must override it
+        for precision in ("ieee", "tf32x3"):
+            torch.testing.assert_close(gram(x, backend="syrk", precision=precision), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gram(x, backend="syrk", precision="tf32"), ref, rtol=1e-2, atol=1e-2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_build_failure_names_the_first_error_and_keeps_the_log(tmp_path):
+    log = ("[1/2] c++ -c gram_syrk.cpp\nFAILED: gram_syrk.o\n"
+           "gram_syrk.cpp:12:10: fatal error: cublas_v2.h: No such file or directory\n"
+           "compilation terminated.\nninja: build stopped: subcommand failed.\n")
+    line = _syrk.build_failure(log, tmp_path)
+    assert "cublas_v2.h: No such file or directory" in line and "ninja: build stopped" not in line
+    assert (tmp_path / "build-error.log").read_text() == log and str(tmp_path / "build-error.log") in line
+    assert "\n" not in line
+    # a log without a recognizable error line: its last line; an unwritable folder: no log path
+    line = _syrk.build_failure("something odd\nlast words\n", tmp_path / "missing" / "dir")
+    assert line.endswith("last words")
