@@ -302,22 +302,23 @@ def main(argv: list[str] | None = None) -> int:
     cpu_default = ["eager", "fused-torch", "compile"]
     providers = args.providers or (list(PROVIDERS) if device.startswith("cuda") else cpu_default)
     rows = []
-    for size in args.sizes:
-        for layer, shape in style_shapes(size):
-            if layer not in args.layers:
-                continue
-            for op in ops:
-                for window in args.windows if op.startswith("local") else [0]:
-                    for provider in providers:
-                        if not applies(op, provider):
-                            continue
-                        if provider == "compile" and args.compile_ops is not None and op not in args.compile_ops:
-                            continue
-                        r = run_one(size, layer, shape, op, provider, device, args.min_run_time, dtype, args.masks,
-                                    window, args.max_materialize_gb)
-                        harness.emit(r)
-                        rows.append(r)
     subject = f"{SUBJECT}-{harness.slug(args.tag)}" if args.tag else SUBJECT
+    with harness.keep_partial(subject, rows, args.out_dir):
+        for size in args.sizes:
+            for layer, shape in style_shapes(size):
+                if layer not in args.layers:
+                    continue
+                for op in ops:
+                    for window in args.windows if op.startswith("local") else [0]:
+                        for provider in providers:
+                            if not applies(op, provider):
+                                continue
+                            if provider == "compile" and args.compile_ops and op not in args.compile_ops:
+                                continue
+                            r = run_one(size, layer, shape, op, provider, device, args.min_run_time, dtype,
+                                        args.masks, window, args.max_materialize_gb)
+                            harness.emit(r)
+                            rows.append(r)
     path = harness.write_results(subject, rows, out_dir=args.out_dir)
     print(f"wrote {path}", file=sys.stderr)
     expected = [r for r in rows if (device.startswith("cuda") or r["provider"] not in ("triton", "syrk"))

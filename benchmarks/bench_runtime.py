@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     if device.startswith("cuda"):
         providers.insert(1, "eager-fp16")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with harness.keep_partial("runtime", rows, args.out_dir), tempfile.TemporaryDirectory() as tmp:
         export_model(_model_path(args.model), tmp)
         for shape in SHAPES:
             for p in providers:

@@ -464,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     failed = False
-    with tempfile.TemporaryDirectory(prefix="bench_stylize_") as inputs_dir:
+    with harness.keep_partial(SUBJECT, rows, args.out_dir), \
+            tempfile.TemporaryDirectory(prefix="bench_stylize_") as inputs_dir:
         for size in args.sizes:
             prepare_inputs(size, inputs_dir)
             for optimizer in args.optimizers:

@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -215,3 +216,19 @@ def write_results(subject: str, rows: list[dict[str, Any]], out_dir: str | os.Pa
         json.dump(rows, fh, indent=2, default=str)
         fh.write("\n")
     return path
+
+
+@contextlib.contextmanager
+def keep_partial(subject: str, rows: list[dict[str, Any]], out_dir: str | os.PathLike | None = None):
+    """Run a benchmark loop that appends to ``rows``; on an interrupt (Ctrl-C, or the SIGINT that
+    ``timeout --signal=INT`` sends) write the rows measured so far with :func:`write_results` and
+    exit with status 130, so that a run cut short still leaves its JSON."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if rows:
+            path = write_results(subject, rows, out_dir)
+            print(f"interrupted: wrote the {len(rows)} rows measured so far to {path}", file=sys.stderr)
+        else:
+            print("interrupted before any row was measured", file=sys.stderr)
+        raise SystemExit(130) from None

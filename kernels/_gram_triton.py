@@ -8,7 +8,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._tiles_triton import upper_tile_split
+from ._tiles_triton import store_symmetric_tile, upper_tile_split
 
 
 @triton.jit
@@ -45,11 +45,7 @@ def _gram_fwd_kernel(
         acc = tl.dot(a, tl.trans(c), acc, input_precision=PRECISION)
     acc = acc * scale
     out = ws_ptr + s.to(tl.int64) * stride_ws + b.to(tl.int64) * stride_wb
-    ok = row_ok[:, None] & col_ok[None, :]
-    tl.store(out + rows[:, None] * stride_wc + cols[None, :], acc, mask=ok)
-    if ti != tj:  # the mirrored tile below the diagonal: G[cols, rows] = acc^T
-        tl.store(out + cols[None, :] * stride_wc + rows[:, None], acc, mask=ok)
-
+    store_symmetric_tile(out, acc, rows, cols, row_ok[:, None] & col_ok[None, :], stride_wc)
 
 def launch_gram(f, ws, ti, tj, k_per_split: int, scale: float, block_c: int, block_k: int, precision: str,
                 num_warps: int = 4, num_stages: int = 3) -> None:

@@ -14,27 +14,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._tiles_triton import upper_tile_split
+from ._tiles_triton import store_symmetric_tile, upper_tile_split
 
 #: Masks handled by one launch (one accumulator each); more masks run in groups of this many.
 MAX_MASKS = 4
-
-
-@triton.jit
-def _store_tile(
-    out_ptr,  # fp32 output tile base: ws[s, b, k] of the (SPLIT, B, K, C, C) workspace
-    acc,
-    rows,
-    cols,
-    ok,
-    stride_wc,
-):
-    # The upper triangle (row <= col) as computed, the strict upper triangle mirrored below the diagonal:
-    # the result is exactly symmetric, also inside the diagonal tiles.
-    upper = rows[:, None] <= cols[None, :]
-    strict = rows[:, None] < cols[None, :]
-    tl.store(out_ptr + rows[:, None] * stride_wc + cols[None, :], acc, mask=ok & upper)
-    tl.store(out_ptr + cols[None, :] * stride_wc + rows[:, None], acc, mask=ok & strict)
 
 
 @triton.jit
@@ -96,13 +79,13 @@ def _masked_gram_fwd_kernel(
     ok = row_ok[:, None] & col_ok[None, :]
     inv_base = inv_ptr + b.to(tl.int64) * stride_ib
     out = ws_ptr + s.to(tl.int64) * stride_ws + b.to(tl.int64) * stride_wb
-    _store_tile(out, acc0 * tl.load(inv_base), rows, cols, ok, stride_wc)
+    store_symmetric_tile(out, acc0 * tl.load(inv_base), rows, cols, ok, stride_wc)
     if NUM_MASKS > 1:
-        _store_tile(out + stride_wk, acc1 * tl.load(inv_base + stride_ik), rows, cols, ok, stride_wc)
+        store_symmetric_tile(out + stride_wk, acc1 * tl.load(inv_base + stride_ik), rows, cols, ok, stride_wc)
     if NUM_MASKS > 2:
-        _store_tile(out + 2 * stride_wk, acc2 * tl.load(inv_base + 2 * stride_ik), rows, cols, ok, stride_wc)
+        store_symmetric_tile(out + 2 * stride_wk, acc2 * tl.load(inv_base + 2 * stride_ik), rows, cols, ok, stride_wc)
     if NUM_MASKS > 3:
-        _store_tile(out + 3 * stride_wk, acc3 * tl.load(inv_base + 3 * stride_ik), rows, cols, ok, stride_wc)
+        store_symmetric_tile(out + 3 * stride_wk, acc3 * tl.load(inv_base + 3 * stride_ik), rows, cols, ok, stride_wc)
 
 
 def launch_masked_gram(f, m, inv, ws, ti, tj, p_per_split: int, block_c: int, block_p: int, precision: str,

@@ -131,16 +131,18 @@ def _build():
         raise SyrkUnavailable(build_failure(str(exc) or type(exc).__name__, folder)) from exc
 
 
-#: Lines of a compiler or linker log that say what went wrong (ninja's own last line does not).
-_ERROR_MARKERS = ("error:", "error ", "undefined reference", "cannot find", "no such file", "fatal")
+#: Lines of a compiler or linker log that say what went wrong, most specific first (ninja's own
+#: last line does not, nor torch's "Error building extension '...':" prefix of the first line).
+_ERROR_MARKERS = (": error:", "fatal error", "undefined reference", "cannot find -l", "error:")
+_WRAPPERS = ("error building extension", "error compiling objects", "ninja:")
 
 
 def build_failure(log: str, folder: Path) -> str:
     """One line for a failed build: the log's first error line (else its last line), and where the
     whole log was written (``build-error.log`` in ``folder``, when it can be written)."""
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    first = next((ln for ln in lines if any(m in ln.lower() for m in _ERROR_MARKERS) and not ln.startswith("ninja:")),
-                 lines[-1] if lines else "no output")
+    own = [ln for ln in lines if not ln.lower().startswith(_WRAPPERS)]
+    first = next((ln for m in _ERROR_MARKERS for ln in own if m in ln.lower()), lines[-1] if lines else "no output")
     where = ""
     try:
         path = folder / "build-error.log"

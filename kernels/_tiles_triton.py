@@ -27,3 +27,20 @@ def upper_tile_split(
     start = s * per_split
     end = tl.minimum(start + per_split, N)
     return s, b, ti, tj, rows, cols, rows < C, cols < C, start, end
+
+
+@triton.jit
+def store_symmetric_tile(
+    out_ptr,  # fp32 base of one C x C output (row stride stride_wc, columns contiguous)
+    acc,
+    rows,
+    cols,
+    ok,
+    stride_wc,
+):
+    # The upper triangle (row <= col) as computed, the strict upper triangle mirrored below the diagonal:
+    # the result is exactly symmetric, also inside the diagonal tiles.
+    upper = rows[:, None] <= cols[None, :]
+    strict = rows[:, None] < cols[None, :]
+    tl.store(out_ptr + rows[:, None] * stride_wc + cols[None, :], acc, mask=ok & upper)
+    tl.store(out_ptr + cols[None, :] * stride_wc + rows[:, None], acc, mask=ok & strict)

@@ -2,9 +2,9 @@
 # The GPU checks owed by the kernels and runtime work, in phases that each fit one 10-minute run on
 # a CUDA machine without internet (an H100 here). Every phase first installs the checkout
 # (editable, no dependencies fetched) and writes its results and logs under $OUT (default:
-# ./gpu-results). Each benchmark step runs under `timeout` (STEP_S seconds, default 420) so that
-# one slow step cannot take the whole run; rows are printed as they are measured, so a step cut
-# short still leaves its rows in the log.
+# ./gpu-results). Each step runs under `timeout` (STEP_S seconds, default 420; the test phases
+# TESTS_S, 540; the SYRK build SYRK_S, 240) so that one slow step cannot take the whole run; a
+# benchmark cut short writes the rows it measured (its JSON) before it exits, and its log has them.
 #
 #   scripts/gpu_run.sh quick            the most owed, in about 8 minutes: the kernel tests on CUDA,
 #                                       bench_kernels at 512 (no torch.compile), bench_stylize at 512
@@ -69,19 +69,22 @@ rows() {  # the number of result rows in a log
 
 phase_tests() {
     # -n: pytest-xdist where installed; the suite's CUDA tests skip on their own without a GPU.
-    local par=()
+    local par=() rc=0
     "$PY" -c "import xdist" 2> /dev/null && par=(-n 8)
-    "$PY" -m pytest -q -ra "${par[@]}" "${@:-tests}" 2>&1 | tee "$OUT/tests.log" | tail -n 40
+    timeout --signal=INT --kill-after=20 "${TESTS_S:-540}" "$PY" -m pytest -q -ra "${par[@]}" "${@:-tests}" \
+        > "$OUT/tests.log" 2>&1 || rc=$?
+    tail -n 40 "$OUT/tests.log"
+    [ "$rc" -eq 0 ] || echo "gpu_run: pytest exited $rc$([ "$rc" -eq 124 ] && echo ' (timed out)')"
 }
 
-syrk_build() {
-    "$PY" - <<'PYEOF' 2>&1 | tee -a "$1"
-from nst_deploy.kernels import _syrk
+syrk_build() {  # build (or load) the SYRK extension, timed; a failure is reported, not fatal
+    STEP_S="${SYRK_S:-240}" step "$1" "$PY" -c "
 import time
+from nst_deploy.kernels import _syrk
 t = time.perf_counter()
 ok, why = _syrk.available()
-print("syrk extension", "built" if ok else f"UNAVAILABLE: {why}", f"in {time.perf_counter() - t:.1f} s")
-PYEOF
+print('syrk extension', 'built' if ok else f'UNAVAILABLE: {why}', f'in {time.perf_counter() - t:.1f} s')"
+    grep "^syrk extension" "$1" | tail -n 1 || true
 }
 
 size_arg() {

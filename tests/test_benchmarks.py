@@ -28,6 +28,20 @@ def test_bench_and_write_results(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [Path(path).name]  # no temporary file left
 
 
+def test_interrupted_run_keeps_its_rows(tmp_path, capsys):
+    rows = []
+    with pytest.raises(SystemExit) as stop, harness.keep_partial("demo", rows, tmp_path):
+        rows.append(harness.row("demo", "eager", [1], "float32", "fp32", None, device="cpu"))
+        raise KeyboardInterrupt
+    assert stop.value.code == 130
+    assert [r["provider"] for r in json.loads((tmp_path / f"demo-{harness.slug(harness.device_name())}.json")
+                                              .read_text())] == ["eager"]
+    assert "1 rows measured so far" in capsys.readouterr().err
+    with pytest.raises(SystemExit), harness.keep_partial("none", [], tmp_path / "empty"):
+        raise KeyboardInterrupt
+    assert not (tmp_path / "empty").exists()
+
+
 def test_readme_table_matches_results():
     assert report.main(["--check"]) == 0, "run: python benchmarks/report.py"
 

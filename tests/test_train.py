@@ -126,8 +126,11 @@ def _fixed_loss(tr: Trainer, batch: torch.Tensor) -> float:
         return float(tr.loss(batch)[0])
 
 
+STEPS = 80  # the fixed batch's loss fell to 0.52x in 40 steps on an AVX2 CPU (0.47x in 60, 0.40x in 80)
+
+
 def test_training_lowers_the_loss(photos, style, tmp_path):
-    o = _opts(photos, style, tmp_path, steps=40, batch=2, lr=1e-2, checkpoint_every=1000, log_every=10)
+    o = _opts(photos, style, tmp_path, steps=STEPS, batch=2, lr=1e-2, checkpoint_every=1000, log_every=10)
     tr = _quiet_trainer(o, tmp_path / "m.pt")
     batch = torch.stack([tr.dataset.sample(n) for n in range(4)])
     before = _fixed_loss(tr, batch)
@@ -135,9 +138,9 @@ def test_training_lowers_the_loss(photos, style, tmp_path):
     after = _fixed_loss(tr, batch)
     assert after < 0.5 * before, (before, after)
     assert out.is_file() and (tmp_path / "work" / "loss.json").is_file()
-    assert len(tr.history) == 4 and tr.history[-1]["step"] == 40
+    assert len(tr.history) == STEPS // 10 and tr.history[-1]["step"] == STEPS
     net, meta = load_model(out)
-    assert meta["arch"] == "johnson" and meta["steps"] == 40 and meta["style"] == style.name
+    assert meta["arch"] == "johnson" and meta["steps"] == STEPS and meta["style"] == style.name
     with torch.no_grad():
         assert torch.allclose(net(batch), tr.model.eval()(batch), atol=1e-6)
 

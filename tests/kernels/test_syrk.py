@@ -162,19 +162,26 @@ def test_syrk_precision_modes():
         torch.backends.cuda.matmul.allow_tf32 = True  # torch's handle in TF32 mode: ours must override it
         for precision in ("ieee", "tf32x3"):
             torch.testing.assert_close(gram(x, backend="syrk", precision=precision), ref, rtol=1e-5, atol=1e-5)
+        # whether cuBLAS's SYRK takes the tensor cores in TF32 mode is cuBLAS's choice: only bounded here
         torch.testing.assert_close(gram(x, backend="syrk", precision="tf32"), ref, rtol=1e-2, atol=1e-2)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_build_failure_names_the_first_error_and_keeps_the_log(tmp_path):
-    log = ("[1/2] c++ -c gram_syrk.cpp\nFAILED: gram_syrk.o\n"
+    # as torch's cpp_extension.load words it: its own prefix, then ninja's output
+    log = ("Error building extension 'nst_gram_syrk': [1/2] c++ -MMD -MF gram_syrk.o.d -c gram_syrk.cpp\n"
+           "FAILED: gram_syrk.o\nc++ -MMD -c gram_syrk.cpp -o gram_syrk.o\n"
            "gram_syrk.cpp:12:10: fatal error: cublas_v2.h: No such file or directory\n"
            "compilation terminated.\nninja: build stopped: subcommand failed.\n")
     line = _syrk.build_failure(log, tmp_path)
     assert "cublas_v2.h: No such file or directory" in line and "ninja: build stopped" not in line
-    assert (tmp_path / "build-error.log").read_text() == log and str(tmp_path / "build-error.log") in line
+    assert "Error building extension" not in line
+    log_path = tmp_path / "build-error.log"
+    assert log_path.read_text() == log and str(log_path) in line
     assert "\n" not in line
     # a log without a recognizable error line: its last line; an unwritable folder: no log path
     line = _syrk.build_failure("something odd\nlast words\n", tmp_path / "missing" / "dir")
     assert line.endswith("last words")
+    link = "Error building extension 'x': [2/2] c++ gram_syrk.o -o x.so\n/usr/bin/ld: cannot find -lcublas\n"
+    assert _syrk.build_failure(link, tmp_path).endswith(f"/usr/bin/ld: cannot find -lcublas (full log: {log_path})")
