@@ -33,8 +33,10 @@ Providers (``--providers``):
 
 Figures: median ms; GB/s of the minimum traffic (``F`` read once, masks read once, ``dF`` written
 once and ``F`` read again for a backward); GFLOP/s counting ``2 C^2 HW`` per Gram (the full product
-a plain matmul computes; none for the autocorrelation); on the H100 the fraction of its HBM
-bandwidth (3.35 TB/s).
+a plain matmul computes; none for the autocorrelation); on an H100 or H200 the fraction of its HBM
+bandwidth (:data:`HBM_PEAK_GBPS`). ``--gram-warps 4 8`` times the Triton Gram ops once per warp
+count (providers ``triton-w4``, ``triton-w8``) instead of the built-in choice (8 for 64-channel
+tiles).
 
 Usage::
 
@@ -48,6 +50,7 @@ Results go to ``benchmarks/results/kernels-<device>.json`` (``--tag`` adds a suf
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -70,6 +73,9 @@ from nst_deploy.kernels import (  # noqa: E402
 
 from nst_deploy.lossnets import layer_info  # noqa: E402
 
+# the module (the package's attribute of that name is the function)
+gram_kernel = importlib.import_module("nst_deploy.kernels.gram")
+
 SUBJECT = "kernels"
 PROVIDERS = ("eager", "fused-torch", "compile", "triton", "syrk")
 OPS = ("gram/fwd", "gram/fwd+bwd", "gram_loss/fwd+bwd", "masked_gram/fwd", "masked_loss/fwd+bwd",
@@ -79,7 +85,14 @@ GRAM_OPS = OPS[:3]
 SKIP = {("gram/fwd", "fused-torch"), ("gram/fwd+bwd", "fused-torch")} | {(op, "syrk") for op in OPS[3:]}
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-H100_HBM_GBPS = 3350.0
+#: HBM bandwidth (GB/s) of the GPUs the fraction of peak is given for, by a part of the device name
+#: (first match): H200 4.8 TB/s, H100 NVL 3.9, H100 PCIe 2.0, H100 SXM 3.35.
+HBM_PEAK_GBPS = (("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0))
+
+
+def hbm_peak_gbps(device_name: str) -> float | None:
+    """The HBM bandwidth of a device by its name (:data:`HBM_PEAK_GBPS`), ``None`` if not listed."""
+    return next((gbps for part, gbps in HBM_PEAK_GBPS if part in device_name), None)
 
 
 def style_shapes(size: int) -> list[tuple[str, tuple[int, int, int, int]]]:
@@ -260,8 +273,10 @@ def run_one(size: int, layer: str, shape, op: str, provider: str, device: str, m
         extra["gb_per_s"] = min_bytes(op, shape, x.element_size(), n_masks) / sec / 1e9
         fl = flops(op, shape, n_masks)
         extra["gflops_per_s"] = None if fl is None else fl / sec / 1e9
-        if device.startswith("cuda") and "H100" in harness.device_name(device):
-            extra["fraction_of_peak"] = extra["gb_per_s"] / H100_HBM_GBPS
+        peak = hbm_peak_gbps(harness.device_name(device)) if device.startswith("cuda") else None
+        if peak is not None:
+            extra["fraction_of_peak"] = extra["gb_per_s"] / peak
+            extra["hbm_peak_gbps"] = peak
     except Exception as exc:  # record the failure and go on
         extra["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         timing = None
@@ -289,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement (CPU)")
     parser.add_argument("--out-dir", default=None, help="default: benchmarks/results")
     parser.add_argument("--tag", default="", help="suffix of the results file name (e.g. bf16, tf32)")
+    parser.add_argument("--gram-warps", type=int, nargs="+", choices=(2, 4, 8, 16), default=None,
+                        help="time the triton Gram ops once per warp count (providers triton-wN)")
     args = parser.parse_args(argv)
     if args.masks < 1:
         parser.error("--masks must be at least 1")
@@ -315,13 +332,19 @@ def main(argv: list[str] | None = None) -> int:
                                 continue
                             if provider == "compile" and args.compile_ops and op not in args.compile_ops:
                                 continue
-                            r = run_one(size, layer, shape, op, provider, device, args.min_run_time, dtype,
-                                        args.masks, window, args.max_materialize_gb)
-                            harness.emit(r)
-                            rows.append(r)
+                            warps = args.gram_warps if provider == "triton" and op in GRAM_OPS else None
+                            for w in warps or [None]:
+                                gram_kernel.GRAM_WARPS = w
+                                r = run_one(size, layer, shape, op, provider, device, args.min_run_time, dtype,
+                                            args.masks, window, args.max_materialize_gb)
+                                if w is not None:
+                                    r.update(provider=f"triton-w{w}", num_warps=w)
+                                harness.emit(r)
+                                rows.append(r)
+                            gram_kernel.GRAM_WARPS = None
     path = harness.write_results(subject, rows, out_dir=args.out_dir)
     print(f"wrote {path}", file=sys.stderr)
-    expected = [r for r in rows if (device.startswith("cuda") or r["provider"] not in ("triton", "syrk"))
+    expected = [r for r in rows if (device.startswith("cuda") or not r["provider"].startswith(("triton", "syrk")))
                 and not str(r.get("error", "")).startswith("RuntimeError: skipped:")]
     return 1 if any(r.get("error") for r in expected) else 0
 

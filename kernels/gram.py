@@ -109,6 +109,10 @@ def _sm_count(device: torch.device) -> int:
     return 4  # the interpreter: few programs
 
 
+#: Warps of the Triton Gram kernel, ``None``: 8 for 64-channel tiles, else 4 (a benchmark knob).
+GRAM_WARPS: int | None = None
+
+
 def gram_forward(x: torch.Tensor, normalize: str = "hw", precision: str | None = None) -> torch.Tensor:
     """Triton Gram of ``x`` ``(B, C, H, W)``: ``(B, C, C)`` fp32 (upper tiles, split-K, mirrored)."""
     from . import _gram_triton
@@ -134,9 +138,10 @@ def gram_forward(x: torch.Tensor, normalize: str = "hw", precision: str | None =
     ws = out.unsqueeze(0) if split == 1 else torch.empty(split, b, c, c, device=x.device, dtype=torch.float32)
     # 64 x 64 tiles on 8 warps: no spill on either (sm_90 compile check, with the JIT's divisibility
     # hints); 8 take fewer registers per thread (ieee 168 -> 104, tf32 113 -> 64), so that more warps
-    # stay resident to hide the memory latency of this bandwidth-bound kernel. Not yet timed on a GPU.
+    # stay resident to hide the memory latency of this bandwidth-bound kernel. Not yet timed on a GPU:
+    # ``bench_kernels.py --gram-warps 4 8`` times both (through GRAM_WARPS).
     _gram_triton.launch_gram(f, ws, ti, tj, k_per_split, 1.0 / _norm(x, normalize), block_c, block_k,
-                             precision_mode(precision), num_warps=8 if block_c >= 64 else 4)
+                             precision_mode(precision), num_warps=GRAM_WARPS or (8 if block_c >= 64 else 4))
     return out if split == 1 else ws.sum(0)
 
 

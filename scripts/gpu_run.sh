@@ -101,7 +101,8 @@ phase_kernels() {
     syrk_build "$log"
     # torch.compile only where a target names it (each shape compiles afresh: about 5 s each)
     step "$log" "$PY" benchmarks/bench_kernels.py --sizes "$size" --tag "$size" \
-        --compile-ops gram_loss/fwd+bwd autocorr_loss/fwd+bwd --windows 0 2 --max-materialize-gb 8 --out-dir "$OUT"
+        --compile-ops gram_loss/fwd+bwd autocorr_loss/fwd+bwd --gram-warps 4 8 --windows 0 2 \
+        --max-materialize-gb 8 --out-dir "$OUT"
     echo "kernels $size: $(rows "$log") rows"
 }
 
@@ -139,7 +140,8 @@ phase_quick() {
     tail -n 5 "$log"
     syrk_build "$log"
     STEP_S=200 step "$log" "$PY" benchmarks/bench_kernels.py --sizes 512 --tag 512 \
-        --providers eager fused-torch triton syrk --windows 0 2 --max-materialize-gb 8 --out-dir "$OUT"
+        --providers eager fused-torch triton syrk --gram-warps 4 8 --windows 0 2 --max-materialize-gb 8 \
+        --out-dir "$OUT"
     STEP_S=100 step "$log" "$PY" benchmarks/bench_stylize.py --sizes 512 --steps 50 --optimizers adam \
         --tools ours --kernels auto unfused --timeout 45 --out-dir "$OUT"
     echo "quick: $(rows "$log") rows"

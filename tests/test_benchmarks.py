@@ -138,6 +138,33 @@ def test_bench_kernels_rows_and_table(tmp_path):
     assert "| 32 | conv1_1 | 64x32x32 | gram/fwd | eager |" in report.table(path)
 
 
+def test_bench_kernels_gram_warps_rows(tmp_path, monkeypatch):
+    """--gram-warps: a triton row per warp count for the Gram ops (on the CPU they are error rows), the
+    module knob reset after; the peak bandwidth is known for the GPUs the targets name."""
+    import bench_kernels
+
+    seen = []
+    real = bench_kernels.run_one
+
+    def spy(*args, **kw):
+        seen.append((args[4], bench_kernels.gram_kernel.GRAM_WARPS))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(bench_kernels, "run_one", spy)
+    assert bench_kernels.main(["--sizes", "32", "--providers", "eager", "triton", "--layers", "conv5_1",
+                               "--ops", "gram/fwd", "autocorr_loss/fwd+bwd", "--gram-warps", "4", "8",
+                               "--min-run-time", "0.01", "--device", "cpu", "--out-dir", str(tmp_path)]) == 0
+    rows = json.loads(next(tmp_path.glob("kernels-*.json")).read_text())
+    assert [(r["op"], r["provider"]) for r in rows] == [
+        ("gram/fwd", "eager"), ("gram/fwd", "triton-w4"), ("gram/fwd", "triton-w8"),
+        ("autocorr_loss/fwd+bwd", "eager"), ("autocorr_loss/fwd+bwd", "triton")]
+    assert seen == [("eager", None), ("triton", 4), ("triton", 8), ("eager", None), ("triton", None)]
+    assert bench_kernels.gram_kernel.GRAM_WARPS is None
+    assert "CUDA only" in rows[1]["error"] and rows[1]["num_warps"] == 4
+    assert bench_kernels.hbm_peak_gbps("NVIDIA H100 80GB HBM3") == 3350.0
+    assert bench_kernels.hbm_peak_gbps("NVIDIA H200") == 4800.0 and bench_kernels.hbm_peak_gbps("AMD EPYC") is None
+
+
 @pytest.mark.parametrize("op", ["gram/fwd", "gram/fwd+bwd", "gram_loss/fwd+bwd", "masked_gram/fwd",
                                 "masked_loss/fwd+bwd", "autocorr_loss/fwd+bwd", "local_loss/fwd+bwd"])
 def test_bench_kernels_providers_compute_the_same(op):

@@ -149,3 +149,20 @@ def test_optimization_loop_runs_on_the_fused_kernels(monkeypatch):
     (a, la), (b, lb) = runs["torch"], runs["triton"]
     assert la == pytest.approx(lb, rel=1e-4)
     torch.testing.assert_close(a, b, atol=1e-3, rtol=0)
+
+
+@needs_triton
+def test_warps_knob_reaches_the_launch(monkeypatch):
+    import importlib
+
+    from nst_deploy.kernels import _gram_triton
+
+    module = importlib.import_module("nst_deploy.kernels.gram")
+    warps = []
+    real = _gram_triton.launch_gram
+    monkeypatch.setattr(_gram_triton, "launch_gram", lambda *a, **kw: warps.append(kw["num_warps"]) or real(*a, **kw))
+    x = torch.randn(1, 64, 5, 6)
+    for knob in (None, 4):
+        monkeypatch.setattr(module, "GRAM_WARPS", knob)
+        torch.testing.assert_close(gram_forward(x), gram_ref(x), rtol=1e-5, atol=1e-5)
+    assert warps == [8, 4]
