@@ -166,3 +166,19 @@ def test_warps_knob_reaches_the_launch(monkeypatch):
         monkeypatch.setattr(module, "GRAM_WARPS", knob)
         torch.testing.assert_close(gram_forward(x), gram_ref(x), rtol=1e-5, atol=1e-5)
     assert warps == [8, 4]
+
+
+@needs_triton
+def test_fp16_kernel_path():
+    """Half inputs: fp16 tiles into the dot, fp32 accumulation and output (in the interpreter too; bf16,
+    whose dots the interpreter does not support (triton-lang/triton#11584), only on a GPU)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(2, 70, 9, 7, generator=torch.Generator().manual_seed(2)).to(device, torch.float16)
+    ref = gram_ref(x.double()).float()
+    got = gram_forward(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
+    torch.testing.assert_close(got, got.transpose(1, 2), rtol=0, atol=0)
+    a = gram_ref(torch.randn(1, 70, 9, 7, generator=torch.Generator().manual_seed(3)).to(device))[0]
+    loss = gram_loss(x, a, backend="triton")
+    torch.testing.assert_close(loss.double(), gram_loss_ref(x.double(), a.double()), rtol=1e-3, atol=0)

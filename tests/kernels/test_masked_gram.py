@@ -102,6 +102,29 @@ def test_triton_splits_tiles_and_shared_masks(splits):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_gpu_tile_configuration(monkeypatch, dtype):
+    """The tiles and warps a GPU gets (64 channels, 16 or 64 pixels, 8 warps), run in the interpreter:
+    a partial second channel tile, a ragged last split, a full group of 4 masks and a fifth. fp16
+    stands for the half path: the interpreter multiplies bf16 operands of tl.dot as raw bits
+    (triton-lang/triton#11584, not supported there), so bf16 dots are checked on a GPU only."""
+    import importlib
+
+    module = importlib.import_module("nst_deploy.kernels.masked_gram")
+    monkeypatch.setattr(module, "GPU_TILES", True)
+    x = torch.randn(1, 70, 9, 7, generator=torch.Generator().manual_seed(8)).to(dtype)
+    masks = make_masks(1, 5, 9, 7, seed=9)
+    assert module._config(x, 70, 63, 1, 5, 3, None, None)[:2] == (64, 16 if dtype == torch.float32 else 64)
+    got = masked_gram_forward(x, masks, num_splits=3)
+    ref = masked_gram_ref(x.float(), masks)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    else:  # M^2 F is rounded to fp16 before the product: a few fp16 ulps of the largest entries
+        torch.testing.assert_close(got, ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+    torch.testing.assert_close(got, got.transpose(-1, -2), rtol=0, atol=0)
+
+
+@needs_triton
 def test_triton_strided_inputs_and_bool_masks():
     """Channels-last features, expanded (stride-0) masks and bool masks go through the kernel as they are."""
     x = torch.randn(2, 24, 7, 9, generator=torch.Generator().manual_seed(5)).to(memory_format=torch.channels_last)
