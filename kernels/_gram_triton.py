@@ -31,8 +31,8 @@ def _gram_fwd_kernel(
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    s, b, ti, tj, rows, cols, row_ok, col_ok, k_start, k_end = upper_tile_split(ti_ptr, tj_ptr, C, K, k_per_split,
-                                                                                BLOCK_C)
+    s, b, _, _, rows, cols, row_ok, col_ok, k_start, k_end = upper_tile_split(ti_ptr, tj_ptr, C, K, k_per_split,
+                                                                              BLOCK_C)
     base = f_ptr + b.to(tl.int64) * stride_fb
     acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
@@ -46,6 +46,7 @@ def _gram_fwd_kernel(
     acc = acc * scale
     out = ws_ptr + s.to(tl.int64) * stride_ws + b.to(tl.int64) * stride_wb
     store_symmetric_tile(out, acc, rows, cols, row_ok[:, None] & col_ok[None, :], stride_wc)
+
 
 def launch_gram(f, ws, ti, tj, k_per_split: int, scale: float, block_c: int, block_k: int, precision: str,
                 num_warps: int = 4, num_stages: int = 3) -> None:

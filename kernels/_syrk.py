@@ -143,12 +143,13 @@ def build_failure(log: str, folder: Path) -> str:
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
     own = [ln for ln in lines if not ln.lower().startswith(_WRAPPERS)]
     first = next((ln for m in _ERROR_MARKERS for ln in own if m in ln.lower()), lines[-1] if lines else "no output")
+    from ..fsutil import atomic_write
+
     where = ""
     try:
         path = folder / "build-error.log"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(log)
-        os.replace(tmp, path)
+        with atomic_write(path, "w") as fh:
+            fh.write(log)
         where = f" (full log: {path})"
     except OSError:
         pass

@@ -67,14 +67,12 @@ rows() {  # the number of result rows in a log
     grep -c '^{"subject"' "$1" || true
 }
 
-phase_tests() {
+phase_tests() {  # phase_tests [PATHS...]: pytest under TESTS_S, output in tests.log
     # -n: pytest-xdist where installed; the suite's CUDA tests skip on their own without a GPU.
-    local par=() rc=0
+    local par=()
     "$PY" -c "import xdist" 2> /dev/null && par=(-n 8)
-    timeout --signal=INT --kill-after=20 "${TESTS_S:-540}" "$PY" -m pytest -q -ra "${par[@]}" "${@:-tests}" \
-        > "$OUT/tests.log" 2>&1 || rc=$?
+    STEP_S="${TESTS_S:-540}" step "$OUT/tests.log" "$PY" -m pytest -q -ra "${par[@]}" "${@:-tests}"
     tail -n 40 "$OUT/tests.log"
-    [ "$rc" -eq 0 ] || echo "gpu_run: pytest exited $rc$([ "$rc" -eq 124 ] && echo ' (timed out)')"
 }
 
 syrk_build() {  # build (or load) the SYRK extension, timed; a failure is reported, not fatal
@@ -134,10 +132,7 @@ phase_runtime() {
 
 phase_quick() {
     local log="$OUT/quick.log"
-    local par=()
-    "$PY" -c "import xdist" 2> /dev/null && par=(-n 8)
-    STEP_S=200 step "$log" "$PY" -m pytest -q -ra "${par[@]}" tests/kernels
-    tail -n 5 "$log"
+    TESTS_S=200 phase_tests tests/kernels | tail -n 5
     syrk_build "$log"
     STEP_S=200 step "$log" "$PY" benchmarks/bench_kernels.py --sizes 512 --tag 512 \
         --providers eager fused-torch triton syrk --gram-warps 4 8 --windows 0 2 --max-materialize-gb 8 \
