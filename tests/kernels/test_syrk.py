@@ -66,47 +66,135 @@ def test_build_dir_override(monkeypatch, tmp_path):
     assert torch.__version__.split("+")[0] in str(_syrk.build_dir())
 
 
-def _fake_nvidia(monkeypatch, tmp_path, headers=("cuda_runtime_api.h", "cublas_v2.h"),
-                 libs=("libcublas.so.12", "libcudart.so.12")):
-    for pkg, names in (("cublas", [h for h in headers if "cublas" in h]),
-                       ("cuda_runtime", [h for h in headers if "cublas" not in h])):
-        (tmp_path / pkg / "include").mkdir(parents=True)
-        (tmp_path / pkg / "lib").mkdir()
-        for h in names:
-            (tmp_path / pkg / "include" / h).write_text("")
-    for lib in libs:
-        folder = "cublas" if "cublas" in lib else "cuda_runtime"
-        (tmp_path / folder / "lib" / lib).write_text("")
-    module = types.ModuleType("nvidia")
-    module.__path__ = [str(tmp_path)]
-    monkeypatch.setitem(sys.modules, "nvidia", module)
+_HEADERS = ("cuda_runtime_api.h", "crt/host_defines.h", "cublas_v2.h", "cublas_api.h", "cublasLt.h",
+            "cusparse.h", "cusolverDn.h", "nv/target")
+
+
+def _tree(root, major, headers=_HEADERS, libs=("cudart", "cublas"), lib="lib", versioned=True):
+    """A CUDA header folder ``root/include`` of CUDA ``major`` with ``root/<lib>`` beside it."""
+    (root / "include" / "crt").mkdir(parents=True)
+    (root / "include" / "nv").mkdir()
+    (root / lib).mkdir()
+    for h in headers:
+        text = {"cuda_runtime_api.h": f"#define CUDART_VERSION {major}000\n",
+                "cublas_api.h": f"#define CUBLAS_VER_MAJOR {major}\n"}.get(h, "")
+        (root / "include" / h).write_text(text)
+    for stem in libs:
+        (root / lib / (f"lib{stem}.so.{major}" if versioned else f"lib{stem}.so")).write_text("")
+    return root
+
+
+@pytest.fixture
+def cuda_env(monkeypatch, tmp_path):
+    """No toolkit, no pip packages, torch of CUDA 13; tests add what they need."""
     from torch.utils import cpp_extension
 
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setattr(_syrk, "DEFAULT_TOOLKIT", None)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    nvidia = types.ModuleType("nvidia")
+    nvidia.__path__ = [str(tmp_path / "nvidia")]
+    (tmp_path / "nvidia").mkdir()
+    monkeypatch.setitem(sys.modules, "nvidia", nvidia)
+    return tmp_path
 
 
-def test_build_flags_from_nvidia_pip_packages(monkeypatch, tmp_path):
-    _fake_nvidia(monkeypatch, tmp_path)
+def test_build_flags_from_cuda13_pip_packages(cuda_env):
+    """CUDA 13's pip packages share one folder, ``nvidia/cu13``, with versioned libraries only."""
+    cu13 = _tree(cuda_env / "nvidia" / "cu13", 13)
     args = _syrk._build_args()
-    assert args["with_cuda"] is False
-    assert sorted(args["extra_include_paths"]) == [str(tmp_path / "cublas" / "include"),
-                                                  str(tmp_path / "cuda_runtime" / "include")]
+    assert args["extra_include_paths"] == [str(cu13 / "include")]
     flags = args["extra_ldflags"]
-    assert "-l:libcublas.so.12" in flags and "-l:libcudart.so.12" in flags
-    assert "-ltorch_cuda" in flags and f"-L{tmp_path / 'cublas' / 'lib'}" in flags
+    assert "-l:libcublas.so.13" in flags and "-l:libcudart.so.13" in flags
+    assert f"-Wl,-rpath,{cu13 / 'lib'}" in flags and "-ltorch_cuda" in flags and "-lc10_cuda" in flags
 
 
-def test_build_flags_name_what_is_missing(monkeypatch, tmp_path):
-    _fake_nvidia(monkeypatch, tmp_path, headers=("cuda_runtime_api.h",))
-    with pytest.raises(_syrk.SyrkUnavailable, match="cublas_v2.h"):
+def test_build_flags_from_cuda12_pip_packages(cuda_env, monkeypatch):
+    """CUDA 12's pip packages: one folder per library, the compiler headers in ``cuda_nvcc``."""
+    monkeypatch.setattr(torch.version, "cuda", "12.9")
+    nv = cuda_env / "nvidia"
+    _tree(nv / "cuda_runtime", 12, headers=("cuda_runtime_api.h",), libs=("cudart",))
+    _tree(nv / "cuda_nvcc", 12, headers=("crt/host_defines.h",), libs=())
+    _tree(nv / "cuda_cccl", 12, headers=("nv/target",), libs=())
+    _tree(nv / "cublas", 12, headers=("cublas_v2.h", "cublas_api.h", "cublasLt.h"), libs=("cublas",))
+    _tree(nv / "cusparse", 12, headers=("cusparse.h",), libs=())
+    _tree(nv / "cusolver", 12, headers=("cusolverDn.h",), libs=())
+    args = _syrk._build_args()
+    # in the pip packages' (sorted) order, which is also the order the compiler searches them
+    assert args["extra_include_paths"] == [str(nv / p / "include") for p in
+                                           ("cublas", "cuda_cccl", "cuda_nvcc", "cuda_runtime", "cusolver", "cusparse")]
+    flags = args["extra_ldflags"]
+    assert f"-L{nv / 'cublas' / 'lib'}" in flags and "-l:libcublas.so.12" in flags
+    assert f"-L{nv / 'cuda_runtime' / 'lib'}" in flags and "-l:libcudart.so.12" in flags
+
+
+def test_toolkit_without_cublas_is_completed_by_pip_packages(cuda_env, monkeypatch):
+    """A toolkit of nvcc and the runtime alone (no cuBLAS): its headers first, cuBLAS from pip."""
+    from torch.utils import cpp_extension
+
+    kit = _tree(cuda_env / "cuda", 13, headers=("cuda_runtime_api.h", "crt/host_defines.h"), libs=("cudart",),
+                lib="lib64", versioned=False)
+    (kit / "include" / "cccl" / "nv").mkdir(parents=True)  # CUDA 13's toolkit layout of CCCL
+    (kit / "include" / "cccl" / "nv" / "target").write_text("")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(kit))
+    cu13 = _tree(cuda_env / "nvidia" / "cu13", 13)
+    args = _syrk._build_args()
+    assert args["extra_include_paths"] == [str(kit / "include"), str(kit / "include" / "cccl"), str(cu13 / "include")]
+    flags = args["extra_ldflags"]
+    assert flags[flags.index("-l:libcudart.so") - 1] == f"-Wl,-rpath,{kit / 'lib64'}"
+    assert flags[flags.index("-l:libcublas.so.13") - 1] == f"-Wl,-rpath,{cu13 / 'lib'}"
+
+
+def test_headers_of_another_cuda_major_are_skipped(cuda_env, monkeypatch):
+    """A CUDA 12 toolkit beside torch's CUDA 13 pip packages: the toolkit is passed over."""
+    from torch.utils import cpp_extension
+
+    kit = _tree(cuda_env / "cuda-12", 12, lib="lib64", versioned=False)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(kit))
+    cu13 = _tree(cuda_env / "nvidia" / "cu13", 13)
+    assert _syrk._build_args()["extra_include_paths"] == [str(cu13 / "include")]
+    # with nothing of CUDA 13 the error says what was found and why it was skipped
+    import shutil
+
+    shutil.rmtree(cu13)
+    with pytest.raises(_syrk.SyrkUnavailable, match=r"cuda_runtime_api.h .*CUDA 13.0.*skipped .*cuda-12.*\(CUDA 12\)"):
         _syrk._build_args()
 
 
-def test_build_flags_with_toolkit(monkeypatch):
-    from torch.utils import cpp_extension
+def test_build_flags_name_what_is_missing(cuda_env):
+    with pytest.raises(_syrk.SyrkUnavailable, match="no CUDA toolkit, no nvidia pip packages"):
+        _syrk._build_args()
+    _tree(cuda_env / "nvidia" / "cu13", 13, headers=[h for h in _HEADERS if h != "crt/host_defines.h"])
+    with pytest.raises(_syrk.SyrkUnavailable, match=r"crt/host_defines.h .*nvidia-cuda-crt"):
+        _syrk._build_args()
 
-    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/usr/local/cuda")
-    assert _syrk._build_args() == {"with_cuda": True, "extra_ldflags": ["-lcublas"]}
+
+def test_missing_library_is_named(cuda_env):
+    _tree(cuda_env / "nvidia" / "cu13", 13, libs=("cudart",))
+    with pytest.raises(_syrk.SyrkUnavailable, match="no libcublas.so beside the CUDA headers"):
+        _syrk._build_args()
+
+
+def test_cpu_torch_cannot_build(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(_syrk.SyrkUnavailable, match="CUDA build of torch"):
+        _syrk.compile_extension()
+
+
+@pytest.mark.skipif(not torch.version.cuda, reason="needs a CUDA build of torch (no device needed)")
+def test_extension_compiles_links_and_imports():
+    """Where torch is a CUDA build, the extension builds and loads, device or not (the first build
+    takes about a minute; later runs find it in the build folder)."""
+    try:
+        module = _syrk.compile_extension()
+    except _syrk.SyrkUnavailable as exc:
+        if "not found" in str(exc) or "needs ninja" in str(exc):
+            pytest.skip(str(exc))  # no CUDA headers or ninja here: nothing to build with
+        raise
+    assert callable(module.gram_syrk)
+    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+        module.gram_syrk(torch.zeros(1, 2, 3), 1.0)
 
 
 # --- CUDA ------------------------------------------------------------------------------------------
