@@ -161,18 +161,22 @@ _STYLIZE_FLAGS = (
 )
 
 
-def _check_output(path: Path) -> None:
+def _check_output(path: Path, *inputs, quality: int | None = None) -> None:
+    """Before any work: ``path`` can be written in a known format, is none of ``inputs`` (images read
+    by the run), and a JPEG ``quality`` is in range."""
+    from .fsutil import check_writable
     from .images import _SAVE_FORMATS
+
+    for src in inputs:
+        if isinstance(src, (str, os.PathLike)) and Path(src).exists() and path.exists() \
+                and os.path.samefile(src, path):
+            raise NSTError(f"the output '{path}' is an input image: give another -o")
+    if quality is not None and not 1 <= quality <= 100:
+        raise NSTError(f"--quality must be between 1 and 100, not {quality}")
 
     if path.suffix.lower() not in _SAVE_FORMATS:
         raise NSTError(f"cannot write '{path}': use one of {', '.join(sorted(_SAVE_FORMATS))}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise NSTError(f"cannot write '{path}': folder '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise NSTError(f"cannot write '{path}': folder '{parent}' is not writable")
-    if path.is_dir():
-        raise NSTError(f"cannot write '{path}': it is a folder")
+    check_writable(path)
 
 
 def _floats(text: str) -> list[float]:
@@ -262,7 +266,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     if output is None:
         output = f"{Path(content).stem}-{'-'.join(Path(st.image).stem for st in styles)}.png"
     output = Path(output)
-    _check_output(output)
+    _check_output(output, content, *(st.image for st in styles), quality=args.quality)
     if not Path(content).is_file():
         raise NSTError(f"content image '{content}' does not exist")
     opts = StylizeOptions().update(**values)
@@ -279,9 +283,11 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     try:
         result = stylize(content, styles if len(styles) > 1 else styles[0], opts, callback=callback, as_tensor=True)
     except KeyboardInterrupt:
-        if o.checkpoint:
+        if o.checkpoint and Path(o.checkpoint).is_file():
             print(f"nst: interrupted; checkpoint in '{o.checkpoint}': run the same command with --resume "
                   "to go on", file=sys.stderr)
+        elif o.checkpoint:
+            print("nst: interrupted before the first step (no checkpoint written yet)", file=sys.stderr)
         else:
             print("nst: interrupted (nothing saved; --checkpoint FILE makes a run resumable)", file=sys.stderr)
         return 130
@@ -326,7 +332,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise NSTError("give a MODEL and an INPUT image (nst run --list shows the bundled models)")
     model = _model_path(args.model)
     output = Path(args.output or f"{Path(args.input).stem}-{model.stem.split('__', 1)[-1]}.png")
-    _check_output(output)
+    _check_output(output, args.input, quality=args.quality)
     if args.size is not None and args.size < 8:
         raise NSTError(f"--size {args.size} is too small: use 8 pixels or more")
     from .runtime import Stylizer
@@ -335,9 +341,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise NSTError(f"--memory-mb must be positive, got {args.memory_mb:g}")
     # ONNX, verified TorchScript or a model file
     stylizer = Stylizer.load(model, device=args.device, memory_mb=args.memory_mb)
+    line_open = [False]
     if not args.quiet:
         def progress(done: int, total: int) -> None:
             print(f"\rnst: tile {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+            line_open[0] = done != total
 
         stylizer.progress = progress
     meta = stylizer.meta
@@ -351,6 +359,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         y = stylizer(x)
+    except KeyboardInterrupt:
+        if line_open[0]:  # end the tile counter's line before the interrupt message
+            print(file=sys.stderr)
+        raise
     except RuntimeError as e:
         if "memory" in str(e).lower():
             raise NSTError(f"not enough memory to run {w}x{h}: lower --memory-mb (tiles) or use --size") from None
@@ -492,8 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)
+        return 2
     old_show = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):

@@ -11,7 +11,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "load_torch", "sha256_file"]
+__all__ = ["atomic_write", "check_writable", "load_torch", "sha256_file"]
+
+
+def check_writable(path: str | os.PathLike, what: str = "") -> None:
+    """Raise ``NSTError`` (one line) unless ``path`` can be written: its folder exists and is
+    writable and it is not itself a folder. Called before long work, so that nothing is computed
+    for an output that cannot be saved. ``what`` names the file in the message (``"log"``)."""
+    from .errors import NSTError
+
+    path = Path(path)
+    label = f"{what} '{path}'" if what else f"'{path}'"
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise NSTError(f"cannot write {label}: folder '{parent}' does not exist"
+                       + (" (it is a file)" if parent.exists() else ""))
+    if not os.access(parent, os.W_OK):
+        raise NSTError(f"cannot write {label}: folder '{parent}' is not writable")
+    if path.is_dir():
+        raise NSTError(f"cannot write {label}: it is a folder")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -68,9 +68,25 @@ def open_allowed(path: str | os.PathLike) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = old
 
 
+def pixel_limit(max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int | None:
+    """The pixel limit in force: ``max_pixels``, or for the default the ``NST_MAX_PIXELS``
+    environment variable when it is set (how a CLI user raises it)."""
+    env = os.environ.get("NST_MAX_PIXELS")
+    if max_pixels != DEFAULT_MAX_PIXELS or not env:
+        return max_pixels
+    try:
+        value = int(env)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ImageError(f"NST_MAX_PIXELS must be a positive number of pixels, not {env!r}")
+    return value
+
+
 def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     """Open, check and fully decode an image file; EXIF orientation applied."""
     path = Path(path)
+    max_pixels = pixel_limit(max_pixels)
     if not path.is_file():
         raise ImageError(f"cannot read image '{path}': no such file")
     try:
@@ -81,7 +97,7 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(
                     f"refusing image '{path}': it declares {w}x{h} = {w * h:,} pixels, over the limit of "
-                    f"{max_pixels:,} (raise it with max_pixels / --max-pixels if you trust the file)"
+                    f"{max_pixels:,} (if you trust the file, raise it: NST_MAX_PIXELS=N, or max_pixels= in Python)"
                 )
             img.load()
             img = ImageOps.exif_transpose(img)

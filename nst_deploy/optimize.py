@@ -36,7 +36,7 @@ import torch
 
 from .deform import draw_keypoints, flow_tv, match_keypoints, read_keypoints, tps_grid, warp, warp_loss
 from .errors import NSTError
-from .fsutil import atomic_write, load_torch
+from .fsutil import atomic_write, check_writable, load_torch
 from .images import from_pil, load_image, open_allowed, resize, save_image, target_size, to_pil
 from .losses import LossTerms, PerceptualLoss
 from .lossnets import load_lossnet
@@ -116,7 +116,8 @@ class PixelOptimizer:
         self.lr = _DEFAULT_LR[optimizer] if lr is None else lr
         self.history = lbfgs_history
         self.line_search = line_search
-        self.x = x0.detach().clone().requires_grad_(True)
+        # contiguous: L-BFGS views the pixels flat (a 1x1 image can arrive channels-last)
+        self.x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
         self.opt = _make_optimizer(optimizer, self.x, self.lr, lbfgs_history, line_search)
         self.best_loss = math.inf
         self.best_x = self.x.detach().clone()
@@ -375,8 +376,14 @@ def _device(name: str) -> torch.device:
         dev = torch.device(name)
     except RuntimeError:
         raise NSTError(f"unknown device '{name}'") from None
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise NSTError(f"device '{name}' cannot run this: use cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise NSTError(f"device '{name}' was asked for, but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise NSTError(f"device '{name}' was asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    if dev.type == "xpu" and not (getattr(torch, "xpu", None) and torch.xpu.is_available()):
+        raise NSTError(f"device '{name}' was asked for, but XPU is not available")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise NSTError(f"device '{name}' was asked for, but MPS is not available")
     return dev
@@ -590,6 +597,10 @@ def stylize(
     options = replace(options) if options else StylizeOptions()
     options.update(**kw)
     o = options.resolved()
+    if o.checkpoint:  # before any work: a run whose checkpoint or log cannot be written is refused
+        check_writable(o.checkpoint, "checkpoint")
+    if o.log_json:
+        check_writable(o.log_json, "log")
     styles = as_styles(style)
     device = _device(o.device)
     c_full = _as_tensor(content, "content", o.size)
@@ -787,10 +798,13 @@ def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.T
                         x = warp(x, pairs[0].cpu(), theta_now.cpu())[0].clamp(0.0, 1.0)
                     return x
 
+                steps = o.scale_steps[si]
                 if resume is not None and si == start_scale:
                     po.load_state_dict(resume["optimizer_state"])
                     resume = None
-                steps = o.scale_steps[si]
+                    if po.step_count > steps:
+                        raise NSTError(f"checkpoint '{ckpt_path}' is at step {po.step_count} of scale {si + 1}, "
+                                       f"past the {steps} steps asked for: resume with as many steps or more")
 
                 def checkpoint(si=si, po=po):
                     if ckpt_path is not None:
@@ -836,7 +850,9 @@ def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.T
             status = "failed"
             raise
         finally:
-            with contextlib.suppress(NSTError):
+            try:
                 write_log()
+            except NSTError as e:  # the run's own outcome (result or error) matters more: say it, go on
+                warnings.warn(f"the log was not written: {e}", stacklevel=2)
     return result
 

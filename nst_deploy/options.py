@@ -134,6 +134,8 @@ class StylizeOptions:
         for name in ("save_every", "checkpoint_every", "lbfgs_history"):
             if getattr(out, name) < (1 if name == "lbfgs_history" else 0):
                 raise NSTError(f"{name.replace('_', '-')} must be a positive number, not {getattr(out, name)}")
+        if not 0 <= out.seed < 2**63:
+            raise NSTError(f"seed must be between 0 and 2^63 - 1, not {out.seed}")
         if out.save_every and not out.workspace:
             raise NSTError("save-every needs a workspace folder (workspace)")
         if out.resume and not out.checkpoint:

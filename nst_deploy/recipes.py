@@ -6,6 +6,7 @@ A layer specification is a comma-separated list of ``name`` or ``name:weight``
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,9 @@ def parse_layers(spec: str | dict[str, float] | list[str], what: str = "layers",
         parts = spec.split(",") if isinstance(spec, str) else list(spec)
         items = []
         for part in parts:
+            if not isinstance(part, str):
+                raise NSTError(f"invalid {what} {spec!r}: a list of layer names ('conv1_1' or 'conv1_1:0.5') "
+                               f"was expected, not {part!r}")
             part = part.strip()
             if not part:
                 continue
@@ -97,7 +101,9 @@ def parse_layers(spec: str | dict[str, float] | list[str], what: str = "layers",
             w = float(weight)
         except (TypeError, ValueError):
             raise NSTError(f"invalid {what} '{spec}': weight of {name} is not a number ({weight!r})") from None
-        if w < 0 or w != w:
+        if not math.isfinite(w):
+            raise NSTError(f"invalid {what} '{spec}': weight of {name} must be a finite number, not {weight}")
+        if w < 0:
             raise NSTError(f"invalid {what} '{spec}': weight of {name} must be >= 0")
         out[name] = w
     if not out and not allow_empty:

@@ -377,6 +377,8 @@ def synth(
     if net.lower() not in LOSSNETS:
         raise NSTError(f"unknown loss network '{net}': choose from {', '.join(LOSSNETS)}")
     default = (DEFAULT_SINGLE_LAYER,) if mode == "single" else GATYS_STYLE if mode == "texture" else SYNTH_LAYERS
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise NSTError(f"seed must be an integer between 0 and 2^63 - 1, not {seed!r}")
     layer_w = parse_layers(layers if layers is not None else {k: 1 / len(default) for k in default}, "layers")
     if not any(layer_w.values()):
         raise NSTError("layers: every layer has weight 0")
@@ -475,7 +477,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .images import save_image
 
     output = Path(args.output or f"synth-{args.mode}.png")
-    _check_output(output)
+    _check_output(output, *(x for x in (args.painting, args.style) if x))
     progress = None if args.quiet else Progress([args.steps])
     losses: list[float] = []
 

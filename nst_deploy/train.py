@@ -36,7 +36,7 @@ from PIL import ImageOps
 
 from .errors import ImageError, NSTError
 from .fsutil import atomic_write, load_torch, sha256_file
-from .images import DEFAULT_MAX_PIXELS, from_pil, load_image, open_allowed, save_image
+from .images import from_pil, load_image, open_allowed, pixel_limit, save_image
 from .losses import LossTerms, PerceptualLoss
 from .lossnets import load_lossnet
 from .nets import create, list_models
@@ -114,6 +114,8 @@ class TrainOptions:
             raise NSTError(f"--levels must be 1, 2 or 3, got {self.levels}")
         if len(self.level_weights) < 3 or any(not math.isfinite(w) or w < 0 for w in self.level_weights):
             raise NSTError(f"--level-weights needs three numbers >= 0, got {self.level_weights}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise NSTError(f"--seed must be between 0 and 2^63 - 1, got {self.seed!r}")
         if self.precision not in PRECISIONS:
             raise NSTError(f"unknown --precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         parse_layers(self.content_layers, "content layers", allow_empty=True)
@@ -148,7 +150,7 @@ def _scan(folder: Path) -> list[Path]:
         if min(w, h) < 16:
             warnings.warn(f"skipping '{p}': {w}x{h} is too small", stacklevel=2)
             continue
-        if w * h > DEFAULT_MAX_PIXELS:
+        if w * h > pixel_limit():
             warnings.warn(f"skipping '{p}': {w}x{h} is over the pixel limit", stacklevel=2)
             continue
         good.append(p)
@@ -284,6 +286,7 @@ class Trainer:
         self.o = o.check()
         self.output = Path(output)
         self.workdir = Path(o.workdir) if o.workdir else self.output.with_name(self.output.name + ".train")
+        _check_folder(self.workdir, "workdir")
         self.resume = resume
         self.progress = progress
         self.quiet = quiet
@@ -535,6 +538,24 @@ def _version() -> str:
     return __version__
 
 
+def _check_folder(path: Path, what: str) -> None:
+    """One error line unless ``path`` is a folder or can be made one (its nearest existing ancestor
+    is a writable folder)."""
+    if path.exists():
+        if not path.is_dir():
+            raise NSTError(f"{what} '{path}' is a file, not a folder")
+        if not os.access(path, os.W_OK):
+            raise NSTError(f"{what} '{path}' is not writable")
+        return
+    up = path.parent
+    while not up.exists() and up != up.parent:
+        up = up.parent
+    if not up.is_dir():
+        raise NSTError(f"cannot create {what} '{path}': '{up}' is a file")
+    if not os.access(up, os.W_OK):
+        raise NSTError(f"cannot create {what} '{path}': folder '{up}' is not writable")
+
+
 def train(options: TrainOptions, output: str | os.PathLike, *, resume: bool = False, progress=None) -> Path:
     """Train a feed-forward network for one style and write it to ``output`` (see :class:`Trainer`)."""
     return Trainer(options, output, resume=resume, progress=progress).run()
@@ -617,10 +638,13 @@ def cmd_train(args) -> int:
         raise NSTError(f"--level-weights '{args.level_weights}': expected numbers separated by commas") from None
     o = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions)
                         if f.name not in ("level_weights",) and hasattr(args, f.name)}, level_weights=lw)
+    from .fsutil import check_writable
+
     out = Path(args.output)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise NSTError(f"cannot write '{out}': folder '{parent}' does not exist")
+    if out.suffix.lower() not in (".pt", ".pth"):
+        raise NSTError(f"cannot write '{out}': nst train writes a PyTorch model, name it .pt (nst-export makes "
+                       "TorchScript and ONNX files from it)")
+    check_writable(out, "model")
     progress = None if args.quiet else TrainProgress(o.log_every)
     trainer = Trainer(o, out, resume=args.resume, progress=progress, half=args.half)
     try:

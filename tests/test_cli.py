@@ -15,8 +15,8 @@ from nst_deploy.recipes import read_recipe
 
 
 def test_help_lists_commands(capsys):
-    assert main([]) == 0
-    out = capsys.readouterr().out
+    assert main([]) == 2  # no command: the usage, as an error
+    out = capsys.readouterr().err
     assert "layers" in out and "info" in out
 
 
@@ -129,6 +129,37 @@ def test_stylize_checkpoint_and_resume(tmp_path):
             "--checkpoint", str(ck), "-o", str(tmp_path / "o.png")]
     assert main(args + ["--steps", "2"]) == 0 and ck.exists()
     assert main(args + ["--steps", "4", "--resume"]) == 0
+    # fewer steps than the checkpoint has done: refused, not a silent return of the later image
+    out = tmp_path / "o.png"
+    out.unlink()
+    assert main(args + ["--steps", "3", "--resume"]) == 2 and not out.exists()
+
+
+def test_stylize_interrupt_before_any_checkpoint_claims_none(tmp_path, monkeypatch, capsys):
+    import nst_deploy.optimize as optimize
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(optimize, "stylize", interrupted)
+    ck = tmp_path / "c.ckpt"
+    args = ["stylize", str(DATA / "chelsea.jpg"), "--style", str(DATA / "starry_night.jpg"), "-q",
+            "--checkpoint", str(ck), "-o", str(tmp_path / "o.png")]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "no checkpoint written yet" in err and "--resume" not in err
+    ck.write_bytes(b"x")  # a checkpoint exists: the message points to it
+    assert main(args) == 130
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_stylize_refuses_to_overwrite_an_input(tmp_path, capsys):
+    content = tmp_path / "c.jpg"
+    shutil.copy(DATA / "chelsea.jpg", content)
+    before = content.read_bytes()
+    assert main(["stylize", str(content), "--style", str(DATA / "starry_night.jpg"), "-o", str(content)] + FAST) == 2
+    assert "is an input image" in _one_error_line(capsys)
+    assert content.read_bytes() == before
 
 
 @pytest.mark.parametrize("extra,msg", [
@@ -140,6 +171,14 @@ def test_stylize_checkpoint_and_resume(tmp_path):
     (["--content-layers", "conv9_9"], "conv9_9"),
     (["--steps", "0"], "steps must be at least 1"),
     (["--recipe", "{tmp}/none.toml"], "does not exist"),
+    (["--log-json", "{tmp}/missing/log.json"], "cannot write log .*does not exist"),
+    (["--log-json", "{tmp}"], "cannot write log .*is a folder"),
+    (["--checkpoint", "{tmp}/missing/c.ckpt"], "cannot write checkpoint .*does not exist"),
+    (["--seed", "99999999999999999999"], "seed must be between 0 and 2\\^63 - 1"),
+    (["--device", "meta"], "cannot run this"),
+    (["--style-layers", "conv1_1:inf"], "weight of conv1_1 must be a finite number"),
+    (["--style-layers", "conv1_1:nan"], "weight of conv1_1 must be a finite number"),
+    (["--quality", "0"], "quality must be between 1 and 100"),
 ])
 def test_stylize_errors_are_one_line_and_leave_no_file(tmp_path, capsys, extra, msg):
     import re

@@ -161,6 +161,17 @@ def test_limit_is_configurable(png_file):
     assert load_image(png_file, max_pixels=24 * 32).shape == (1, 3, 24, 32)
 
 
+def test_limit_from_the_environment(png_file, monkeypatch):
+    """NST_MAX_PIXELS sets the default limit (the CLI's way); an explicit max_pixels still wins."""
+    monkeypatch.setenv("NST_MAX_PIXELS", str(24 * 32 - 1))
+    with pytest.raises(ImageError, match="over the limit of 767 .*NST_MAX_PIXELS"):
+        load_image(png_file)
+    assert load_image(png_file, max_pixels=24 * 32).shape == (1, 3, 24, 32)
+    monkeypatch.setenv("NST_MAX_PIXELS", "lots")
+    with pytest.raises(ImageError, match="NST_MAX_PIXELS must be a positive number"):
+        load_image(png_file)
+
+
 def test_truncated_png(tmp_path, png_file):
     data = png_file.read_bytes()
     (tmp_path / "t.png").write_bytes(data[: len(data) // 2])

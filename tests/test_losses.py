@@ -70,5 +70,12 @@ def test_parse_layers_and_presets():
         parse_layers("conv1_1:x")
     with pytest.raises(NSTError, match="no layers"):
         parse_layers(" , ")
+    for bad in ("conv1_1:inf", "conv1_1:nan", {"conv1_1": float("inf")}):
+        with pytest.raises(NSTError, match="must be a finite number"):
+            parse_layers(bad)
+    with pytest.raises(NSTError, match="must be >= 0"):
+        parse_layers("conv1_1:-1")
+    with pytest.raises(NSTError, match="a list of layer names .* not \\['conv1_1'\\]"):
+        parse_layers([["conv1_1"]])  # a recipe's style_layers = [["conv1_1"]]
     assert set(PRESETS) == {"gatys", "yu-chang", "multiscale-content", "partial"}
     assert set(PRESETS["partial"].style_layers) == {"conv3_1", "conv5_1"}

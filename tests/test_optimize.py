@@ -83,3 +83,21 @@ def test_lbfgs_runs_unguarded_at_paper_loss_scale(recwarn):
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
     assert all(name == "lbfgs" for name, _ in log) and log[-1][1] < 0.5 * log[0][1]
     assert torch.isfinite(out).all()
+
+
+def test_lbfgs_on_channels_last_pixels():
+    """A 1x1 image can arrive channels-last; L-BFGS views the pixels flat and must still step."""
+    from nst_deploy.optimize import PixelOptimizer
+
+    x0 = torch.rand(1, 3, 4, 5).to(memory_format=torch.channels_last)
+    target = torch.rand(1, 3, 4, 5)
+
+    def loss(x):
+        d = ((x - target) ** 2).sum()
+        return d, LossTerms(total=float(d), content=0.0, style=float(d), tv=0.0)
+
+    po = PixelOptimizer(loss, x0, optimizer="lbfgs")
+    first = po.step().total
+    for _ in range(4):
+        last = po.step().total
+    assert last < first

@@ -286,6 +286,7 @@ def test_same_seed_same_image():
     ({"layers": "relu9_9"}, "has no layer 'relu9_9'"),
     ({"mode": "single", "entry": (0, 256)}, "out of range for relu3_1, which has 256 channels"),
     ({"mode": "single", "entry": ("relu2_1", 0, 1)}, "not one of the layers"),
+    ({"seed": 2**64}, "seed must be an integer between 0 and 2\\^63 - 1"),
 ])
 def test_bad_options_are_one_clear_error(kw, message):
     kw = {"mode": "sparse", "size": 64, "steps": 1, **kw}

@@ -200,9 +200,24 @@ def test_mixed_precision_steps(photos, style, tmp_path, precision):
 def test_bad_options(photos, style, tmp_path):
     for kw, msg in [({"arch": "vgg"}, "unknown --arch"), ({"size": 8}, "too small"), ({"lr": -1.0}, "--lr"),
                     ({"batch": 0}, "--batch"), ({"precision": "int8"}, "--precision"),
-                    ({"style_layers": "conv9_9"}, "conv9_9"), ({"min_crop": 0.0}, "--min-crop")]:
+                    ({"style_layers": "conv9_9"}, "conv9_9"), ({"min_crop": 0.0}, "--min-crop"),
+                    ({"seed": 2**64}, "--seed must be between"), ({"seed": -1}, "--seed must be between"),
+                    ({"workdir": str(photos / "a.png")}, "is a file, not a folder"),
+                    ({"workdir": str(photos / "a.png" / "w")}, "is a file")]:
         with pytest.raises(NSTError, match=msg):
             Trainer(_opts(photos, style, tmp_path, **kw), tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize("name, msg", [("m.onnx", "name it .pt"), ("m", "name it .pt"),
+                                       ("missing/m.pt", "does not exist"), (".", "name it .pt")])
+def test_cli_output_is_checked_first(photos, style, tmp_path, capsys, name, msg):
+    from nst_deploy.cli import main
+
+    rc = main(["train", "--data", str(photos), "--style", str(style), "-o", str(tmp_path / name), "--steps", "1",
+               "--size", "32", "-q"])
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert rc == 2 and len(err) == 1 and msg in err[0], err
+    assert not (tmp_path / name).is_file()
 
 
 def test_multimodal_trains(photos, style, tmp_path):
