@@ -225,7 +225,8 @@ def _styles_from(args: argparse.Namespace, values: dict) -> tuple[list, dict]:
             p = spec.get(key)
             if p is not None and not Path(p).is_file():
                 what = {"image": "style image", "mask": "mask", "style_mask": "style mask"}[key]
-                raise NSTError(f"{what}{f' {i}' if n > 1 else ''} '{p}' does not exist")
+                why = "is a folder, not an image" if Path(p).is_dir() else "does not exist"
+                raise NSTError(f"{what}{f' {i}' if n > 1 else ''} '{p}' {why}")
     return [Style(**spec) for spec in specs], values
 
 
@@ -268,7 +269,8 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     output = Path(output)
     _check_output(output, content, *(st.image for st in styles), quality=args.quality)
     if not Path(content).is_file():
-        raise NSTError(f"content image '{content}' does not exist")
+        why = "is a folder, not an image" if Path(content).is_dir() else "does not exist"
+        raise NSTError(f"content image '{content}' {why}")
     opts = StylizeOptions().update(**values)
     o = opts.resolved()
     progress = None if args.quiet else Progress(o.scale_steps, o.scale_sizes)
@@ -305,6 +307,8 @@ def _model_path(name: str) -> Path:
     from .nets.io import bundled_models
 
     path = Path(name)
+    if path.is_dir():
+        raise NSTError(f"model '{name}' is a folder: give a file in it (model.onnx, model.pt or an nst train .pt)")
     if path.exists():
         return path
     bundled = bundled_models()

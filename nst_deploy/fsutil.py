@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -50,11 +51,30 @@ def load_torch(path: str | os.PathLike, what: str):
 
     from .errors import NSTError
 
+    if Path(path).is_dir():
+        raise NSTError(f"{what} '{path}' is a folder, not a file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on legacy files is not for our users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for malformed files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NSTError(f"{what} '{path}' cannot be read: {reason[:200]}") from None
+        raise NSTError(f"{what} '{path}' cannot be read: {unreadable_reason(path, e)}") from None
+
+
+def unreadable_reason(path: str | os.PathLike, exc: BaseException) -> str:
+    """Why ``torch.load`` failed on ``path``, in a few words: an empty file, a file that is not a
+    PyTorch file at all (neither a zip archive nor a pickle), else the error's first line."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as e:
+        return e.strerror or str(e)
+    if not head:
+        return "the file is empty"
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        return "not a PyTorch file (neither a zip archive nor a pickle)"
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def _umask() -> int:

@@ -87,6 +87,8 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     """Open, check and fully decode an image file; EXIF orientation applied."""
     path = Path(path)
     max_pixels = pixel_limit(max_pixels)
+    if path.is_dir():
+        raise ImageError(f"cannot read image '{path}': it is a folder")
     if not path.is_file():
         raise ImageError(f"cannot read image '{path}': no such file")
     try:

@@ -403,6 +403,8 @@ def _as_tensor(img, what: str, size: int | None = None) -> torch.Tensor:
     if isinstance(img, np.ndarray):
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise NSTError(f"{what} array must be HxWx3 uint8, got {img.shape} {img.dtype}")
+        if img.size == 0:
+            raise NSTError(f"{what} array is empty: {img.shape}")
         return torch.from_numpy(img.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
     if isinstance(img, torch.Tensor):
         x = img.detach()
@@ -412,6 +414,8 @@ def _as_tensor(img, what: str, size: int | None = None) -> torch.Tensor:
             raise NSTError(f"{what} tensor must be (1, 3, H, W) or (3, H, W) RGB, got {tuple(img.shape)}")
         if not x.is_floating_point():
             raise NSTError(f"{what} tensor must be floating point in [0, 1], got {x.dtype}")
+        if x.numel() == 0:
+            raise NSTError(f"{what} tensor is empty: {tuple(img.shape)}")
         if not torch.isfinite(x).all():
             raise NSTError(f"{what} tensor has NaN or Inf values")
         return x.float().cpu().clamp(0.0, 1.0)

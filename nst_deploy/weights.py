@@ -23,6 +23,7 @@ import importlib.util
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,10 +150,14 @@ def bundled_vgg19(path: str | os.PathLike | None = None) -> Weights:
 
 # ------------------------------------------------------------------------------ torchvision format
 def _torch_load(path: Path) -> dict:
+    if path.is_dir():
+        raise WeightsError(f"weights file '{path}' is a folder, not a file")
     if not path.is_file():
         raise WeightsError(f"weights file '{path}' does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on legacy files is not for our users
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
         found = re.search(r"GLOBAL (\S+)", text)
@@ -165,8 +170,9 @@ def _torch_load(path: Path) -> dict:
         detail = (text.split("WeightsUnpickler error:")[-1].strip().splitlines() or [""])[0][:120]
         raise WeightsError(f"cannot read weights file '{path}': not a PyTorch tensor file ({detail})") from None
     except Exception as e:  # noqa: BLE001 - any read failure is the file's fault
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise WeightsError(f"cannot read weights file '{path}': {reason}") from None
+        from .fsutil import unreadable_reason
+
+        raise WeightsError(f"cannot read weights file '{path}': {unreadable_reason(path, e)}") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"weights file '{path}' holds a {type(obj).__name__}, not a state dict")
     return obj

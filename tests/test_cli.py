@@ -297,3 +297,20 @@ def test_stylize_mask_of_the_wrong_aspect_is_one_line(tmp_path, capsys):
             "-o", str(out)] + FAST
     assert main(args) == 2
     assert "aspect ratios" in _one_error_line(capsys) and not out.exists()
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["stylize", "{tmp}", "--style", str(DATA / "starry_night.jpg"), "-o", "{tmp}/o.png"], "is a folder, not an image"),
+    (["stylize", str(DATA / "chelsea.jpg"), "--style", "{tmp}", "-o", "{tmp}/o.png"], "is a folder, not an image"),
+    (["run", "{tmp}", str(DATA / "chelsea.jpg"), "-o", "{tmp}/o.png"], "is a folder"),
+    (["stylize", str(DATA / "chelsea.jpg"), "--style", str(DATA / "starry_night.jpg"), "-o", "{tmp}/o.png",
+      "--weights", "{tmp}/empty.pt"], "the file is empty"),
+    (["stylize", str(DATA / "chelsea.jpg"), "--style", str(DATA / "starry_night.jpg"), "-o", "{tmp}/o.png",
+      "--weights", "{tmp}/notes.txt"], "not a PyTorch file"),
+])
+def test_folders_and_non_torch_files_are_named_as_such(tmp_path, capsys, argv, msg):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("hello world")
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv] + ["-q"]) == 2
+    assert msg in _one_error_line(capsys)
+    assert not (tmp_path / "o.png").exists()

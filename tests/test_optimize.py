@@ -101,3 +101,13 @@ def test_lbfgs_on_channels_last_pixels():
     for _ in range(4):
         last = po.step().total
     assert last < first
+
+
+def test_empty_images_are_refused():
+    import numpy as np
+
+    style = torch.rand(1, 3, 32, 32)
+    with pytest.raises(NSTError, match="content tensor is empty"):
+        stylize(torch.rand(1, 3, 0, 64), style, steps=1, size=32)
+    with pytest.raises(NSTError, match="content array is empty"):
+        stylize(np.zeros((0, 5, 3), np.uint8), style, steps=1, size=32)
