@@ -616,6 +616,10 @@ def stylize(
              for i, st in enumerate(styles, 1)]
     if any(m is not None for m in masks) and not all(m is not None for m in masks):
         raise NSTError("give a mask for every style, or for none")
+    for i, m in enumerate(masks, 1):
+        if m is not None and not bool((m > 0).any()):
+            raise NSTError(f"{f'mask of style {i}' if many else 'mask'} is empty (all black): its style would "
+                           "apply nowhere")
     s_masks = [None if st.style_mask is None else load_style_mask(st.style_mask, tuple(sf.shape[-2:]),
                                                                   f"style mask {i}" if many else "style mask")
                for i, (st, sf) in enumerate(zip(styles, s_full, strict=True), 1)]

@@ -314,3 +314,14 @@ def test_folders_and_non_torch_files_are_named_as_such(tmp_path, capsys, argv, m
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv] + ["-q"]) == 2
     assert msg in _one_error_line(capsys)
     assert not (tmp_path / "o.png").exists()
+
+
+def test_stylize_all_black_mask_is_refused(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("L", Image.open(DATA / "chelsea.jpg").size, 0).save(tmp_path / "black.png")
+    args = ["stylize", str(DATA / "chelsea.jpg"), "--style", str(DATA / "starry_night.jpg"), "--mask",
+            str(tmp_path / "black.png"), "-o", str(tmp_path / "o.png")] + FAST
+    assert main(args) == 2
+    assert "is empty (all black)" in _one_error_line(capsys)
+    assert not (tmp_path / "o.png").exists()
