@@ -505,7 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:  # building the parser imports torch (seconds): Ctrl-C then is an interrupt like any other
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("nst: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
