@@ -387,13 +387,13 @@ def _add_run(sub) -> None:
     p.add_argument("input", nargs="?", help="the image to stylize")
     p.add_argument("-o", "--output", help="output image (default INPUT-MODEL.png)")
     p.add_argument("--size", type=int, help="resize the input's longest side first (default: keep)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
     p.add_argument("--memory-mb", type=float,
                    help="working-memory budget; larger images run in tiles that agree (default: half the "
                         "available memory)")
     p.add_argument("--list", action="store_true", help="list the bundled models")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="no tile progress and no summary")
     p.set_defaults(func=cmd_run)
 
 
@@ -478,12 +478,12 @@ def _add_stylize(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nst",
         description="Neural style transfer: per-image optimization, feed-forward networks, export.",
     )
     parser.add_argument("--version", action="version", version=f"nst-deploy {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("layers", help="list a loss network's layer names")
     p.add_argument("--net", default="vgg19", choices=("vgg19", "vgg16", "alexnet", "googlenet"))
@@ -502,6 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     _add_run(sub)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as two lines (the error, where the options are listed), not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n({self.prog} --help lists the options)\n")
 
 
 def main(argv: list[str] | None = None) -> int:

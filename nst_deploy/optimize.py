@@ -532,6 +532,12 @@ def _load_checkpoint(path: Path) -> dict:
     return state
 
 
+#: How a checkpoint's recorded settings are named to the user when they differ from the run's.
+_SETTING_NAMES = {"content_digest": "the content image or size", "styles": "the style images, weights, layers or size",
+                  "masks_digest": "the masks", "keypoints_digest": "the keypoints", "scale_sizes": "size or scales",
+                  "scale_steps": "steps"}
+
+
 def _write_json(path: Path, obj) -> None:
     try:
         with atomic_write(path, "w") as fh:
@@ -723,7 +729,8 @@ def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.T
     if o.resume and ckpt_path is not None and ckpt_path.exists():
         resume = _load_checkpoint(ckpt_path)
         theirs = resume.get("settings", {})
-        diff = sorted(k for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k))
+        diff = sorted({_SETTING_NAMES.get(k, k.replace("_", "-"))
+                       for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k)})
         if diff:
             raise NSTError(f"checkpoint '{ckpt_path}' was made with other settings ({', '.join(diff)}); "
                            "resume with the same options and images, or start without --resume")

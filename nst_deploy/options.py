@@ -184,7 +184,8 @@ def _check_types(o: StylizeOptions) -> None:
         ok = isinstance(v, allowed) and not (isinstance(v, bool) and bool not in allowed)
         if not ok:
             want = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in allowed if t is not Path))
-            raise NSTError(f"option '{name}' must be {want}, not {v!r}")
+            shown = repr(v) if isinstance(v, (int, float, str, list, dict)) else f"a {type(v).__name__}"
+            raise NSTError(f"option '{name}' must be {want}, not {shown[:80]}")
         if isinstance(v, float) and float in allowed and not math.isfinite(v):
             raise NSTError(f"option '{name}' must be finite, not {v!r}")
 
@@ -210,8 +211,10 @@ def _scale_steps(steps, n: int) -> list[int]:
     if isinstance(steps, int):
         steps = [steps] * n
     steps = list(steps)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
+        raise NSTError(f"steps must be whole numbers, not {steps}")
+    if not all(s >= 1 for s in steps):
+        raise NSTError(f"steps must be at least 1, not {steps}")
     if len(steps) != n:
         raise NSTError(f"steps gives {len(steps)} values for {n} scales: give one, or one per scale")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
-        raise NSTError(f"steps must be at least 1, not {steps}")
     return steps

@@ -614,16 +614,18 @@ def add_train_parser(sub) -> None:
                    help=f"smallest crop side as a share of the photo's short side (default {d.min_crop})")
     p.add_argument("--net", default=d.net, help="loss network (default vgg19)")
     p.add_argument("--weights", help="loss network weights (default: the bundled VGG19)")
-    p.add_argument("--pooling", default=d.pooling, choices=("max", "avg"))
+    p.add_argument("--pooling", default=d.pooling, choices=("max", "avg"), help=f"loss network pooling ({d.pooling})")
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere; fp16: the network in fp16 with a grad "
                         "scaler, the loss network in fp32 (the VGG19 activations overflow fp16)")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the weights and the data order ({d.seed})")
     p.add_argument("--workers", type=int, default=d.workers, help="data loading processes (default 0)")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--sample-every", type=int, default=d.sample_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help=f"steps between checkpoints in the workdir ({d.checkpoint_every})")
+    p.add_argument("--sample-every", type=int, default=d.sample_every,
+                   help=f"steps between sample pictures in the workdir ({d.sample_every})")
+    p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between progress lines ({d.log_every})")
     p.add_argument("--workdir", help="checkpoint, samples and loss log (default: OUTPUT.train/)")
     p.add_argument("--resume", action="store_true", help="continue from the workdir's checkpoint")
     p.add_argument("--half", action="store_true", help="store the model's weights in fp16 (half the size)")

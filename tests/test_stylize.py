@@ -83,6 +83,10 @@ def test_scales_and_steps_are_checked():
         StylizeOptions(scales=[64, 128], steps=[1, 2, 3]).resolved()
     with pytest.raises(NSTError, match="steps must be at least 1"):
         StylizeOptions(steps=0).resolved()
+    with pytest.raises(NSTError, match="steps must be whole numbers"):
+        StylizeOptions(steps=[3, "a"]).resolved()
+    with pytest.raises(NSTError, match="option 'init' must be a string or unset, not a Tensor$"):
+        StylizeOptions(init=torch.zeros(1, 3, 64, 64)).resolved()
     with pytest.raises(NSTError, match="option 'size' must be an integer"):
         StylizeOptions(size="big").resolved()
     with pytest.raises(NSTError, match="style-weight must be"):
@@ -196,9 +200,9 @@ def test_checkpoint_errors(images, tmp_path):
     c, s = images
     ckpt = tmp_path / "run.ckpt"
     stylize(c, s, size=48, steps=2, optimizer="adam", checkpoint=str(ckpt))
-    with pytest.raises(NSTError, match="other settings.*style_weight"):
+    with pytest.raises(NSTError, match="other settings.*style-weight"):
         stylize(c, s, size=48, steps=3, optimizer="adam", style_weight=5.0, checkpoint=str(ckpt), resume=True)
-    with pytest.raises(NSTError, match="other settings.*styles"):
+    with pytest.raises(NSTError, match=r"other settings \(the style images, weights, layers or size\)"):
         stylize(c, s.flip(-1), size=48, steps=3, optimizer="adam", checkpoint=str(ckpt), resume=True)
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(ckpt.read_bytes()[:100])
