@@ -13,6 +13,8 @@ __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .core import OPSETS  # imports torch: inside main's Ctrl-C handler
+
     p = argparse.ArgumentParser(
         prog="nst-export",
         description="Export a trained feed-forward style network to TorchScript and ONNX, verified "
@@ -22,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a model file written by 'nst train', or a bundled model's name")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--format", default="torchscript,onnx", help="torchscript, onnx or both (default both)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or later; default 18)")
+    p.add_argument("--opset", type=int, default=18,
+                   help=f"ONNX opset, {OPSETS[0]} to {OPSETS[1]} (default 18; recorded in the manifest)")
     p.add_argument("--fp16", action="store_true",
                    help="half-precision weights and activations with float32 input and output (verified at rtol 1e-2)")
     p.add_argument("--fp16-io", action="store_true", help="fully half precision: float16 input and output too")
@@ -40,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # the export cleans its staging folder on the way out: the output folder is as it was
+        print("nst-export: interrupted; nothing written", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from ..cli import _model_path
     from .core import export_model

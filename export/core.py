@@ -15,11 +15,17 @@ shapes); the batch stays dynamic.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import io
 import json
 import logging
 import os
+import shutil
+import signal
+import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -29,7 +35,7 @@ from ..errors import NSTError
 from ..fsutil import atomic_write, sha256_file
 from ..nets.io import load_model
 
-__all__ = ["FORMATS", "PRECISIONS", "export_model", "export_onnx", "export_torchscript", "verify"]
+__all__ = ["FORMATS", "OPSETS", "PRECISIONS", "export_model", "export_onnx", "export_torchscript", "verify"]
 
 FORMATS = ("torchscript", "onnx")
 PRECISIONS = ("fp32", "fp16", "fp16-io")
@@ -38,6 +44,16 @@ META_FILE = "nst_meta.json"
 VERIFY_SHAPES = ((1, 37, 53), (2, 64, 64), (1, 101, 40))
 #: Tolerance of the parity check per precision.
 RTOL = {"fp32": 1e-3, "fp16": 1e-2, "fp16-io": 1e-2}
+#: The ONNX opsets exported, lowest and highest. torch.onnx's dynamo exporter (torch 2.13) translates with
+#: torchlib, written for opset 18 (``torch.onnx._internal.exporter._constants.TORCHLIB_OPSET``): below it the
+#: graph is down-converted, and for these networks that fails and silently leaves opset 18 (asked for 17, a
+#: model of 18). Above 23 (``torch.onnx._constants.ONNX_MAX_OPSET``) torch.onnx makes no promise; the
+#: converter gives up on unknown opsets (99) and again silently keeps 18. ``export_onnx`` also checks the
+#: written model's ``opset_import`` against the opset asked for.
+OPSETS = (18, 23)
+#: The file names an export writes; the only ones it ever replaces or removes in an output folder.
+ARTIFACT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx_tiles": "model.tiles.onnx"}
+MANIFEST = "manifest.json"
 
 
 class Precision(torch.nn.Module):
@@ -102,6 +118,12 @@ def export_torchscript(net: torch.nn.Module, meta: dict, path: Path) -> Path:
     return path
 
 
+def _check_opset(opset) -> None:
+    low, high = OPSETS
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise NSTError(f"--opset {opset}: ONNX opsets {low} to {high} are supported")
+
+
 def _dims(static: tuple[int, int] | None) -> dict:
     batch = torch.export.Dim("batch", min=1, max=256)
     if static:
@@ -120,8 +142,7 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, s
     """
     import onnx
 
-    if opset < 17:
-        raise NSTError(f"--opset {opset}: use 17 or later")
+    _check_opset(opset)
     multiple = int(meta.get("tiling", {}).get("multiple", 4))
     dtype = _io_dtype(meta.get("precision") or "fp32")
     h, w = static or (8 * multiple, 10 * multiple)
@@ -151,6 +172,9 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, s
         raise NSTError(f"ONNX export failed: {str(e).strip().splitlines()[0][:200]}") from None
     finally:
         tmp.unlink(missing_ok=True)
+    got = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if got != [opset]:
+        raise NSTError(f"ONNX export asked for opset {opset} but wrote opset {got[0] if got else 'none'}")
     for key, value in _metadata(meta, "onnx_tiles" if tiles else "onnx").items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
@@ -244,6 +268,77 @@ def _name(model_path: Path) -> str:
     return "".join(c if c.isalnum() or c in "_.-" else "_" for c in model_path.stem).lstrip(".") or "model"
 
 
+def _previous_export(out: Path) -> set[str]:
+    """The artifact files an existing output folder holds from a previous export (removed once the new export
+    is in place); refuses a folder that holds artifact names but no nst-export manifest (not ours to replace).
+
+    Only the names in :data:`ARTIFACT_FILES` are ever replaced or removed; any other file is left alone.
+    """
+    if not out.is_dir():
+        return set()
+    present = {f for f in ARTIFACT_FILES.values() if os.path.lexists(out / f)}
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        ours = isinstance(manifest, dict) and isinstance(manifest.get("artifacts"), dict)
+    except (OSError, ValueError):
+        ours = False
+    if present and not ours:
+        raise NSTError(f"'{out}' holds {', '.join(sorted(present))} but no nst-export {MANIFEST}: not an export "
+                       "folder, so nothing there is replaced; choose another folder or move the files away")
+    if os.path.lexists(out / MANIFEST) and not ours:
+        raise NSTError(f"'{out}' holds a {MANIFEST} that nst-export did not write: choose another folder")
+    return present
+
+
+@contextlib.contextmanager
+def _interrupts_deferred(log):
+    """Hold SIGINT off (main thread only) while the finished export is moved into place, which takes
+    milliseconds: an interrupt then would leave a half-replaced folder. The export completes."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got:
+            log("interrupt received while moving the export into place: the export was completed")
+
+
+def _mkdirs(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns the folders created (outermost first)."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    created = []
+    for d in reversed(missing):
+        d.mkdir()
+        created.append(d)
+    return created
+
+
+def _commit(stage: Path, out: Path, written: list[str], stale: set[str]) -> None:
+    """Move the staged export into ``out``: the whole staging folder when ``out`` does not exist, else the
+    artifacts, then the manifest, then remove the previous export's artifacts that this one did not write."""
+    if not os.path.lexists(out):
+        try:
+            os.rename(stage, out)
+            return
+        except OSError:
+            if not out.is_dir():
+                raise
+    for f in written:
+        os.replace(stage / f, out / f)
+    os.replace(stage / MANIFEST, out / MANIFEST)
+    for f in sorted(stale - set(written)):
+        with contextlib.suppress(FileNotFoundError):
+            (out / f).unlink()
+    shutil.rmtree(stage, ignore_errors=True)
+
+
 def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, formats=FORMATS, opset: int = 18,
                  check: bool = True, precision: str = "fp32", static: tuple[int, int] | None = None,
                  triton_repo: str | os.PathLike | None = None, triton: dict | None = None, log=None) -> dict:
@@ -255,12 +350,18 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
     an NVIDIA Triton model repository (``triton``: keyword arguments of
     :func:`~nst_deploy.export.triton.write_triton_repo`, e.g. ``max_batch_size``, ``instances``).
 
-    Raises:
-        NSTError: unknown format or precision, bad static size, unreadable model, export or parity failure.
-    """
-    import copy
+    Every argument, the output folder and the Triton repository are checked before any work. The files are
+    built in a staging folder and moved into ``out_dir`` only when all of them, verification included,
+    succeeded: on any failure or interrupt ``out_dir`` is left as it was. An existing ``out_dir`` may hold
+    other files (left alone); once the new export is in place, the previous export's artifacts that it did
+    not rewrite (``model.pt``, ``model.onnx``, ``model.tiles.onnx``) are removed, so the folder holds exactly
+    the new export. A folder holding such names without an nst-export ``manifest.json`` is refused.
 
-    from ..tiling import probe
+    Raises:
+        NSTError: unknown format, precision or opset, bad static size, unreadable model, an output folder or
+            Triton repository that cannot be written, export or parity failure.
+    """
+    from .triton import check_folder, check_triton_repo
 
     log = log or (lambda msg: None)
     formats = tuple(formats)
@@ -269,7 +370,8 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
         raise NSTError(f"unknown format {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}")
     if precision not in PRECISIONS:
         raise NSTError(f"unknown precision '{precision}': choose from {', '.join(PRECISIONS)}")
-    if triton_repo is not None:  # the Triton arguments are checked before anything is exported
+    _check_opset(opset)
+    if triton_repo is not None:  # the Triton arguments and repository are checked before anything is exported
         t = dict(triton or {})
         if int(t.get("max_batch_size", 8)) < 0 or int(t.get("instances", 1)) < 1:
             raise NSTError("Triton: max_batch_size must be >= 0 and instances >= 1")
@@ -277,6 +379,10 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
             raise NSTError(f"Triton: kind must be gpu or cpu, not {t.get('kind')!r}")
         if t.get("tensorrt_fp16") and ("onnx" not in formats or t.get("kind", "gpu") != "gpu"):
             raise NSTError("Triton: the TensorRT fp16 accelerator needs the onnx format and GPU instances")
+        check_triton_repo(triton_repo, _name(Path(model_path)), formats)
+    out = Path(out_dir)
+    check_folder(out, "output folder")
+    stale = _previous_export(out)
     net, meta = load_model(model_path)
     multiple = int(getattr(net, "MULTIPLE", 4))
     if static is not None:
@@ -284,26 +390,61 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
         if min(static) < 8 or max(static) > 16384 or static[0] % multiple or static[1] % multiple:
             raise NSTError(f"--static {static[0]} {static[1]}: height and width must be multiples of {multiple} "
                            "between 8 and 16384")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NSTError(f"'{out}' exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything is built in a staging folder (inside `out` when it exists, else beside it) and moved into
+    # place only once exported, verified and described by the manifest: a failure or an interrupt (the
+    # staging folder is removed on any exception, KeyboardInterrupt included) leaves `out` as it was.
+    created: list[Path] = []
+    try:
+        created = _mkdirs(out.parent)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.nst-export-", dir=out if out.is_dir() else out.parent))
+    except OSError as e:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise NSTError(f"cannot write the output folder '{out}': {e.strerror or e}") from None
+    try:
+        manifest = _export_into(stage, out, model_path, net, meta, formats, opset, check, precision, static,
+                                multiple, triton_repo, triton, log)
+        written = [a["file"] for a in manifest["artifacts"].values()]
+        with _interrupts_deferred(log):
+            try:
+                _commit(stage, out, written, stale)
+            except OSError as e:
+                raise NSTError(f"cannot write the output folder '{out}': {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    return manifest
+
+
+def _export_into(stage: Path, out: Path, model_path, net, meta, formats, opset, check, precision, static, multiple,
+                 triton_repo, triton, log) -> dict:
+    """The export proper, every file written into ``stage``; returns the manifest (written there too)."""
+    from ..tiling import probe
+
     meta = dict(meta, precision=precision, static=list(static) if static else None,
                 tiling=probe(net, multiple=multiple))
     module = net if precision == "fp32" else Precision(copy.deepcopy(net), io_half=precision == "fp16-io").eval()
     artifacts: dict[str, Path] = {}
-    if "torchscript" in formats:
-        log("TorchScript: scripting")
-        artifacts["torchscript"] = export_torchscript(module, meta, out / "model.pt")
-    if "onnx" in formats:
-        log("ONNX: exporting the network")
-        artifacts["onnx"] = export_onnx(module, meta, out / "model.onnx", opset, static=static)
-        if static is None:
-            from ..tiling import StatsGraph
+    try:
+        if "torchscript" in formats:
+            log("TorchScript: scripting")
+            artifacts["torchscript"] = export_torchscript(module, meta, stage / ARTIFACT_FILES["torchscript"])
+        if "onnx" in formats:
+            log("ONNX: exporting the network")
+            artifacts["onnx"] = export_onnx(module, meta, stage / ARTIFACT_FILES["onnx"], opset, static=static)
+            if static is None:
+                from ..tiling import StatsGraph
 
-            log("ONNX: exporting the tiles graph (instance-norm statistics as an input)")
-            graph = _TilesPrecision(StatsGraph(net), precision).eval()
-            artifacts["onnx_tiles"] = export_onnx(graph, meta, out / "model.tiles.onnx", opset, tiles=True)
+                log("ONNX: exporting the tiles graph (instance-norm statistics as an input)")
+                graph = _TilesPrecision(StatsGraph(net), precision).eval()
+                artifacts["onnx_tiles"] = export_onnx(graph, meta, stage / ARTIFACT_FILES["onnx_tiles"], opset,
+                                                      tiles=True)
+    except OSError as e:
+        raise NSTError(f"cannot write the output folder '{out}': {e.strerror or e}") from None
     report = {}
     if check:
         log("verifying against eager PyTorch")
@@ -313,6 +454,7 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
     manifest = {
         "model": Path(model_path).name, "arch": meta.get("arch"), "config": meta.get("config"),
         "style": meta.get("style"), "precision": precision, "static": meta["static"],
+        "opset": opset if "onnx" in artifacts else None,
         "metadata": _metadata(meta, "manifest"),
         "artifacts": {fmt: {"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
                       for fmt, p in artifacts.items()},
@@ -328,6 +470,9 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
                                     **(triton or {}))
         manifest["triton_repo"] = written
         log(f"Triton model repository: {triton_repo}")
-    with atomic_write(out / "manifest.json", "w") as fh:
-        json.dump(manifest, fh, indent=1)
+    try:
+        with atomic_write(stage / MANIFEST, "w") as fh:
+            json.dump(manifest, fh, indent=1)
+    except OSError as e:
+        raise NSTError(f"cannot write the output folder '{out}': {e.strerror or e}") from None
     return manifest

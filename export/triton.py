@@ -36,7 +36,7 @@ from pathlib import Path
 from ..errors import NSTError
 from ..fsutil import atomic_write
 
-__all__ = ["write_triton_repo"]
+__all__ = ["check_triton_repo", "write_triton_repo"]
 
 #: Triton platform, model file name and tensor names per export format. The LibTorch backend cannot
 #: read tensor names from a TorchScript file, so its configuration names them ``<name>__<index>``
@@ -120,6 +120,36 @@ def _check_args(name, artifacts, io_dtype, static_hw, output_scale, max_batch_si
     if tensorrt_fp16 and "onnx" not in files:
         raise NSTError("tensorrt_fp16 applies to the ONNX model only, and no onnx artifact was given")
     return files, hw
+
+
+def check_folder(path: Path, what: str) -> None:
+    """Refuse, as one line, a folder that cannot be created or written: ``path`` exists and is not a folder,
+    or its nearest existing ancestor is not a folder or not writable. Checked before any work."""
+    if os.path.lexists(path) and not path.is_dir():
+        raise NSTError(f"{what} '{path}' exists and is not a folder")
+    anc = path
+    while not os.path.lexists(anc) and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise NSTError(f"cannot write {what} '{path}': '{anc}' is not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise NSTError(f"cannot write {what} '{path}': '{anc}' is not writable")
+
+
+def check_triton_repo(repo_dir, name: str, formats) -> None:
+    """What :func:`write_triton_repo` checks of the repository before writing, without any artifact yet.
+
+    ``repo_dir`` must be a folder (or creatable in a writable one), ``name`` an allowed model name, and the
+    model folders of ``formats`` must hold nothing but what nst-export writes. Run before exporting, so
+    that a bad repository is refused before minutes of work.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("."):
+        raise NSTError(f"model name {name!r} is not allowed: use letters, digits, '_', '.', '-', not starting with '.'")
+    repo = Path(repo_dir)
+    check_folder(repo, "Triton repository")
+    for fmt in _FORMATS:
+        if fmt in formats:
+            _check_model_dir(repo / (name + _FORMATS[fmt]["suffix"]), _FORMATS[fmt]["file"])
 
 
 def _check_model_dir(model_dir: Path, model_file: str) -> None:
