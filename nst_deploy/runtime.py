@@ -10,7 +10,9 @@ Backends, chosen from the file:
 
 The metadata (architecture, style, input/output contract, precision) comes from the file itself.
 Calls take a PIL image, an ``HxWx3`` uint8 array or an RGB float tensor ``(N, 3, H, W)`` in ``[0, 1]``
-and return the same kind; inputs are checked before inference. A Stylizer may be called from several
+and return the same kind; inputs are checked before inference, and outputs after it (a finite
+``(N, 3, H, W)`` batch for an ``(N, 3, H, W)`` input, ``H`` and ``W`` times the output scale); ONNX
+graphs are checked at load against what ``nst-export`` writes. A Stylizer may be called from several
 threads. ONNX runs through IO binding (inputs and outputs bound in place, on the GPU for CUDA
 providers); the first call's setup cost is paid at load by a warm-up run.
 
@@ -26,7 +28,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -115,6 +119,100 @@ def _bound_run(sess, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Te
     sess.run_with_iobinding(binding)
 
 
+#: What ``nst-export`` writes: one input ``image`` and one output ``stylized``, both ``(N, 3, H, W)``.
+ONNX_INPUT, ONNX_OUTPUT = "image", "stylized"
+PRECISION_NAMES = ("fp32", "fp16", "fp16-io")
+_ORT_PREFIX = re.compile(r"^\s*\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+
+
+def _brief(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, without onnxruntime's status prefix, at most ``limit`` characters."""
+    text = str(e)
+    if "Traceback of TorchScript" in text:  # the interpreter's trace first; the error itself is the last line
+        text = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+    text = " ".join(_ORT_PREFIX.sub("", text).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_OUT_OF_MEMORY = re.compile(r"out of memory|alloc\w* memory|memory alloc|not enough memory", re.IGNORECASE)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says memory ran out (left to the caller: ``nst run`` turns it into advice)."""
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and bool(_OUT_OF_MEMORY.search(str(e))))
+
+
+def _dim(d) -> str:
+    return str(d) if isinstance(d, int) else "a dynamic number of" if d else "an unknown number of"
+
+
+def _hw(h, w) -> str:
+    """Width x height of a graph's dimensions, ``any`` for a dynamic one."""
+    return "x".join(str(d) if isinstance(d, int) else "any" for d in (w, h))
+
+
+def _check_onnx_signature(path: Path, sess, meta: dict) -> None:
+    """Refuse an ONNX graph whose inputs and outputs are not those ``nst-export`` writes (see export/core.py):
+    one input ``image`` and one output ``stylized``, rank 4, 3 channels, a dynamic batch, the element type of
+    the metadata's precision, height and width fixed exactly when the metadata has a static size."""
+
+    def refuse(why: str):
+        raise NSTError(f"ONNX model '{path}' is not an nst-export style network: {why}")
+
+    inputs, outputs = sess.get_inputs(), sess.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        refuse(f"it has {len(inputs)} input(s) and {len(outputs)} output(s), "
+               f"not one input '{ONNX_INPUT}' and one output '{ONNX_OUTPUT}'")
+    want_type = "tensor(float16)" if meta["precision"] == "fp16-io" else "tensor(float)"
+    for role, arg, name in (("input", inputs[0], ONNX_INPUT), ("output", outputs[0], ONNX_OUTPUT)):
+        if arg.name != name:
+            refuse(f"its {role} is named '{arg.name}', not '{name}'")
+        shape = list(arg.shape or [])
+        if len(shape) != 4:
+            refuse(f"its {role} '{name}' has rank {len(shape)}, not 4 (N, 3, H, W)")
+        if shape[1] != 3:
+            refuse(f"its {role} '{name}' has {_dim(shape[1])} channel{'' if shape[1] == 1 else 's'}, not 3 (RGB)")
+        if isinstance(shape[0], int):
+            refuse(f"its {role} '{name}' has a fixed batch of {shape[0]} (nst-export keeps the batch dynamic)")
+        if arg.type != want_type:
+            refuse(f"its {role} '{name}' is {arg.type}, but its metadata's precision {meta['precision']} "
+                   f"needs {want_type}")
+    ih, iw = inputs[0].shape[2:]
+    oh, ow = outputs[0].shape[2:]
+    static, scale = meta.get("static"), meta["output_scale"]
+    if static:
+        if [ih, iw] != list(static):
+            refuse(f"its metadata says static {static[1]}x{static[0]} images, but its input '{ONNX_INPUT}' "
+                   f"takes {_hw(ih, iw)} images")
+        if any(isinstance(o, int) and o != i * scale for o, i in ((oh, ih), (ow, iw))):
+            refuse(f"it turns {iw}x{ih} images into {ow}x{oh}, not {iw * scale}x{ih * scale} "
+                   f"(output scale {scale})")
+    elif any(isinstance(d, int) for d in (ih, iw, oh, ow)):
+        refuse(f"it takes or gives a fixed height or width (input {_hw(ih, iw)}, output {_hw(oh, ow)}), "
+               "but its metadata has no static size")
+
+
+def _check_meta(path: Path, meta: dict, kind: str) -> dict:
+    """The fields the runtime relies on (``precision``, ``output_scale``, ``static``), checked and normalized."""
+
+    def malformed(why: str):
+        raise NSTError(f"{kind} '{path}' has malformed metadata: {why}")
+
+    if not isinstance(meta, dict):
+        malformed("not a JSON object")
+    precision = meta.get("precision") or "fp32"
+    if precision not in PRECISION_NAMES:
+        malformed(f"unknown precision {precision!r}")
+    scale = meta.get("output_scale") or 1
+    if not isinstance(scale, int) or isinstance(scale, bool) or not 1 <= scale <= 16:
+        malformed(f"output_scale {scale!r} is not a whole number between 1 and 16")
+    static = meta.get("static") or None
+    if static is not None and not (isinstance(static, list) and len(static) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and MIN_SIDE <= v <= MAX_SIDE for v in static)):
+        malformed(f"static {static!r} is not [height, width] between {MIN_SIDE} and {MAX_SIDE}")
+    return dict(meta, precision=precision, output_scale=scale, static=static)
+
+
 class Stylizer:
     """A loaded style network, ready to run (see the module docstring).
 
@@ -163,7 +261,11 @@ class Stylizer:
 
         Raises:
             NSTError: missing, truncated or malformed file; TorchScript not matching its manifest; a
-                precision the file was not exported in.
+                precision the file was not exported in; an ONNX graph that is not what nst-export writes
+                (nst metadata, one input ``image`` and one output ``stylized``, ``(N, 3, H, W)`` of the
+                precision's dtype, a dynamic batch, fixed height and width exactly for ``--static``); a
+                model failing the warm-up or returning something else than a finite ``(N, 3, H, W)``
+                batch (the backend's error as ``__cause__``).
         """
         path = Path(path)
         if not path.is_file():
@@ -233,14 +335,22 @@ class Stylizer:
     @classmethod
     def _load_onnx(cls, path: Path, dev: torch.device, providers, precision, memory_mb) -> Stylizer:
         sess = cls._session(path, dev, providers)
+        raw = sess.get_modelmeta().custom_metadata_map
+        if "format" not in raw:
+            raise NSTError(f"ONNX model '{path}' is not an nst-export style network: it has no nst-export "
+                           "metadata (export the model with nst-export)")
         try:
-            meta = {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}
+            meta = {k: json.loads(v) for k, v in raw.items()}
         except ValueError:
             raise NSTError(f"ONNX model '{path}' has malformed metadata") from None
-        inputs, outputs = sess.get_inputs(), sess.get_outputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs) != 1:
-            raise NSTError(f"ONNX model '{path}' does not take one NCHW image (is it a tiles graph?)")
-        iname, oname = inputs[0].name, outputs[0].name
+        if meta["format"] == "onnx_tiles":
+            raise NSTError(f"ONNX model '{path}' is the tiles graph of an export: load the model.onnx beside it")
+        if meta["format"] != "onnx":
+            raise NSTError(f"ONNX model '{path}' is not an nst-export style network: its metadata says format "
+                           f"{meta['format']!r}, not 'onnx'")
+        meta = _check_meta(path, meta, "ONNX model")
+        _check_onnx_signature(path, sess, meta)
+        iname, oname = ONNX_INPUT, ONNX_OUTPUT
         dtype = cls._check_precision(path, meta, precision)
         used = sess.get_providers()
         meta["providers"] = used
@@ -272,13 +382,16 @@ class Stylizer:
                            "(the file was changed after export)")
         extra = {"nst_meta.json": ""}
         try:
-            module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
+            with warnings.catch_warnings():  # torch's deprecation notice is no news to a user of the file
+                warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
+                module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
         except Exception as e:  # noqa: BLE001
             raise NSTError(f"TorchScript '{path}' cannot be loaded: {str(e).strip().splitlines()[0][:160]}") from None
         try:
             meta = json.loads(extra["nst_meta.json"] or "{}")
         except ValueError:
             raise NSTError(f"TorchScript '{path}' has malformed metadata") from None
+        meta = _check_meta(path, meta, "TorchScript")
         if precision == "fp16" and (meta.get("precision") or "fp32") == "fp32":
             module.half()  # a float32 scripted module casts like an eager one
             meta["precision"], dtype = "fp16", torch.float16
@@ -397,20 +510,65 @@ class Stylizer:
         return -(-(2 * int(info["radius"]) + 16) // m) * m
 
     # -- running
+    def _label(self) -> str:
+        kind = {"onnx": "ONNX model", "torchscript": "TorchScript"}.get(self.backend, "model")
+        return f"{kind} '{self._path}'" if self._path is not None else f"the {self.backend} model"
+
+    def _guard(self, fn, x: torch.Tensor, check: bool = True):
+        """``fn(x)`` with the backend's failures as one :class:`NSTError` (the original kept as ``__cause__``;
+        running out of memory is left as it is) and, with ``check``, its output checked to be a finite float
+        ``(N, 3, H * scale, W * scale)`` tensor for an ``(N, 3, H, W)`` input ``x``."""
+        n, _, h, w = x.shape
+        try:
+            y = fn(x)
+        except NSTError:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime, TorchScript interpreter or eager failures alike
+            if _out_of_memory(e):
+                raise
+            raise NSTError(f"{self._label()} failed on a {n}x3x{h}x{w} input (is it a style network of "
+                           f"nst-export?): {_brief(e)}") from e
+        if not check:
+            return y
+        want = (n, 3, h * self.scale, w * self.scale)
+        if not isinstance(y, torch.Tensor):
+            raise NSTError(f"{self._label()} returned {type(y).__name__} for a {n}x3x{h}x{w} input, "
+                           f"not a tensor of shape {want}")
+        if tuple(y.shape) != want or not y.is_floating_point():
+            raise NSTError(f"{self._label()} returned a {y.dtype} tensor of shape {tuple(y.shape)} for a "
+                           f"{n}x3x{h}x{w} input; a style network returns a float tensor of shape {want}")
+        if not torch.isfinite(y).all():
+            raise NSTError(f"{self._label()} returned NaN or Inf values for a {n}x3x{h}x{w} input")
+        return y
+
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        """The network on a float ``(N, 3, H, W)`` batch, whole; float32 on the CPU."""
+        """The network on a float ``(N, 3, H, W)`` batch, whole, its output checked; float32 on the CPU."""
         with torch.inference_mode():
-            return self._run(x.to(self.device, self.dtype)).float().cpu()
+            return self._guard(lambda t: self._run(t.to(self.device, self.dtype)), x).float().cpu()
 
     def __call__(self, image: Any):
-        """Stylize ``image`` (PIL, ``HxWx3`` uint8 array or ``(N, 3, H, W)`` tensor); returns the same kind."""
+        """Stylize ``image`` (PIL, ``HxWx3`` uint8 array or ``(N, 3, H, W)`` tensor); returns the same kind.
+
+        A tensor gives a tensor of the same dtype and device, ``(N, 3, H * s, W * s)`` for the model's
+        ``output_scale`` ``s`` (1 but for multimodal networks). An empty batch (``N == 0``) of a valid
+        image size returns an empty tensor of that shape without running the network, so that a server
+        can pass on whatever batch it collected.
+
+        Raises:
+            NSTError: an input of the wrong kind, rank, dtype or channel count, with NaN or Inf values,
+                with a side under 8 or over 16384 pixels, or not the size of a static export; the
+                model failing on it or returning something else than the stylized batch.
+        """
         kind, (n, h, w), data = self._source(image)
         if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE:
-            raise NSTError(f"image is {w}x{h}: sides must be between {MIN_SIDE} and {MAX_SIDE} pixels")
+            empty = " (it has no pixels)" if min(h, w) == 0 else ""
+            raise NSTError(f"image is {w}x{h}{empty}: sides must be between {MIN_SIDE} and {MAX_SIDE} pixels")
         if self.static and (h, w) != self.static:
             raise NSTError(f"this model was exported for {self.static[1]}x{self.static[0]} images (--static); "
                            f"got {w}x{h}")
         s = self.scale
+        if n == 0:  # only a tensor batch can be empty
+            return image.new_empty((0, 3, h * s, w * s))
         if self.working_bytes(n, h, w) + 3 * 4 * n * h * w * s * s <= self.memory_mb * 2**20:
             x = data if kind == "tensor" else torch.from_numpy(data.copy()).permute(2, 0, 1)[None]
             y = self._infer(x.float() / 255.0 if kind != "tensor" else x.float())
@@ -456,7 +614,7 @@ class Stylizer:
             thumb = torch.from_numpy(np.array(thumb if thumb is not None else data)).permute(2, 0, 1)[None].float()
             thumb = thumb / 255.0
             source = tiling.uint8_source(data)
-        stats = stats_of(thumb)
+        stats = self._guard(stats_of, thumb, check=False)
         plan = tiling.TilePlan(h, w, tile, self._overlap(info), int(info["radius"]), int(info.get("multiple", 4)), s)
         if kind == "tensor":
             out = torch.empty(n, 3, h * s, w * s)
@@ -470,7 +628,8 @@ class Stylizer:
                 out[r0:r0 + band.shape[2]] = (band[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(
                     np.uint8)
 
-        tiling.run_tiled(source, sink, plan, lambda t: run_tile(t, stats), w * s, self.progress)
+        tiling.run_tiled(source, sink, plan, lambda t: self._guard(lambda u: run_tile(u, stats), t), w * s,
+                         self.progress)
         if kind == "tensor":
             return out.to(image.device, image.dtype)
         if kind == "numpy":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -161,3 +162,243 @@ def test_precision_option(exported):
         Stylizer.load(exported / "model.onnx", precision="fp16")
     with pytest.raises(NSTError, match="fp32 or fp16"):
         Stylizer.load(exported / "model.onnx", precision="int8")
+
+
+# -- files of other models, failures of the backends, output checks
+
+#: The metadata ``nst-export`` writes into an fp32 ONNX file with dynamic height and width (export/core.py).
+NST_META = {"arch": "johnson", "style": "x.jpg", "output_scale": 1, "precision": "fp32", "static": None,
+            "format": "onnx", "input": {"layout": "NCHW", "colour": "RGB", "range": [0.0, 1.0], "dtype": "float32"},
+            "output": {"layout": "NCHW", "colour": "RGB", "range": [0.0, 1.0], "dtype": "float32"}}
+
+
+class _Lambda(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, image):
+        return self.fn(image)
+
+
+def _onnx_of(path: Path, fn, *, shape=(1, 3, 16, 16), dynamic: bool | str = True, meta: dict | None = NST_META,
+             names=("image", "stylized"), dtype=torch.float32, **extra_meta) -> Path:
+    """A small ONNX graph of ``fn`` (the legacy exporter: fast), with ``meta`` (plus ``extra_meta``) as nst-export
+    writes it, or no metadata for ``meta=None``; ``dynamic="batch"`` fixes height and width."""
+    import warnings
+
+    axes = {names[0]: {0: "batch", 2: "height", 3: "width"}, names[1]: {0: "batch", 2: "oh", 3: "ow"}}
+    if dynamic == "batch":  # height and width fixed
+        axes, dynamic = {names[0]: {0: "batch"}, names[1]: {0: "batch"}}, True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Lambda(fn), (torch.rand(*shape).to(dtype),), str(path), dynamo=False,
+                          input_names=[names[0]], output_names=[names[1]], dynamic_axes=axes if dynamic else None)
+    if meta is not None:
+        model = onnx.load(str(path))
+        for key, value in dict(meta, **extra_meta).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+        onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case, match", [
+    ("static_no_meta", "no nst-export metadata"),
+    ("static_16", "fixed batch of 1"),
+    ("static_hw", r"fixed height or width \(input 16x16, output 16x16\)"),
+    ("gray_output", "output 'stylized' has 1 channel, not 3"),
+    ("named_input", "input is named 'input', not 'image'"),
+    ("rank3", "input 'image' has rank 3, not 4"),
+    ("fp16_graph", "tensor\\(float16\\), but its metadata's precision fp32 needs tensor\\(float\\)"),
+    ("meta_static", "metadata says static 32x32 images, but its input 'image' takes anyxany images"),
+    ("fixed_batch", "fixed batch of 1"),
+    ("bad_scale", "malformed metadata: output_scale"),
+    ("other_format", "format 'keras'"),
+])
+def test_onnx_of_another_model_refused_at_load(tmp_path, case, match):
+    p = tmp_path / f"{case}.onnx"
+    same = lambda x: x * 0.5  # noqa: E731
+    if case == "static_no_meta":
+        _onnx_of(p, same, dynamic=False, meta=None)
+    elif case == "static_16":
+        _onnx_of(p, same, dynamic=False)
+    elif case == "static_hw":
+        _onnx_of(p, same, dynamic="batch")
+    elif case == "gray_output":
+        _onnx_of(p, lambda x: x.mean(1, keepdim=True))
+    elif case == "named_input":
+        _onnx_of(p, same, names=("input", "stylized"))
+    elif case == "rank3":
+        _onnx_of(p, same, shape=(3, 16, 16), dynamic=False)
+    elif case == "fp16_graph":
+        _onnx_of(p, same, dtype=torch.float16)
+    elif case == "meta_static":
+        _onnx_of(p, same, static=[32, 32])
+    elif case == "fixed_batch":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_Lambda(same), (torch.rand(1, 3, 16, 16),), str(p), dynamo=False,
+                              input_names=["image"], output_names=["stylized"],
+                              dynamic_axes={"image": {2: "h", 3: "w"}, "stylized": {2: "h", 3: "w"}})
+        model = onnx.load(str(p))
+        for key, value in NST_META.items():
+            e = model.metadata_props.add()
+            e.key, e.value = key, json.dumps(value)
+        onnx.save(model, str(p))
+    elif case == "bad_scale":
+        _onnx_of(p, same, output_scale="two")
+    elif case == "other_format":
+        _onnx_of(p, same, format="keras")
+    for warmup in (True, False):  # refused by the graph's signature, before any inference
+        with pytest.raises(NSTError, match=match) as err:
+            Stylizer.load(p, warmup=warmup)
+        assert str(p) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_tiles_graph_refused_as_a_model(exported):
+    with pytest.raises(NSTError, match="tiles graph"):
+        Stylizer.load(exported / "model.tiles.onnx")
+
+
+def test_onnx_that_fails_or_misbehaves_at_inference(tmp_path):
+    halves = _onnx_of(tmp_path / "halves.onnx",
+                      lambda x: torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear"))
+    with pytest.raises(NSTError, match=r"halves.onnx' failed on a 1x3x64x64 input") as err:
+        Stylizer.load(halves)  # the warm-up
+    assert err.value.__cause__ is not None and "\n" not in str(err.value)
+    s = Stylizer.load(halves, warmup=False)
+    with pytest.raises(NSTError, match=r"failed on a 2x3x40x56 input"):
+        s(torch.rand(2, 3, 40, 56))
+    with pytest.raises(NSTError, match="failed on"):
+        s(np.zeros((40, 56, 3), np.uint8))
+    nan = _onnx_of(tmp_path / "nan.onnx", lambda x: torch.log(x - 2.0))
+    with pytest.raises(NSTError, match="returned NaN or Inf values"):
+        Stylizer.load(nan)
+    with pytest.raises(NSTError, match="returned NaN or Inf values"):
+        Stylizer.load(nan, warmup=False)(torch.rand(1, 3, 40, 56))
+    ok = _onnx_of(tmp_path / "ok.onnx", lambda x: 1.0 - x)  # the right contract: accepted and run
+    x = torch.rand(2, 3, 40, 56)
+    assert torch.allclose(Stylizer.load(ok)(x), 1.0 - x)
+
+
+def _forged_torchscript(d: Path, fn) -> Path:
+    """A TorchScript file of ``fn`` with nst metadata and a manifest that matches it (forged, but verified)."""
+    from nst_deploy.fsutil import sha256_file
+
+    d.mkdir()
+    path = d / "model.pt"
+    meta = dict(NST_META, format="torchscript")
+    torch.jit.save(torch.jit.trace(_Lambda(fn), torch.rand(1, 3, 16, 16)), str(path),
+                   _extra_files={"nst_meta.json": json.dumps(meta)})
+    manifest = {"artifacts": {"torchscript": {"file": "model.pt", "sha256": sha256_file(path)}}}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_torchscript_output_is_checked(tmp_path):
+    gray = _forged_torchscript(tmp_path / "gray", lambda x: x.mean(1, keepdim=True))
+    with pytest.raises(NSTError, match=r"returned a torch.float32 tensor of shape \(1, 1, 64, 64\)"):
+        Stylizer.load(gray)
+    s = Stylizer.load(gray, warmup=False)
+    for x in (torch.rand(2, 3, 40, 56), np.zeros((40, 56, 3), np.uint8)):
+        with pytest.raises(NSTError, match=r"shape \((2|1), 1, 40, 56\).*float tensor of shape \((2|1), 3, 40, 56\)"):
+            s(x)
+    nan = _forged_torchscript(tmp_path / "nan", lambda x: x * float("nan"))
+    with pytest.raises(NSTError, match="NaN or Inf"):
+        Stylizer.load(nan)
+    fails = _forged_torchscript(tmp_path / "fails", lambda x: x.reshape(x.shape[0], 3, 16, 16) * 1.0)
+    with pytest.raises(NSTError, match=r"model.pt' failed on a 1x3x64x64 input.*: shape '\[1, 3, 16, 16\]' is "
+                       r"invalid for input of size 12288$") as err:
+        Stylizer.load(fails)  # the interpreter's error itself, not its trace
+    assert err.value.__cause__ is not None and "\n" not in str(err.value) and "Traceback" not in str(err.value)
+    ok = _forged_torchscript(tmp_path / "ok", lambda x: 1.0 - x)
+    assert Stylizer.load(ok)(torch.zeros(1, 3, 24, 32)).eq(1.0).all()
+
+
+@pytest.mark.parametrize("kind", ["onnx_gray", "onnx_halves", "torchscript_gray"])
+def test_nst_run_refuses_other_models_cleanly(tmp_path, capsys, kind):
+    if kind == "onnx_gray":
+        model = _onnx_of(tmp_path / "m.onnx", lambda x: x.mean(1, keepdim=True))
+    elif kind == "onnx_halves":
+        model = _onnx_of(tmp_path / "m.onnx",
+                         lambda x: torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear"))
+    else:
+        model = _forged_torchscript(tmp_path / "ts", lambda x: x.mean(1, keepdim=True))
+    out = tmp_path / "o.png"
+    capsys.readouterr()
+    assert main(["run", str(model), str(DATA / "chelsea.jpg"), "-o", str(out), "--size", "64", "-q"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and all(line.startswith("nst: ") for line in lines), err
+    errors = [line for line in lines if line.startswith("nst: error:")]
+    assert len(errors) == 1 and str(model) in errors[0] and "warning" not in err, err
+    assert not out.exists()
+
+
+def test_empty_batch_and_empty_images(exported):
+    for name in ("model.onnx", "model.pt"):
+        s = Stylizer.load(exported / name)
+        y = s(torch.rand(0, 3, 40, 56))
+        assert y.shape == (0, 3, 40, 56) and y.dtype == torch.float32
+        assert s(torch.rand(0, 3, 40, 56, dtype=torch.float64)).dtype == torch.float64
+        for bad in (torch.rand(1, 3, 0, 56), torch.rand(1, 3, 40, 0), torch.rand(0, 3, 0, 0),
+                    np.zeros((0, 56, 3), np.uint8), Image.new("RGB", (56, 0))):
+            with pytest.raises(NSTError, match="no pixels"):
+                s(bad)
+        with pytest.raises(NSTError, match="between 8 and 16384"):
+            s(torch.rand(0, 3, 4, 56))  # an empty batch of a refused size is still refused
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.pt"])
+def test_bad_tensor_inputs_each_one_error(exported, name):
+    s = Stylizer.load(exported / name)
+    x = torch.rand(1, 3, 24, 32)
+    inf = x.clone()
+    inf[0, 1, 2, 3] = float("inf")
+    nan = x.clone()
+    nan[0, 0, 5, 5] = float("nan")
+    for bad, msg in [(torch.rand(1, 1, 24, 32), r"RGB tensor \(N, 3, H, W\), got \(1, 1, 24, 32\)"),
+                     (torch.rand(1, 4, 24, 32), r"got \(1, 4, 24, 32\)"),
+                     (torch.rand(3, 24, 32), r"got \(3, 24, 32\)"),
+                     (torch.rand(1, 1, 3, 24, 32), r"got \(1, 1, 3, 24, 32\)"),
+                     (torch.zeros(1, 3, 24, 32, dtype=torch.int64), "floating-point tensor"),
+                     (torch.zeros(1, 3, 24, 32, dtype=torch.bool), "floating-point tensor"),
+                     (nan, "NaN or Inf"), (inf, "NaN or Inf"),
+                     (np.zeros((24, 32, 4), np.uint8), "HxWx3 uint8"), (np.zeros((24, 32, 3), np.float32), "HxWx3")]:
+        with pytest.raises(NSTError, match=msg):
+            s(bad)
+
+
+def test_backend_errors_wrapped_out_of_memory_left(exported, monkeypatch):
+    s = Stylizer.load(exported / "model.onnx", warmup=False)
+    x = torch.rand(1, 3, 24, 32)
+
+    def raises(message):
+        def run(_):
+            raise RuntimeError(message)
+        return run
+
+    s._run = raises("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions\n index: 2 Got: 24")
+    with pytest.raises(NSTError, match=r"model.onnx' failed on a 1x3x24x32 input .*: Got invalid dimensions "
+                       r"index: 2 Got: 24$") as err:
+        s(x)
+    assert isinstance(err.value.__cause__, RuntimeError)
+    s._run = raises("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes")
+    with pytest.raises(RuntimeError, match="allocate memory"):  # left as it is: nst run turns it into advice
+        s(x)
+
+
+def test_tiles_are_checked_too(exported, monkeypatch):
+    s = Stylizer.load(exported / "model.onnx")
+    stats_of, _ = s._stats_runners()
+    x = torch.rand(1, 3, 150, 230)
+    s.memory_mb = 40  # tiled
+    for bad, match in ((lambda t, st: t[:, :1], r"returned a torch.float32 tensor of shape \(1, 1, "),
+                       (lambda t, st: t * float("nan"), "NaN or Inf"),
+                       (lambda t, st: t.reshape(7), "failed on a 1x3x")):
+        monkeypatch.setattr(s, "_stats_runners", lambda bad=bad: (stats_of, bad))
+        with pytest.raises(NSTError, match=match):
+            s(x)
