@@ -361,7 +361,8 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
         NSTError: unknown format, precision or opset, bad static size, unreadable model, an output folder or
             Triton repository that cannot be written, export or parity failure.
     """
-    from .triton import check_folder, check_triton_repo
+    from ..fsutil import check_folder
+    from .triton import check_triton_repo
 
     log = log or (lambda msg: None)
     formats = tuple(formats)

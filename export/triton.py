@@ -34,7 +34,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import NSTError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, check_folder
 
 __all__ = ["check_triton_repo", "write_triton_repo"]
 
@@ -120,20 +120,6 @@ def _check_args(name, artifacts, io_dtype, static_hw, output_scale, max_batch_si
     if tensorrt_fp16 and "onnx" not in files:
         raise NSTError("tensorrt_fp16 applies to the ONNX model only, and no onnx artifact was given")
     return files, hw
-
-
-def check_folder(path: Path, what: str) -> None:
-    """Refuse, as one line, a folder that cannot be created or written: ``path`` exists and is not a folder,
-    or its nearest existing ancestor is not a folder or not writable. Checked before any work."""
-    if os.path.lexists(path) and not path.is_dir():
-        raise NSTError(f"{what} '{path}' exists and is not a folder")
-    anc = path
-    while not os.path.lexists(anc) and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise NSTError(f"cannot write {what} '{path}': '{anc}' is not a folder")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise NSTError(f"cannot write {what} '{path}': '{anc}' is not writable")
 
 
 def check_triton_repo(repo_dir, name: str, formats) -> None:

@@ -339,7 +339,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_output(output, args.input, quality=args.quality)
     if args.size is not None and args.size < 8:
         raise NSTError(f"--size {args.size} is too small: use 8 pixels or more")
-    from .runtime import Stylizer
+    from .runtime import Stylizer, _out_of_memory
 
     if args.memory_mb is not None and not args.memory_mb > 0:
         raise NSTError(f"--memory-mb must be positive, got {args.memory_mb:g}")
@@ -367,8 +367,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if line_open[0]:  # end the tile counter's line before the interrupt message
             print(file=sys.stderr)
         raise
-    except RuntimeError as e:
-        if "memory" in str(e).lower():
+    except (RuntimeError, MemoryError) as e:  # the Stylizer passes only running out of memory on unwrapped
+        if _out_of_memory(e):
             raise NSTError(f"not enough memory to run {w}x{h}: lower --memory-mb (tiles) or use --size") from None
         raise
     if tuple(y.shape[-2:]) != (h, w):

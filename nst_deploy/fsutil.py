@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "check_writable", "load_torch", "sha256_file"]
+__all__ = ["atomic_write", "check_folder", "check_writable", "load_torch", "sha256_file"]
 
 
 def check_writable(path: str | os.PathLike, what: str = "") -> None:
@@ -31,6 +31,23 @@ def check_writable(path: str | os.PathLike, what: str = "") -> None:
         raise NSTError(f"cannot write {label}: folder '{parent}' is not writable")
     if path.is_dir():
         raise NSTError(f"cannot write {label}: it is a folder")
+
+
+def check_folder(path: str | os.PathLike, what: str) -> None:
+    """Raise ``NSTError`` (one line) unless ``path`` is a writable folder or can be made one: it is not
+    a file, and its nearest existing ancestor is a writable folder. Called before long work."""
+    from .errors import NSTError
+
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise NSTError(f"{what} '{path}' exists and is not a folder")
+    anc = path
+    while not os.path.lexists(anc) and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise NSTError(f"cannot write {what} '{path}': '{anc}' is not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise NSTError(f"cannot write {what} '{path}': '{anc}' is not writable")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -62,16 +79,24 @@ def load_torch(path: str | os.PathLike, what: str):
 
 
 def unreadable_reason(path: str | os.PathLike, exc: BaseException) -> str:
-    """Why ``torch.load`` failed on ``path``, in a few words: an empty file, a file that is not a
-    PyTorch file at all (neither a zip archive nor a pickle), else the error's first line."""
+    """Why ``torch.load`` failed on ``path``, in a few words: an empty file, a text file or another
+    file that is not a PyTorch file at all (neither a zip archive nor a pickle), else the error's
+    first line."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(4096)
     except OSError as e:
         return e.strerror or str(e)
     if not head:
         return "the file is empty"
     if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        if b"\0" not in head:
+            try:
+                head.decode("utf-8")
+                return "it is a text file, not a PyTorch file"
+            except UnicodeDecodeError as e:
+                if e.start >= len(head) - 4:  # a multi-byte character cut at the end of the block
+                    return "it is a text file, not a PyTorch file"
         return "not a PyTorch file (neither a zip archive nor a pickle)"
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]

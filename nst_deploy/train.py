@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import ImageOps
 
 from .errors import ImageError, NSTError
-from .fsutil import atomic_write, load_torch, sha256_file
+from .fsutil import atomic_write, check_folder, check_writable, load_torch, sha256_file
 from .images import from_pil, load_image, open_allowed, pixel_limit, save_image
 from .losses import LossTerms, PerceptualLoss
 from .lossnets import load_lossnet
@@ -286,7 +286,7 @@ class Trainer:
         self.o = o.check()
         self.output = Path(output)
         self.workdir = Path(o.workdir) if o.workdir else self.output.with_name(self.output.name + ".train")
-        _check_folder(self.workdir, "workdir")
+        check_folder(self.workdir, "workdir")
         self.resume = resume
         self.progress = progress
         self.quiet = quiet
@@ -538,24 +538,6 @@ def _version() -> str:
     return __version__
 
 
-def _check_folder(path: Path, what: str) -> None:
-    """One error line unless ``path`` is a folder or can be made one (its nearest existing ancestor
-    is a writable folder)."""
-    if path.exists():
-        if not path.is_dir():
-            raise NSTError(f"{what} '{path}' is a file, not a folder")
-        if not os.access(path, os.W_OK):
-            raise NSTError(f"{what} '{path}' is not writable")
-        return
-    up = path.parent
-    while not up.exists() and up != up.parent:
-        up = up.parent
-    if not up.is_dir():
-        raise NSTError(f"cannot create {what} '{path}': '{up}' is a file")
-    if not os.access(up, os.W_OK):
-        raise NSTError(f"cannot create {what} '{path}': folder '{up}' is not writable")
-
-
 def train(options: TrainOptions, output: str | os.PathLike, *, resume: bool = False, progress=None) -> Path:
     """Train a feed-forward network for one style and write it to ``output`` (see :class:`Trainer`)."""
     return Trainer(options, output, resume=resume, progress=progress).run()
@@ -640,7 +622,6 @@ def cmd_train(args) -> int:
         raise NSTError(f"--level-weights '{args.level_weights}': expected numbers separated by commas") from None
     o = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions)
                         if f.name not in ("level_weights",) and hasattr(args, f.name)}, level_weights=lw)
-    from .fsutil import check_writable
 
     out = Path(args.output)
     if out.suffix.lower() not in (".pt", ".pth"):

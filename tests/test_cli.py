@@ -325,3 +325,16 @@ def test_stylize_all_black_mask_is_refused(tmp_path, capsys):
     assert main(args) == 2
     assert "is empty (all black)" in _one_error_line(capsys)
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")])
+def test_run_out_of_memory_is_advice(tmp_path, capsys, monkeypatch, error):
+    from nst_deploy.runtime import Stylizer
+
+    def exhausted(self, x):
+        raise error
+
+    monkeypatch.setattr(Stylizer, "__call__", exhausted)
+    assert main(["run", "starry_night", str(DATA / "chelsea.jpg"), "-o", str(tmp_path / "o.png"), "-q"]) == 2
+    assert "not enough memory" in _one_error_line(capsys)
+    assert not (tmp_path / "o.png").exists()

@@ -202,8 +202,8 @@ def test_bad_options(photos, style, tmp_path):
                     ({"batch": 0}, "--batch"), ({"precision": "int8"}, "--precision"),
                     ({"style_layers": "conv9_9"}, "conv9_9"), ({"min_crop": 0.0}, "--min-crop"),
                     ({"seed": 2**64}, "--seed must be between"), ({"seed": -1}, "--seed must be between"),
-                    ({"workdir": str(photos / "a.png")}, "is a file, not a folder"),
-                    ({"workdir": str(photos / "a.png" / "w")}, "is a file")]:
+                    ({"workdir": str(photos / "a.png")}, "workdir '.*a.png' exists and is not a folder"),
+                    ({"workdir": str(photos / "a.png" / "w")}, "a.png' is not a folder")]:
         with pytest.raises(NSTError, match=msg):
             Trainer(_opts(photos, style, tmp_path, **kw), tmp_path / "m.pt")
 

@@ -52,20 +52,21 @@ def save_model(path: str | os.PathLike, net: nn.Module, arch: str, meta: dict | 
     return path
 
 
+#: What a model file should be, added to the errors of files that are not one.
+_MODEL_HINT = "expected the .pt file that 'nst train' writes, or a bundled model's name"
+
+
 def _not_a_model(path: Path) -> str | None:
-    """Why ``path`` plainly is not a model file (empty, TorchScript, ONNX, text), as one message; else ``None``.
+    """Why ``path`` is another kind of model file (TorchScript, ONNX), as one message; else ``None``.
 
     Looked at before ``torch.load``, whose errors for such files are long explanations of ``weights_only``.
-    Anything else (a damaged archive, random bytes) is left to ``torch.load`` and reported as unreadable.
+    Anything else (empty, text, a damaged archive, random bytes) is left to ``load_torch``, which says why.
     """
-    hint = "expected the .pt file that 'nst train' writes, or a bundled model's name"
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4096)
-    except OSError as e:
-        return f"model '{path}' cannot be read: {e.strerror or e}"
-    if not head:
-        return f"model '{path}' cannot be read: the file is empty ({hint})"
+            head = fh.read(4)
+    except OSError:
+        return None  # load_torch reports it
     if head[:2] == b"PK":
         try:
             with zipfile.ZipFile(path) as zf:
@@ -73,7 +74,8 @@ def _not_a_model(path: Path) -> str | None:
         except (zipfile.BadZipFile, OSError):
             return None
         if any("/code/" in n or n.endswith("constants.pkl") for n in names):
-            return f"'{path}' is not an nst train model: it is a TorchScript file (an nst-export output?); {hint}"
+            return (f"'{path}' is not an nst train model: it is a TorchScript file (an nst-export output?); "
+                    f"{_MODEL_HINT}")
         return None
     if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":  # ModelProto starts with ir_version (field 1)
         try:
@@ -81,16 +83,9 @@ def _not_a_model(path: Path) -> str | None:
 
             proto = onnx.load_model_from_string(path.read_bytes())
             if proto.ir_version > 0 and len(proto.graph.node) > 0:
-                return f"'{path}' is not an nst train model: it is an ONNX file (an nst-export output?); {hint}"
+                return f"'{path}' is not an nst train model: it is an ONNX file (an nst-export output?); {_MODEL_HINT}"
         except Exception:  # noqa: BLE001, S110 - not ONNX after all
             pass
-    if b"\0" not in head:
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError as e:
-            if e.start < len(head) - 4:  # not just a multi-byte character cut at the end of the block
-                return None
-        return f"model '{path}' cannot be read: it is a text file, not an nst train model ({hint})"
     return None
 
 
@@ -102,7 +97,10 @@ def read_model(path: str | os.PathLike) -> dict:
     why = _not_a_model(path)
     if why is not None:
         raise NSTError(why)
-    state = load_torch(path, "model")
+    try:
+        state = load_torch(path, "model")
+    except NSTError as e:
+        raise NSTError(f"{e} ({_MODEL_HINT})") from None
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         raise NSTError(f"'{path}' is not an nst-deploy model file")
     if state.get("version") != MODEL_VERSION:
