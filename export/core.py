@@ -34,11 +34,12 @@ import torch
 from ..errors import NSTError
 from ..fsutil import atomic_write, sha256_file
 from ..nets.io import load_model
+from ..runtime import ONNX_INPUT, ONNX_OUTPUT, PRECISION_NAMES
 
 __all__ = ["FORMATS", "OPSETS", "PRECISIONS", "export_model", "export_onnx", "export_torchscript", "verify"]
 
 FORMATS = ("torchscript", "onnx")
-PRECISIONS = ("fp32", "fp16", "fp16-io")
+PRECISIONS = PRECISION_NAMES  # the runtime reads what the export writes
 META_FILE = "nst_meta.json"
 #: Sizes checked by default: odd, non-square, and a batch of two.
 VERIFY_SHAPES = ((1, 37, 53), (2, 64, 64), (1, 101, 40))
@@ -151,12 +152,12 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, s
     if tiles:
         n_stats = 2 * sum(meta["tiling"]["norm_channels"])
         args = (x, torch.zeros(1, n_stats), torch.ones(1))
-        shapes = {"image": dims, "stats": {0: dims[0]}, "mix": None}
-        names = (["image", "stats", "mix"], ["stylized", "stats_out"])
+        shapes = {ONNX_INPUT: dims, "stats": {0: dims[0]}, "mix": None}
+        names = ([ONNX_INPUT, "stats", "mix"], [ONNX_OUTPUT, "stats_out"])
     else:
         args = (x,)
         shapes = {next(iter(inspect.signature(net.forward).parameters)): dims}
-        names = (["image"], ["stylized"])
+        names = ([ONNX_INPUT], [ONNX_OUTPUT])
     tmp = path.with_name(f".{path.name}.export")
     # torch.onnx logs a warning for every torchvision op it cannot register when torchvision is absent
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -216,11 +217,11 @@ def verify(net: torch.nn.Module, artifacts: dict[str, Path], shapes=VERIFY_SHAPE
 
             sessions[fmt] = ort.InferenceSession(str(artifacts[fmt]), providers=["CPUExecutionProvider"])
     if "onnx" in sessions:
-        runners["onnx"] = lambda x: torch.from_numpy(sessions["onnx"].run(None, {"image": x.numpy()})[0])
+        runners["onnx"] = lambda x: torch.from_numpy(sessions["onnx"].run(None, {ONNX_INPUT: x.numpy()})[0])
     if "onnx_tiles" in sessions:
         def tiles(x: torch.Tensor) -> torch.Tensor:
             n = sessions["onnx_tiles"].get_inputs()[1].shape[1]
-            out = sessions["onnx_tiles"].run(None, {"image": x.numpy(), "stats": torch.zeros(x.shape[0], n).numpy(),
+            out = sessions["onnx_tiles"].run(None, {ONNX_INPUT: x.numpy(), "stats": torch.zeros(x.shape[0], n).numpy(),
                                                     "mix": torch.zeros(1).numpy()})
             return torch.from_numpy(out[0])
 
@@ -258,7 +259,7 @@ def verify(net: torch.nn.Module, artifacts: dict[str, Path], shapes=VERIFY_SHAPE
             stats = rec.flat()
             with NormStats(given=stats):
                 ref = net(x).float()
-        y = sessions["onnx_tiles"].run(None, {"image": x.numpy(), "stats": stats.numpy(),
+        y = sessions["onnx_tiles"].run(None, {ONNX_INPUT: x.numpy(), "stats": stats.numpy(),
                                               "mix": torch.ones(1).numpy()})[0]
         record("onnx_tiles", (b, 3, h, w), torch.from_numpy(y).float(), ref, None)
     return report

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..errors import NSTError
 from ..fsutil import atomic_write, check_folder
+from ..runtime import ONNX_INPUT, ONNX_OUTPUT
 
 __all__ = ["check_triton_repo", "write_triton_repo"]
 
@@ -45,7 +46,7 @@ __all__ = ["check_triton_repo", "write_triton_repo"]
 #: every backend version accepts, whatever ``forward``'s argument is called.
 _FORMATS = {
     "onnx": {"platform": "onnxruntime_onnx", "file": "model.onnx", "suffix": "",
-             "input": "image", "output": "stylized"},
+             "input": ONNX_INPUT, "output": ONNX_OUTPUT},
     "torchscript": {"platform": "pytorch_libtorch", "file": "model.pt", "suffix": "_torchscript",
                     "input": "INPUT__0", "output": "OUTPUT__0"},
 }
