@@ -73,7 +73,9 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
         def fn():
             return s(x)
     base = _rss_mb()
-    if cuda:
+    # torch's allocator sees only the torch providers' CUDA memory; ONNX Runtime allocates its own
+    torch_cuda = cuda and not provider.startswith("onnxruntime-")
+    if torch_cuda:
         torch.cuda.reset_peak_memory_stats()
     y = fn()
     fn()
@@ -87,8 +89,14 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
         times.append((time.perf_counter() - t0) * 1e3)
     t = np.asarray(times)
     # CUDA: the tensors' peak; CPU: the process's peak RSS (model, runtime and inference together:
-    # ru_maxrss is a high-water mark, so a difference would read 0 whenever loading peaked higher)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb()
+    # ru_maxrss is a high-water mark, so a difference would read 0 whenever loading peaked higher);
+    # ONNX Runtime on a GPU provider: not measured (its arena is outside torch's allocator)
+    if torch_cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    elif provider.startswith("onnxruntime-") and provider != "onnxruntime-CPUExecutionProvider":
+        peak = None
+    else:
+        peak = _rss_mb()
     ref_net, _ = load_model(_model_path(model))  # the eager fp32 reference, after the peak is read
     with torch.inference_mode():
         err = float((y.float().cpu() - ref_net(x)).abs().max())

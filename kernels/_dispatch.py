@@ -8,7 +8,7 @@ import os
 
 import torch
 
-__all__ = ["BACKENDS", "choose_backend", "has_triton", "is_exporting", "too_large_for_kernels"]
+__all__ = ["BACKENDS", "choose_backend", "has_triton", "is_exporting", "too_large_for_kernels", "triton_interpreted"]
 
 BACKENDS = ("auto", "torch", "triton", "syrk")
 ENV_VAR = "NST_KERNELS"
@@ -24,6 +24,11 @@ def has_triton() -> bool:
     except Exception:  # noqa: BLE001 - a broken install counts as absent
         return False
     return True
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton runs its kernels in its CPU interpreter (``TRITON_INTERPRET``, read as Triton reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on", "y")
 
 
 def is_exporting() -> bool:
@@ -48,7 +53,8 @@ def choose_backend(x: torch.Tensor, backend: str = "auto", syrk: bool = False) -
             ops on float32/float64 CUDA tensors; everywhere else it means ``"auto"``.
 
     Raises:
-        ValueError: an unknown backend name, ``"triton"`` asked for without triton, or
+        ValueError: an unknown backend name, ``"triton"`` asked for without triton or on a non-CUDA
+            tensor outside Triton's interpreter, or
             ``"syrk"`` asked for where its extension cannot be built (the reason is given).
     """
     if backend not in BACKENDS:
@@ -77,6 +83,10 @@ def choose_backend(x: torch.Tensor, backend: str = "auto", syrk: bool = False) -
         if too_large_for_kernels(x):
             raise ValueError(f"kernel backend 'triton' was asked for, but one image's features have "
                              f"{x[:1].numel()} elements, more than its 32-bit offsets reach (2^31 - 1)")
+        if not x.is_cuda and not triton_interpreted():
+            # Triton's launcher would refuse the pointer with a message about 'cpu tensor?'.
+            raise ValueError(f"kernel backend 'triton' was asked for on a {x.device.type} tensor: the Triton kernels "
+                             f"run on CUDA tensors (TRITON_INTERPRET=1 runs them on the CPU, slowly)")
         return "triton"
     if backend == "torch":
         return "torch"

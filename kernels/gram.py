@@ -65,7 +65,8 @@ def gram_ref(x: torch.Tensor, normalize: str = "hw") -> torch.Tensor:
     f = x.flatten(2)
     if f.dtype in (torch.float16, torch.bfloat16):
         f = f.float()
-    return torch.bmm(f, f.transpose(1, 2)) / norm
+    g = torch.bmm(f, f.transpose(1, 2))
+    return g if norm == 0 else g / norm  # an empty map: the empty sum, 0, as the kernels give
 
 
 def _targets(targets: torch.Tensor, weights, c: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,6 +157,8 @@ def gram_forward_syrk(x: torch.Tensor, normalize: str = "hw", precision: str | N
     _check(x)
     b, c, h, w = x.shape
     tf32 = precision_mode(precision) == "tf32"
+    if b == 0 or c == 0 or h * w == 0:  # as the Triton path: an empty sum is 0 (the reference gives 0 / 0)
+        return torch.zeros(b, c, c, device=x.device, dtype=x.dtype)
     return _syrk.gram_syrk(x.reshape(b, c, h * w), 1.0 / _norm(x, normalize), allow_tf32=tf32)
 
 

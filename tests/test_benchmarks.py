@@ -34,7 +34,7 @@ def test_interrupted_run_keeps_its_rows(tmp_path, capsys):
         rows.append(harness.row("demo", "eager", [1], "float32", "fp32", None, device="cpu"))
         raise KeyboardInterrupt
     assert stop.value.code == 130
-    assert [r["provider"] for r in json.loads((tmp_path / f"demo-{harness.slug(harness.device_name())}.json")
+    assert [r["provider"] for r in json.loads((tmp_path / f"demo-{harness.slug(harness.device_name('cpu'))}.json")
                                               .read_text())] == ["eager"]
     assert "1 rows measured so far" in capsys.readouterr().err
     with pytest.raises(SystemExit), harness.keep_partial("none", [], tmp_path / "empty"):
@@ -167,14 +167,19 @@ def test_bench_kernels_gram_warps_rows(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("op", ["gram/fwd", "gram/fwd+bwd", "gram_loss/fwd+bwd", "masked_gram/fwd",
                                 "masked_loss/fwd+bwd", "autocorr_loss/fwd+bwd", "local_loss/fwd+bwd"])
-def test_bench_kernels_providers_compute_the_same(op):
-    """Every provider of an op computes the same thing (the benchmark compares like with like)."""
+def test_bench_kernels_providers_compute_the_same(op, monkeypatch):
+    """Every provider of an op computes the same thing (the benchmark compares like with like): on the GPU
+    where there is one (Triton compiled; cuDNN's TF32 off so that every provider runs in full fp32), else on
+    the CPU (Triton's interpreter)."""
     import bench_kernels
     from nst_deploy.kernels import has_triton
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
     def value(provider):
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(1, 8, 7, 5, generator=g).requires_grad_(not op.endswith("/fwd"))
+        g = torch.Generator(device).manual_seed(0)
+        x = torch.randn(1, 8, 7, 5, generator=g, device=device).requires_grad_(not op.endswith("/fwd"))
         out = bench_kernels._fn(op, provider, x, g, 3)()
         return torch.stack([o.float() for o in out], 1)[0] if isinstance(out, list) else out.float()
 

@@ -35,7 +35,8 @@ def test_both_formats_equal_eager(exported):
     with torch.no_grad():
         ref = net(x)
     for name, backend in (("model.onnx", "onnx"), ("model.pt", "torchscript")):
-        s = Stylizer.load(exported / name)
+        # on the CPU, as the reference: on CUDA cuDNN's default TF32 convolutions differ by about 1e-3
+        s = Stylizer.load(exported / name, device="cpu")
         assert s.backend == backend and s.meta["style"] == "starry_night.jpg"
         assert torch.allclose(s(x), ref, atol=1e-4)
     assert Stylizer.load(bundled_models()["johnson__starry_night"]).backend == "eager"

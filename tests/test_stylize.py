@@ -36,7 +36,8 @@ def _run(content, style, **kw):
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_each_preset_lowers_its_loss(preset, images):
     c, s = images
-    out, log = _run(c, s, preset=preset, size=64, steps=10)
+    # 20 steps: at 10, yu-chang's L-BFGS had lowered its loss to 0.77x here but only to 0.91x on an H200
+    out, log = _run(c, s, preset=preset, size=64, steps=20)
     o = StylizeOptions(preset=preset).resolved()
     assert all(i.optimizer == o.optimizer for i in log)
     # the loss of the result, measured with the preset's own loss, is below the loss at the start
@@ -135,7 +136,7 @@ def test_inits(init, images, tmp_path):
     first = []
     stylize(c, s, size=48, steps=1, optimizer="adam", lr=1e-9, init=init,
             callback=lambda i: first.append(i.image.clone()))
-    x = first[0]
+    x = first[0].cpu()  # the callback's image is on the run's device
     if init == "white":
         assert torch.allclose(x, torch.ones_like(x), atol=1e-6)
     elif init == "noise":
@@ -163,10 +164,15 @@ def test_workspace_and_save_every(images, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["step_00002.png", "step_00004.png"]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
-def test_resume_matches_an_uninterrupted_run(optimizer, images, tmp_path):
+def test_resume_matches_an_uninterrupted_run(optimizer, device, images, tmp_path):
+    """A resumed run ends where the uninterrupted one does. On CUDA with --deterministic: without it an
+    H200 ended the two runs 0.7% apart in loss (cuDNN's choice of algorithms may differ between runs,
+    and Adam's first steps turn rounding into whole steps)."""
     c, s = images
-    kw = dict(size=48, optimizer=optimizer, seed=3)
+    kw = dict(size=48, optimizer=optimizer, seed=3, device=device, deterministic=device == "cuda")
     full, full_log = _run(c, s, steps=8, **kw)
     ckpt = tmp_path / "run.ckpt"
     first = stylize(c, s, steps=3, checkpoint=str(ckpt), checkpoint_every=50, **kw)

@@ -30,7 +30,21 @@ def test_explicit_and_environment_override(monkeypatch):
 @pytest.mark.skipif(not has_triton(), reason="triton is not installed")
 def test_triton_forced(monkeypatch):
     monkeypatch.setenv("NST_KERNELS", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert choose_backend(torch.zeros(1)) == "triton"
+
+
+@pytest.mark.skipif(not has_triton(), reason="triton is not installed")
+def test_triton_on_a_cpu_tensor_needs_the_interpreter(monkeypatch):
+    """Outside the interpreter Triton's launcher would fail on a CPU pointer with its own words."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="on a cpu tensor: the Triton kernels run on CUDA tensors"):
+        choose_backend(torch.zeros(1), "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        choose_backend(torch.zeros(1), "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert choose_backend(torch.zeros(1), "triton") == "triton"
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")

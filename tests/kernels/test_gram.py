@@ -104,6 +104,11 @@ def test_closed_form_and_invariance():
 def test_empty_inputs():
     assert gram(torch.zeros(0, 4, 3, 3, device=DEVICE), backend="triton").shape == (0, 4, 4)
     assert gram(torch.zeros(2, 0, 3, 3, device=DEVICE), backend="triton").shape == (2, 0, 0)
+    # an empty map (H*W = 0): the empty sum, 0, from the reference and the kernel alike (not 0 / 0)
+    x = torch.zeros(1, 4, 0, 3, device=DEVICE)
+    for norm in ("hw", "chw", "none"):
+        assert torch.equal(gram(x, norm, backend="torch"), torch.zeros(1, 4, 4, device=DEVICE))
+        assert torch.equal(gram(x, norm, backend="triton"), torch.zeros(1, 4, 4, device=DEVICE))
 
 
 @needs_cuda
@@ -161,7 +166,7 @@ def test_warps_knob_reaches_the_launch(monkeypatch):
     warps = []
     real = _gram_triton.launch_gram
     monkeypatch.setattr(_gram_triton, "launch_gram", lambda *a, **kw: warps.append(kw["num_warps"]) or real(*a, **kw))
-    x = torch.randn(1, 64, 5, 6)
+    x = torch.randn(1, 64, 5, 6).to(DEVICE)
     for knob in (None, 4):
         monkeypatch.setattr(module, "GRAM_WARPS", knob)
         torch.testing.assert_close(gram_forward(x), gram_ref(x), rtol=1e-5, atol=1e-5)

@@ -27,6 +27,8 @@ from nst_deploy.losses import gram_style_loss
 
 needs_triton = pytest.mark.skipif(not has_triton(), reason="triton is not installed")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# The Triton path runs compiled on CUDA tensors and in the interpreter on CPU ones (no GPU).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_masks(bm: int, k: int, h: int, w: int, dtype=torch.float32, device="cpu", seed: int = 0) -> torch.Tensor:
@@ -73,8 +75,8 @@ def assert_close(a, b, rtol=1e-5, atol=1e-5):
 @pytest.mark.parametrize("k", [1, 3, 4, 5])
 def test_triton_matches_reference(shape, k):
     b, c, h, w = shape
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(c + k))
-    masks = make_masks(b, k, h, w, seed=k)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(c + k)).to(DEVICE)
+    masks = make_masks(b, k, h, w, seed=k, device=DEVICE)
     got, gx, gm = grads(lambda x, m: masked_gram(x, m, backend="triton"), x, masks)
     ref, rx, rm = grads(lambda x, m: masked_gram(x, m, backend="torch"), x, masks)
     assert got.shape == (b, k, c, c) and got.dtype == torch.float32
@@ -82,7 +84,7 @@ def test_triton_matches_reference(shape, k):
     assert_close(gx, rx)
     assert_close(gm, rm)
     torch.testing.assert_close(got, got.transpose(-1, -2), rtol=0, atol=0)  # mirrored, exactly symmetric
-    soft = torch.rand(b, k, h, w, generator=torch.Generator().manual_seed(k))  # a soft mask in every slot
+    soft = torch.rand(b, k, h, w, generator=torch.Generator().manual_seed(k)).to(DEVICE)  # soft in every slot
     assert_close(masked_gram(x, soft, backend="triton"), masked_gram_ref(x, soft))
 
 
@@ -90,8 +92,8 @@ def test_triton_matches_reference(shape, k):
 @pytest.mark.parametrize("splits", [1, 3, 5])
 def test_triton_splits_tiles_and_shared_masks(splits):
     """Split-K over H*W (ragged last split), several C tiles (one partial), one mask set for the batch."""
-    x = torch.randn(2, 40, 13, 11, generator=torch.Generator().manual_seed(3))
-    masks = make_masks(1, 5, 13, 11, seed=4)  # (1, K, H, W): shared by the batch
+    x = torch.randn(2, 40, 13, 11, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    masks = make_masks(1, 5, 13, 11, seed=4, device=DEVICE)  # (1, K, H, W): shared by the batch
     got = masked_gram_forward(x, masks, num_splits=splits, block_c=16, block_p=16)
     assert_close(got, masked_gram_ref(x, masks))
     got, gx, gm = grads(lambda x, m: masked_gram(x, m, backend="triton"), x, masks)
@@ -112,8 +114,8 @@ def test_triton_gpu_tile_configuration(monkeypatch, dtype):
 
     module = importlib.import_module("nst_deploy.kernels.masked_gram")
     monkeypatch.setattr(module, "GPU_TILES", True)
-    x = torch.randn(1, 70, 9, 7, generator=torch.Generator().manual_seed(8)).to(dtype)
-    masks = make_masks(1, 5, 9, 7, seed=9)
+    x = torch.randn(1, 70, 9, 7, generator=torch.Generator().manual_seed(8)).to(DEVICE, dtype)
+    masks = make_masks(1, 5, 9, 7, seed=9, device=DEVICE)
     assert module._config(x, 70, 63, 1, 5, 3, None, None)[:2] == (64, 16 if dtype == torch.float32 else 64)
     got = masked_gram_forward(x, masks, num_splits=3)
     ref = masked_gram_ref(x.float(), masks)
@@ -127,8 +129,9 @@ def test_triton_gpu_tile_configuration(monkeypatch, dtype):
 @needs_triton
 def test_triton_strided_inputs_and_bool_masks():
     """Channels-last features, expanded (stride-0) masks and bool masks go through the kernel as they are."""
-    x = torch.randn(2, 24, 7, 9, generator=torch.Generator().manual_seed(5)).to(memory_format=torch.channels_last)
-    hard = torch.rand(1, 2, 7, 9, generator=torch.Generator().manual_seed(6)) > 0.4
+    x = torch.randn(2, 24, 7, 9, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    x = x.to(memory_format=torch.channels_last)
+    hard = torch.rand(1, 2, 7, 9, generator=torch.Generator().manual_seed(6)).to(DEVICE) > 0.4
     expanded = hard.float().expand(2, 2, 7, 9)
     ref = masked_gram_ref(x.contiguous(), hard.float())
     assert_close(masked_gram(x, hard, backend="triton"), ref)
@@ -138,9 +141,8 @@ def test_triton_strided_inputs_and_bool_masks():
 @needs_triton
 def test_triton_half_in_interpreter_or_gpu():
     """fp16 features (the kernel's half path: M^2 F rounded to fp16, fp32 accumulation), fp32 output."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    x = torch.randn(2, 20, 9, 7, generator=torch.Generator().manual_seed(7)).to(device, torch.float16)
-    masks = make_masks(2, 3, 9, 7, device=device)
+    x = torch.randn(2, 20, 9, 7, generator=torch.Generator().manual_seed(7)).to(DEVICE, torch.float16)
+    masks = make_masks(2, 3, 9, 7, device=DEVICE)
     got = masked_gram(x, masks, backend="triton")
     assert got.dtype == torch.float32
     assert_close(got, masked_gram_ref(x, masks), rtol=2e-3, atol=2e-3)
@@ -151,15 +153,15 @@ def test_triton_half_in_interpreter_or_gpu():
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
 def test_empty_mask_gives_zero_and_zero_gradient(backend):
-    x = torch.randn(2, 5, 5, 7, generator=torch.Generator().manual_seed(8))
-    masks = make_masks(2, 4, 5, 7)
+    x = torch.randn(2, 5, 5, 7, generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    masks = make_masks(2, 4, 5, 7, device=DEVICE)
     masks[:, 2] = 0.0  # a second empty mask (the first is already empty)
     out, dx, dm = grads(lambda x, m: masked_gram(x, m, backend=backend), x, masks)
     assert torch.isfinite(out).all() and torch.isfinite(dx).all() and torch.isfinite(dm).all()
     assert (out[:, 0] == 0).all() and (out[:, 2] == 0).all()
     assert (dm[:, 0] == 0).all() and (dm[:, 2] == 0).all()
     # x's gradient comes only from the non-empty masks
-    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     x2 = x.clone().requires_grad_(True)
     (dx_rest,) = torch.autograd.grad(masked_gram(x2, masks[:, [1, 3]], backend=backend), x2, up[:, [1, 3]])
     assert_close(dx, dx_rest)
@@ -226,8 +228,8 @@ def test_loss_backward_gradcheck():
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
 def test_all_ones_mask_is_plain_gram(backend):
-    x = torch.randn(2, 7, 5, 9, generator=torch.Generator().manual_seed(16))
-    out = masked_gram(x, torch.ones(1, 2, 5, 9), backend=backend)
+    x = torch.randn(2, 7, 5, 9, generator=torch.Generator().manual_seed(16)).to(DEVICE)
+    out = masked_gram(x, torch.ones(1, 2, 5, 9, device=DEVICE), backend=backend)
     ref = gram(x, normalize="hw")
     assert_close(out[:, 0], ref)
     assert_close(out[:, 1], ref)
@@ -235,8 +237,8 @@ def test_all_ones_mask_is_plain_gram(backend):
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
 def test_hard_mask_is_gram_of_selected_pixels_and_one_pixel_is_outer_product(backend):
-    x = torch.randn(1, 5, 6, 7, generator=torch.Generator().manual_seed(17))
-    region = torch.zeros(1, 2, 6, 7)
+    x = torch.randn(1, 5, 6, 7, generator=torch.Generator().manual_seed(17)).to(DEVICE)
+    region = torch.zeros(1, 2, 6, 7, device=DEVICE)
     region[0, 0, 1:4, 2:7] = 1.0
     region[0, 1, 3, 4] = 1.0
     out = masked_gram(x, region, backend=backend)
@@ -252,8 +254,8 @@ def test_hard_mask_is_gram_of_selected_pixels_and_one_pixel_is_outer_product(bac
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
 def test_scaling_a_mask_scales_its_gram(backend):
     """G_k(a M) = a G_k(M) (M^2 over sum M): linear in the mask's scale, not invariant; other masks untouched."""
-    x = torch.randn(2, 6, 5, 7, generator=torch.Generator().manual_seed(18))
-    masks = make_masks(2, 3, 5, 7)
+    x = torch.randn(2, 6, 5, 7, generator=torch.Generator().manual_seed(18)).to(DEVICE)
+    masks = make_masks(2, 3, 5, 7, device=DEVICE)
     base = masked_gram(x, masks, backend=backend)
     scaled = masks.clone()
     scaled[:, 2] *= 3.0
@@ -265,11 +267,11 @@ def test_scaling_a_mask_scales_its_gram(backend):
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
 def test_pixel_permutation_mask_order_and_resolution_invariance(backend):
     gen = torch.Generator().manual_seed(19)
-    x = torch.randn(1, 5, 5, 7, generator=gen)
-    masks = make_masks(1, 4, 5, 7, seed=2)
+    x = torch.randn(1, 5, 5, 7, generator=gen).to(DEVICE)
+    masks = make_masks(1, 4, 5, 7, seed=2, device=DEVICE)
     base = masked_gram(x, masks, backend=backend)
     # the same permutation of the pixels of features and masks
-    perm = torch.randperm(35, generator=gen)
+    perm = torch.randperm(35, generator=gen).to(DEVICE)
     xp = x.flatten(2)[..., perm].view_as(x)
     mp = masks.flatten(2)[..., perm].view_as(masks)
     assert_close(masked_gram(xp, mp, backend=backend), base)
@@ -286,9 +288,9 @@ def test_pixel_permutation_mask_order_and_resolution_invariance(backend):
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
 def test_loss_with_one_full_mask_is_gram_style_loss(backend):
-    x = torch.randn(2, 6, 5, 7, generator=torch.Generator().manual_seed(20))
-    target = gram(torch.randn(1, 6, 4, 4, generator=torch.Generator().manual_seed(21)), normalize="hw")
-    got = masked_gram_style_loss(x, torch.ones(1, 1, 5, 7), target, backend=backend)
+    x = torch.randn(2, 6, 5, 7, generator=torch.Generator().manual_seed(20)).to(DEVICE)
+    target = gram(torch.randn(1, 6, 4, 4, generator=torch.Generator().manual_seed(21)).to(DEVICE), normalize="hw")
+    got = masked_gram_style_loss(x, torch.ones(1, 1, 5, 7, device=DEVICE), target, backend=backend)
     torch.testing.assert_close(got, gram_style_loss(x, target))
 
 
@@ -296,11 +298,11 @@ def test_loss_with_one_full_mask_is_gram_style_loss(backend):
 @pytest.mark.parametrize("targets_batched", [False, True])
 def test_fused_loss_matches_reference_autograd(targets_batched):
     gen = torch.Generator().manual_seed(22)
-    x = torch.randn(2, 9, 7, 5, generator=gen)
-    masks = make_masks(1, 5, 7, 5, seed=5)
+    x = torch.randn(2, 9, 7, 5, generator=gen).to(DEVICE)
+    masks = make_masks(1, 5, 7, 5, seed=5, device=DEVICE)
     shape = (1, 5, 9, 9) if targets_batched else (5, 9, 9)
-    targets = torch.randn(shape, generator=gen) * 0.1
-    weights = torch.tensor([1.0, 0.5, 2.0, 0.0, 3.0])
+    targets = torch.randn(shape, generator=gen).to(DEVICE) * 0.1
+    weights = torch.tensor([1.0, 0.5, 2.0, 0.0, 3.0], device=DEVICE)
 
     def run(fn):
         args = [t.clone().requires_grad_(True) for t in (x, masks, targets, weights)]
