@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The local CPU build; on a GPU machine with internet this installs the CUDA build of the same release.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench gallery clean
+.PHONY: setup demo test lint docs bench gallery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,16 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The documentation site (docs/, mkdocs.yml) into build/site; --strict: a broken link or an unlisted page fails.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir build/site
+
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mkdocs build --strict --site-dir build/site
 	$(BIN)/python -m pytest -q
 
-# The README's gallery (docs/gallery/*.jpg): one picture per capability, from the bundled images.
+# The gallery (docs/gallery.md, docs/gallery/*.jpg): one picture per capability, from the bundled images.
 gallery: $(STAMP)
 	$(BIN)/python scripts/gallery.py
 

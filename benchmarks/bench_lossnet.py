@@ -91,7 +91,7 @@ def _measure(size: int, provider: str, device: str, min_run_time: float, extra: 
     step = make_step(net, x)
     if provider == "compile":
         # One eager step first: LossNetwork.forward validates the input size with an lru_cached
-        # binary search over meta-tensor passes (lossnets._min_input_size). If that cache is cold,
+        # binary search over meta-tensor passes (lossnets.min_input_size). If that cache is cold,
         # Dynamo traces the search with a symbolic size and fails ("Output size is too small").
         step()
         torch._dynamo.reset()  # a fresh compile per size, so compile_s is comparable

@@ -43,13 +43,12 @@ def _rss_mb() -> float:
 
 def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, device: str, runs: int,
          seconds: float) -> dict:
-    from nst_deploy.cli import _model_path
-    from nst_deploy.nets.io import load_model
+    from nst_deploy.nets.io import load_model, model_path
     from nst_deploy.runtime import Stylizer
 
     torch.manual_seed(0)
     x = torch.rand(*shape)
-    net, _ = load_model(_model_path(model))
+    net, _ = load_model(model_path(model))
     cuda = device.startswith("cuda")
     if provider.startswith("eager"):
         half = provider.endswith("fp16")
@@ -65,7 +64,7 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
 
         def fn():
             with torch.inference_mode():
-                return s._run(xin).float()
+                return s.engine.run(xin).float()
     else:
         ep = provider.removeprefix("onnxruntime-")
         s = Stylizer.load(exported / "model.onnx", providers=[ep])
@@ -97,7 +96,7 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
         peak = None
     else:
         peak = _rss_mb()
-    ref_net, _ = load_model(_model_path(model))  # the eager fp32 reference, after the peak is read
+    ref_net, _ = load_model(model_path(model))  # the eager fp32 reference, after the peak is read
     with torch.inference_mode():
         err = float((y.float().cpu() - ref_net(x)).abs().max())
     timing = {"median_ms": float(np.median(t)), "p20_ms": float(np.quantile(t, 0.2)),
@@ -128,7 +127,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     from nst_deploy.export import export_model
 
-    from nst_deploy.cli import _model_path
+    from nst_deploy.nets.io import model_path
 
     providers = ["eager", "torchscript"] + [f"onnxruntime-{p}" for p in ort.get_available_providers()
                                             if p in ("CPUExecutionProvider", "CUDAExecutionProvider",
@@ -137,7 +136,7 @@ def main(argv=None) -> int:
         providers.insert(1, "eager-fp16")
     rows = []
     with harness.keep_partial("runtime", rows, args.out_dir), tempfile.TemporaryDirectory() as tmp:
-        export_model(_model_path(args.model), tmp)
+        export_model(model_path(args.model), tmp)
         for shape in SHAPES:
             for p in providers:
                 cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--runs",

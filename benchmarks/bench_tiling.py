@@ -84,7 +84,7 @@ def _one(provider: str, image_path: Path, exported: Path, budget: float) -> dict
     path = {"onnxruntime-CPU": exported / "model.onnx", "torchscript": exported / "model.pt",
             "eager": bundled_models()["johnson__starry_night"]}[provider]
     s = Stylizer.load(path, device="cpu", memory_mb=budget)
-    info = s._tiling_info()
+    info = s.engine.tiling_info()
     before = _vm_rss_mb()
     tiles = []
     s.progress = lambda done, total: tiles.append(total)
@@ -93,11 +93,11 @@ def _one(provider: str, image_path: Path, exported: Path, budget: float) -> dict
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     # the tiling the call used
-    tile = s._tile_side(1, w, info)
-    plan = tiling.TilePlan(h, w, tile, s._overlap(info), int(info["radius"]), int(info.get("multiple", 4)))
+    tile = s.tile_side(1, w, info)
+    plan = tiling.TilePlan(h, w, tile, s.overlap(info), int(info["radius"]), int(info.get("multiple", 4)))
     th, tw = s.thumbnail_shape(1, h, w)
     thumb = np.array(Image.fromarray(arr).resize((tw, th), Image.Resampling.BOX))
-    stats_of, run_tile = s._stats_runners()
+    stats_of, run_tile = s.engine.stats_runners()
     stats = stats_of(torch.from_numpy(thumb).permute(2, 0, 1)[None].float() / 255)
     # seam error: untiled computation around points on tile boundaries
     m = int(info.get("multiple", 4))
@@ -124,7 +124,7 @@ def _one(provider: str, image_path: Path, exported: Path, budget: float) -> dict
     return harness.row("tiling", provider, [1, 3, h, w], "uint8", "fp32",
                        {"median_ms": wall * 1e3, "p20_ms": wall * 1e3, "p80_ms": wall * 1e3, "runs": 1},
                        device="cpu", budget_mb=budget, wall_s=wall, tiles=tiles[-1] if tiles else 1, tile_side=tile,
-                       overlap=s._overlap(info), radius=int(info["radius"]), thumbnail=[th, tw],
+                       overlap=s.overlap(info), radius=int(info["radius"]), thumbnail=[th, tw],
                        rss_before_call_mb=before, peak_rss_mb=peak, call_mb=peak - before,
                        seam_points=len(errs), seam_max_abs_levels=max(e[0] for e in errs),
                        seam_mean_abs_levels=float(np.mean([e[1] for e in errs])),

@@ -1,8 +1,9 @@
-"""Regenerate the README's performance section from ``benchmarks/results/*.json``.
+"""Regenerate the tables of the documentation's performance page from ``benchmarks/results/*.json``.
 
-Usage: ``python benchmarks/report.py [--check]``. The section between ``<!-- bench:start -->`` and
-``<!-- bench:end -->`` is replaced by one table per subject and device; ``--check`` exits 1 when
-the README is out of date instead of writing it.
+Usage: ``python benchmarks/report.py [--check]``. The section of ``docs/performance.md`` between
+``<!-- bench:start -->`` and ``<!-- bench:end -->`` is replaced by one table per subject and device (the
+prose above the markers is the page's own and is left alone); ``--check`` exits 1 when the page is out
+of date instead of writing it.
 
 Each results file is laid out by its subject (the first row's ``subject``): :data:`LAYOUTS` maps a
 subject to a function ``(rows, path) -> markdown``; subjects without an entry get the kernel-style
@@ -20,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+#: The page whose marked section holds the tables.
+PAGE = ROOT / "docs" / "performance.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -212,27 +215,27 @@ def render() -> str:
     return f"{START}\n{body}{END}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, page: Path | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the README is out of date")
+    parser.add_argument("--check", action="store_true", help=f"fail if {_source(PAGE)} is out of date")
     args = parser.parse_args(argv)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    page = PAGE if page is None else Path(page)
+    name = _source(page)
+    text = page.read_text()
     if START not in text or END not in text:
-        print("report: README.md has no bench markers", file=sys.stderr)
+        print(f"report: {name} has no bench markers", file=sys.stderr)
         return 2
     before, rest = text.split(START, 1)
     _, after = rest.split(END, 1)
     new = before + render() + after
     if args.check:
         if new != text:
-            print("report: README.md performance section is out of date: run python benchmarks/report.py",
-                  file=sys.stderr)
+            print(f"report: the tables of {name} are out of date: run python benchmarks/report.py", file=sys.stderr)
             return 1
         return 0
-    tmp = readme.with_name(".README.md.tmp")
+    tmp = page.with_name(f".{page.name}.tmp")  # written beside the page, then renamed over it: atomic
     tmp.write_text(new)
-    os.replace(tmp, readme)
+    os.replace(tmp, page)
     return 0
 
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 import warnings
 
-from .. import __version__
-from ..errors import NSTError
+from nst_deploy import __version__
+from nst_deploy.errors import NSTError
 
 __all__ = ["main"]
 
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from ..cli import _model_path
+    from nst_deploy.nets.io import model_path
+
     from .core import export_model
 
     precision = "fp16-io" if args.fp16_io else "fp16" if args.fp16 else "fp32"
@@ -62,7 +63,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            manifest = export_model(_model_path(args.model), args.output,
+            manifest = export_model(model_path(args.model), args.output,
                                     [f.strip() for f in args.format.split(",") if f.strip()], args.opset,
                                     check=not args.no_verify, precision=precision, static=args.static,
                                     triton_repo=args.triton_repo, triton=triton,

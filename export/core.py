@@ -23,18 +23,19 @@ import json
 import logging
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import NSTError
-from ..fsutil import atomic_write, sha256_file
-from ..nets.io import load_model
-from ..runtime import ONNX_INPUT, ONNX_OUTPUT, PRECISION_NAMES
+from nst_deploy.contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, PRECISION_NAMES
+from nst_deploy.errors import NSTError
+from nst_deploy.fsutil import atomic_write, sha256_file
+from nst_deploy.interrupts import interrupts_held
+from nst_deploy.nets.io import load_model
 
 __all__ = ["FORMATS", "OPSETS", "PRECISIONS", "export_model", "export_onnx", "export_torchscript", "verify"]
 
@@ -91,7 +92,7 @@ def _io_dtype(precision: str) -> torch.dtype:
 
 
 def _metadata(meta: dict, fmt: str) -> dict:
-    from .. import __version__
+    from nst_deploy import __version__
 
     keep = {k: meta.get(k) for k in ("arch", "config", "style", "style_sha256", "training_digest", "steps",
                                      "input", "output", "output_scale", "precision", "static", "tiling")}
@@ -129,7 +130,8 @@ def _dims(static: tuple[int, int] | None) -> dict:
     batch = torch.export.Dim("batch", min=1, max=256)
     if static:
         return {0: batch}
-    return {0: batch, 2: torch.export.Dim("height", min=8, max=16384), 3: torch.export.Dim("width", min=8, max=16384)}
+    return {0: batch, 2: torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE),
+            3: torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)}
 
 
 def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, static: tuple[int, int] | None = None,
@@ -202,7 +204,7 @@ def verify(net: torch.nn.Module, artifacts: dict[str, Path], shapes=VERIFY_SHAPE
     Raises:
         NSTError: a format disagrees (the message names it, the size and the error).
     """
-    from ..tiling import NormStats
+    from nst_deploy.tiling import NormStats
 
     g = torch.Generator().manual_seed(seed)
     report: dict[str, dict] = {}
@@ -291,23 +293,6 @@ def _previous_export(out: Path) -> set[str]:
     return present
 
 
-@contextlib.contextmanager
-def _interrupts_deferred(log):
-    """Hold SIGINT off (main thread only) while the finished export is moved into place, which takes
-    milliseconds: an interrupt then would leave a half-replaced folder. The export completes."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
-        yield
-        return
-    got: list[int] = []
-    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-        if got:
-            log("interrupt received while moving the export into place: the export was completed")
-
-
 def _mkdirs(folder: Path) -> list[Path]:
     """Create ``folder`` and its missing parents; returns the folders created (outermost first)."""
     missing = []
@@ -362,7 +347,8 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
         NSTError: unknown format, precision or opset, bad static size, unreadable model, an output folder or
             Triton repository that cannot be written, export or parity failure.
     """
-    from ..fsutil import check_folder
+    from nst_deploy.fsutil import check_folder
+
     from .triton import check_triton_repo
 
     log = log or (lambda msg: None)
@@ -389,9 +375,9 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
     multiple = int(getattr(net, "MULTIPLE", 4))
     if static is not None:
         static = (int(static[0]), int(static[1]))
-        if min(static) < 8 or max(static) > 16384 or static[0] % multiple or static[1] % multiple:
+        if min(static) < MIN_SIDE or max(static) > MAX_SIDE or static[0] % multiple or static[1] % multiple:
             raise NSTError(f"--static {static[0]} {static[1]}: height and width must be multiples of {multiple} "
-                           "between 8 and 16384")
+                           f"between {MIN_SIDE} and {MAX_SIDE}")
     # Everything is built in a staging folder (inside `out` when it exists, else beside it) and moved into
     # place only once exported, verified and described by the manifest: a failure or an interrupt (the
     # staging folder is removed on any exception, KeyboardInterrupt included) leaves `out` as it was.
@@ -405,10 +391,14 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
                 d.rmdir()
         raise NSTError(f"cannot write the output folder '{out}': {e.strerror or e}") from None
     try:
-        manifest = _export_into(stage, out, model_path, net, meta, formats, opset, check, precision, static,
-                                multiple, triton_repo, triton, log)
+        spec = _ExportSpec(Path(model_path), net, meta, formats, opset, check, precision, static, multiple,
+                           triton_repo, triton, log)
+        manifest = _export_into(stage, out, spec)
         written = [a["file"] for a in manifest["artifacts"].values()]
-        with _interrupts_deferred(log):
+        # an interrupt while the finished export is moved into place (milliseconds) would leave a
+        # half-replaced folder: it is held off, and the export completes
+        with interrupts_held(lambda: log("interrupt received while moving the export into place: "
+                                         "the export was completed")):
             try:
                 _commit(stage, out, written, stale)
             except OSError as e:
@@ -422,56 +412,75 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
     return manifest
 
 
-def _export_into(stage: Path, out: Path, model_path, net, meta, formats, opset, check, precision, static, multiple,
-                 triton_repo, triton, log) -> dict:
-    """The export proper, every file written into ``stage``; returns the manifest (written there too)."""
-    from ..tiling import probe
+@dataclass(frozen=True)
+class _ExportSpec:
+    """One export, its arguments checked: the model file and its loaded network and metadata, what to
+    write (formats, opset, precision, static size, Triton repository) and how (verification, log)."""
 
-    meta = dict(meta, precision=precision, static=list(static) if static else None,
-                tiling=probe(net, multiple=multiple))
+    model_path: Path
+    net: torch.nn.Module
+    meta: dict
+    formats: tuple[str, ...]
+    opset: int
+    check: bool
+    precision: str
+    static: tuple[int, int] | None
+    multiple: int
+    triton_repo: str | os.PathLike | None
+    triton: dict | None
+    log: Callable[[str], None]
+
+
+def _export_into(stage: Path, out: Path, spec: _ExportSpec) -> dict:
+    """The export proper, every file written into ``stage``; returns the manifest (written there too)."""
+    from nst_deploy.tiling import probe
+
+    net, precision, static, log = spec.net, spec.precision, spec.static, spec.log
+    meta = dict(spec.meta, precision=precision, static=list(static) if static else None,
+                tiling=probe(net, multiple=spec.multiple))
     module = net if precision == "fp32" else Precision(copy.deepcopy(net), io_half=precision == "fp16-io").eval()
     artifacts: dict[str, Path] = {}
     try:
-        if "torchscript" in formats:
+        if "torchscript" in spec.formats:
             log("TorchScript: scripting")
             artifacts["torchscript"] = export_torchscript(module, meta, stage / ARTIFACT_FILES["torchscript"])
-        if "onnx" in formats:
+        if "onnx" in spec.formats:
             log("ONNX: exporting the network")
-            artifacts["onnx"] = export_onnx(module, meta, stage / ARTIFACT_FILES["onnx"], opset, static=static)
+            artifacts["onnx"] = export_onnx(module, meta, stage / ARTIFACT_FILES["onnx"], spec.opset, static=static)
             if static is None:
-                from ..tiling import StatsGraph
+                from nst_deploy.tiling import StatsGraph
 
                 log("ONNX: exporting the tiles graph (instance-norm statistics as an input)")
                 graph = _TilesPrecision(StatsGraph(net), precision).eval()
-                artifacts["onnx_tiles"] = export_onnx(graph, meta, stage / ARTIFACT_FILES["onnx_tiles"], opset,
+                artifacts["onnx_tiles"] = export_onnx(graph, meta, stage / ARTIFACT_FILES["onnx_tiles"], spec.opset,
                                                       tiles=True)
     except OSError as e:
         raise NSTError(f"cannot write the output folder '{out}': {e.strerror or e}") from None
     report = {}
-    if check:
+    if spec.check:
         log("verifying against eager PyTorch")
         shapes = VERIFY_SHAPES if static is None else ((1, *static), (2, *static))
         report = verify(module, artifacts, shapes=shapes, rtol=RTOL[precision], io_dtype=_io_dtype(precision),
                         reference=None if precision == "fp32" else net)
     manifest = {
-        "model": Path(model_path).name, "arch": meta.get("arch"), "config": meta.get("config"),
+        "model": Path(spec.model_path).name, "arch": meta.get("arch"), "config": meta.get("config"),
         "style": meta.get("style"), "precision": precision, "static": meta["static"],
-        "opset": opset if "onnx" in artifacts else None,
+        "opset": spec.opset if "onnx" in artifacts else None,
         "metadata": _metadata(meta, "manifest"),
         "artifacts": {fmt: {"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
                       for fmt, p in artifacts.items()},
         "verification": report or None,
     }
-    if triton_repo is not None:
+    if spec.triton_repo is not None:
         from .triton import write_triton_repo
 
         served = {f: p for f, p in artifacts.items() if f in FORMATS}
-        written = write_triton_repo(triton_repo, _name(Path(model_path)), served,
+        written = write_triton_repo(spec.triton_repo, _name(Path(spec.model_path)), served,
                                     io_dtype="fp16" if precision == "fp16-io" else "fp32", static_hw=static,
                                     output_scale=int(meta.get("output_scale") or 1), meta=_metadata(meta, "triton"),
-                                    **(triton or {}))
+                                    **(spec.triton or {}))
         manifest["triton_repo"] = written
-        log(f"Triton model repository: {triton_repo}")
+        log(f"Triton model repository: {spec.triton_repo}")
     try:
         with atomic_write(stage / MANIFEST, "w") as fh:
             json.dump(manifest, fh, indent=1)

@@ -33,9 +33,9 @@ import re
 import shutil
 from pathlib import Path
 
-from ..errors import NSTError
-from ..fsutil import atomic_write, check_folder
-from ..runtime import ONNX_INPUT, ONNX_OUTPUT
+from nst_deploy.contract import ONNX_INPUT, ONNX_OUTPUT
+from nst_deploy.errors import NSTError
+from nst_deploy.fsutil import atomic_write, check_folder
 
 __all__ = ["check_triton_repo", "write_triton_repo"]
 

@@ -1,12 +1,18 @@
 """Fused style-statistic kernels (``nst_deploy.kernels``).
 
-One file per op (Triton kernel, launcher, autograd Function and the pure-torch reference); this
-module holds the dispatch rule every op follows:
+Layout: one public module per op (``gram``, ``masked_gram``, ``autocorr``, ``local_gram``) holding its
+pure-torch reference, launcher, autograd Function and public functions; its Triton kernels in a
+private ``_<op>_triton`` module, imported on first use; ``_dispatch`` (the backend rule below),
+``_launch`` (launch helpers), ``_tiles_triton`` (tile code the Gram kernels share) and ``_syrk`` with
+``csrc/`` (the cuBLAS SYRK Gram extension, built on first use). Errors are
+:class:`nst_deploy.errors.KernelError`.
+
+Every op follows one dispatch rule:
 
 * Triton when triton imports, the tensor is on CUDA and no export/scripting is being traced;
 * the pure-torch reference otherwise;
-* ``NST_KERNELS=torch`` or ``NST_KERNELS=triton`` forces one (``triton`` also off CUDA, which is
-  how the interpreter tests run with ``TRITON_INTERPRET=1``).
+* ``NST_KERNELS=torch``, ``triton`` or ``syrk`` forces one (``triton`` off CUDA only in Triton's
+  interpreter, ``TRITON_INTERPRET=1``, which is how the CPU tests run).
 
 Importing this package never imports triton and never initializes CUDA.
 """

@@ -1,10 +1,10 @@
 """Triton kernels for :mod:`nst_deploy.kernels.autocorr` (imported lazily, only by its launchers).
 
-* :func:`_xcorr2d_kernel`: a direct per-channel 2-D cross-correlation
+* :func:`xcorr2d_kernel`: a direct per-channel 2-D cross-correlation
   ``out[n, q] = scale * sum_k a[n, k] * b[n, q + k - off]`` (``b`` read as zero outside its map).
   With ``a = b = F`` and ``off = (H-1, W-1)`` it is the autocorrelation over the full lag window
   (forward); with ``a = dR`` (symmetrized in-kernel) and ``b = F`` it is the gradient (backward).
-* :func:`_spectral_loss_fwd_kernel` / :func:`_spectral_loss_bwd_kernel`: the Parseval form of the
+* :func:`spectral_loss_fwd_kernel` / :func:`spectral_loss_bwd_kernel`: the Parseval form of the
   autocorrelation loss on an ``rfft2`` half spectrum, fused (power, difference, half-spectrum
   weight, reduction; and the spectral gradient ``(P - Q) F^``).
 
@@ -18,7 +18,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _xcorr2d_kernel(
+def xcorr2d_kernel(
     a_ptr,  # (N, KH, KW) contiguous: the correlation kernel of each channel (F, or dR for the backward)
     b_ptr,  # (N, BH, BW) contiguous: the signal of each channel (F); read as zero outside BH x BW
     out_ptr,  # (N, OH, OW) contiguous, written: scale * sum_k a[n, k] b[n, q + k - off]
@@ -78,7 +78,7 @@ def _power_difference(fhat_ptr, q_ptr, numel, q_numel, p_scale, BLOCK: tl.conste
 
 
 @triton.jit
-def _spectral_loss_fwd_kernel(
+def spectral_loss_fwd_kernel(
     fhat_ptr,  # (numel, 2) contiguous: rfft2 of the zero-padded features as (re, im) pairs
     q_ptr,  # (q_numel,) contiguous: the target power spectrum, repeated over the batch (index mod q_numel)
     partial_ptr,  # (num_programs,) written: this program's sum of w * (P - Q)^2
@@ -96,7 +96,7 @@ def _spectral_loss_fwd_kernel(
 
 
 @triton.jit
-def _spectral_loss_bwd_kernel(
+def spectral_loss_bwd_kernel(
     fhat_ptr,  # (numel, 2) contiguous: rfft2 of the zero-padded features as (re, im) pairs
     q_ptr,  # (q_numel,) contiguous: the target power spectrum, repeated over the batch
     gout_ptr,  # (1,): the upstream gradient of the scalar loss (read on device, no host sync)

@@ -8,6 +8,8 @@ import os
 
 import torch
 
+from nst_deploy.errors import KernelError
+
 __all__ = ["BACKENDS", "choose_backend", "has_triton", "is_exporting", "too_large_for_kernels", "triton_interpreted"]
 
 BACKENDS = ("auto", "torch", "triton", "syrk")
@@ -58,12 +60,12 @@ def choose_backend(x: torch.Tensor, backend: str = "auto", syrk: bool = False) -
             ``"syrk"`` asked for where its extension cannot be built (the reason is given).
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown kernel backend '{backend}': choose from {', '.join(BACKENDS)}")
+        raise KernelError(f"unknown kernel backend '{backend}': choose from {', '.join(BACKENDS)}")
     if backend == "auto":
         env = os.environ.get(ENV_VAR, "").strip().lower()
         if env and env not in ("auto",):
             if env not in BACKENDS:
-                raise ValueError(f"{ENV_VAR}={env!r} is not one of {', '.join(BACKENDS)}")
+                raise KernelError(f"{ENV_VAR}={env!r} is not one of {', '.join(BACKENDS)}")
             backend = env
     if is_exporting():
         return "torch"
@@ -75,17 +77,17 @@ def choose_backend(x: torch.Tensor, backend: str = "auto", syrk: bool = False) -
 
             ok, why = _syrk.available()
             if not ok:
-                raise ValueError(f"kernel backend 'syrk' was asked for, but {why}")
+                raise KernelError(f"kernel backend 'syrk' was asked for, but {why}")
             return "syrk"
     if backend == "triton":
         if not has_triton():
-            raise ValueError("kernel backend 'triton' was asked for, but triton cannot be imported")
+            raise KernelError("kernel backend 'triton' was asked for, but triton cannot be imported")
         if too_large_for_kernels(x):
-            raise ValueError(f"kernel backend 'triton' was asked for, but one image's features have "
+            raise KernelError(f"kernel backend 'triton' was asked for, but one image's features have "
                              f"{x[:1].numel()} elements, more than its 32-bit offsets reach (2^31 - 1)")
         if not x.is_cuda and not triton_interpreted():
             # Triton's launcher would refuse the pointer with a message about 'cpu tensor?'.
-            raise ValueError(f"kernel backend 'triton' was asked for on a {x.device.type} tensor: the Triton kernels "
+            raise KernelError(f"kernel backend 'triton' was asked for on a {x.device.type} tensor: the Triton kernels "
                              f"run on CUDA tensors (TRITON_INTERPRET=1 runs them on the CPU, slowly)")
         return "triton"
     if backend == "torch":

@@ -6,6 +6,8 @@ import functools
 
 import torch
 
+from nst_deploy.errors import KernelError
+
 __all__ = ["PRECISIONS", "cdiv", "pow2", "precision_mode", "upper_tile_pairs"]
 
 #: fp32 matmul precision of the Triton kernels (half inputs ignore it).
@@ -28,7 +30,7 @@ def precision_mode(precision: str | None) -> str:
     if precision is None:
         return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}': choose from {', '.join(PRECISIONS)}")
+        raise KernelError(f"unknown precision '{precision}': choose from {', '.join(PRECISIONS)}")
     return precision
 
 

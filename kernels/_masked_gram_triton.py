@@ -14,6 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from nst_deploy.errors import KernelError
+
 from ._tiles_triton import store_symmetric_tile, upper_tile_split
 
 #: Masks handled by one launch (one accumulator each); more masks run in groups of this many.
@@ -97,7 +99,7 @@ def launch_masked_gram(f, m, inv, ws, ti, tj, p_per_split: int, block_c: int, bl
     """
     split, b, k = ws.shape[0], ws.shape[1], ws.shape[2]
     if not 1 <= k <= MAX_MASKS:
-        raise ValueError(f"one launch handles 1 to {MAX_MASKS} masks, got {k}")
+        raise KernelError(f"one launch handles 1 to {MAX_MASKS} masks, got {k}")
     stride_mb = m.stride(0) if m.shape[0] > 1 else 0
     stride_ib = inv.stride(0) if inv.shape[0] > 1 else 0
     grid = (ti.numel(), split, b)

@@ -204,7 +204,7 @@ def build_failure(log: str, folder: Path) -> str:
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
     own = [ln for ln in lines if not ln.lower().startswith(_WRAPPERS)]
     first = next((ln for m in _ERROR_MARKERS for ln in own if m in ln.lower()), lines[-1] if lines else "no output")
-    from ..fsutil import atomic_write
+    from nst_deploy.fsutil import atomic_write
 
     where = ""
     try:

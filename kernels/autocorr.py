@@ -51,6 +51,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nst_deploy.errors import KernelError
+
 from ._dispatch import choose_backend
 from ._launch import cdiv, pow2
 
@@ -94,9 +96,9 @@ DIRECT_MAX_HW = 256
 
 def _check_features(x: torch.Tensor, what: str = "autocorr") -> None:
     if x.dim() != 4:
-        raise ValueError(f"{what} expects (B, C, H, W) features, got shape {tuple(x.shape)}")
+        raise KernelError(f"{what} expects (B, C, H, W) features, got shape {tuple(x.shape)}")
     if x.shape[-2] < 1 or x.shape[-1] < 1:
-        raise ValueError(f"{what} needs H, W >= 1, got shape {tuple(x.shape)}")
+        raise KernelError(f"{what} needs H, W >= 1, got shape {tuple(x.shape)}")
 
 
 def _scale(h: int, w: int, normalize: str) -> float:
@@ -104,7 +106,7 @@ def _scale(h: int, w: int, normalize: str) -> float:
         return 1.0 / float(h * w)
     if normalize == "none":
         return 1.0
-    raise ValueError(f"unknown autocorrelation normalization '{normalize}': choose from {', '.join(NORMS)}")
+    raise KernelError(f"unknown autocorrelation normalization '{normalize}': choose from {', '.join(NORMS)}")
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +121,7 @@ def good_fft_size(n: int, even: bool = False) -> int:
     half spectrum regular (a Nyquist column).
     """
     if n < 1:
-        raise ValueError(f"FFT size must be >= 1, got {n}")
+        raise KernelError(f"FFT size must be >= 1, got {n}")
     m = max(n, 2) if even else n
     while True:
         k = m
@@ -139,7 +141,7 @@ def fft_shape_for(h: int, w: int) -> tuple[int, int]:
 def _check_fft_shape(h: int, w: int, fft_shape: tuple[int, int]) -> tuple[int, int]:
     nh, nw = (int(v) for v in fft_shape)
     if nh < 2 * h - 1 or nw < 2 * w - 1:
-        raise ValueError(
+        raise KernelError(
             f"fft_shape {(nh, nw)} is too small for {h}x{w} maps: it needs at least {(2 * h - 1, 2 * w - 1)} "
             "so that the circular autocorrelation does not wrap around"
         )
@@ -149,7 +151,7 @@ def _check_fft_shape(h: int, w: int, fft_shape: tuple[int, int]) -> tuple[int, i
 def choose_method(h: int, w: int, method: str = "auto") -> str:
     """``"direct"`` or ``"fft"``: ``method`` itself, or for ``"auto"`` direct iff ``h*w <= DIRECT_MAX_HW``."""
     if method not in METHODS:
-        raise ValueError(f"unknown autocorrelation method '{method}': choose from {', '.join(METHODS)}")
+        raise KernelError(f"unknown autocorrelation method '{method}': choose from {', '.join(METHODS)}")
     if method != "auto":
         return method
     return "direct" if h * w <= DIRECT_MAX_HW else "fft"
@@ -245,7 +247,7 @@ def autocorr_direct_forward(x: torch.Tensor, scale: float) -> torch.Tensor:
     the flattened lags (up to the centre) is computed and each value is also stored at its mirror.
     Accumulates in fp32 (fp64 for fp64 input).
     """
-    from ._autocorr_triton import _xcorr2d_kernel
+    from ._autocorr_triton import xcorr2d_kernel
 
     b, c, h, w = x.shape
     oh, ow = 2 * h - 1, 2 * w - 1
@@ -258,7 +260,7 @@ def autocorr_direct_forward(x: torch.Tensor, scale: float) -> torch.Tensor:
     block_q = pow2(n_q, 64)
     block_k = pow2(h * w, 64)
     grid = (n, cdiv(n_q, block_q))
-    _xcorr2d_kernel[grid](
+    xcorr2d_kernel[grid](
         f, f, out, h, w, h, w, oh, ow, h - 1, w - 1, n_q, _kernel_scale(out, scale),
         MIRROR=True, SYM_A=False, BLOCK_Q=block_q, BLOCK_K=block_k,
     )  # fmt: skip
@@ -272,7 +274,7 @@ def autocorr_direct_backward(x: torch.Tensor, grad_r: torch.Tensor, scale: float
     ``F(p + d)`` with ``-d``.) The same correlation kernel, with ``dR`` as the kernel, symmetrized as
     it is loaded; returns ``x``'s dtype.
     """
-    from ._autocorr_triton import _xcorr2d_kernel
+    from ._autocorr_triton import xcorr2d_kernel
 
     b, c, h, w = x.shape
     oh, ow = 2 * h - 1, 2 * w - 1
@@ -285,7 +287,7 @@ def autocorr_direct_backward(x: torch.Tensor, grad_r: torch.Tensor, scale: float
     block_q = pow2(h * w, 64)
     block_k = pow2(oh * ow, 64)
     grid = (n, cdiv(h * w, block_q))
-    _xcorr2d_kernel[grid](
+    xcorr2d_kernel[grid](
         g, f, out, oh, ow, h, w, h, w, h - 1, w - 1, h * w, _kernel_scale(out, scale),
         MIRROR=False, SYM_A=True, BLOCK_Q=block_q, BLOCK_K=block_k,
     )  # fmt: skip
@@ -302,7 +304,7 @@ def spectral_loss_forward(spec: torch.Tensor, q: torch.Tensor, nw: int, p_scale:
     column 0 and the Nyquist column (``NW`` even), 2 elsewhere. Returns a 0-dim tensor (the sum of
     per-program partial sums, deterministic).
     """
-    from ._autocorr_triton import _spectral_loss_fwd_kernel
+    from ._autocorr_triton import spectral_loss_fwd_kernel
 
     fr = torch.view_as_real(spec.contiguous())
     numel = spec.numel()
@@ -313,7 +315,7 @@ def spectral_loss_forward(spec: torch.Tensor, q: torch.Tensor, nw: int, p_scale:
     qc = (q.to(fr.dtype) / p_scale if exact else q.to(fr.dtype)).contiguous()
     wh = spec.shape[-1]
     nyq = nw // 2 if nw % 2 == 0 else -1
-    _spectral_loss_fwd_kernel[(partial.numel(),)](
+    spectral_loss_fwd_kernel[(partial.numel(),)](
         fr, qc, partial, numel, qc.numel(), wh, nyq, 1.0 if exact else float(p_scale), BLOCK=_SPECTRAL_BLOCK
     )
     return partial.sum() * (p_scale * p_scale) if exact else partial.sum()
@@ -323,7 +325,7 @@ def spectral_loss_backward(
     spec: torch.Tensor, q: torch.Tensor, grad_out: torch.Tensor, p_scale: float, coef: float
 ) -> torch.Tensor:
     """The spectral gradient ``coef * grad_out * (p_scale |spec|^2 - q) * spec`` (complex, fused)."""
-    from ._autocorr_triton import _spectral_loss_bwd_kernel
+    from ._autocorr_triton import spectral_loss_bwd_kernel
 
     sc = spec.contiguous()
     fr = torch.view_as_real(sc)
@@ -335,7 +337,7 @@ def spectral_loss_backward(
     qc = (q.to(fr.dtype) / p_scale if exact else q.to(fr.dtype)).contiguous()
     g = grad_out.reshape(1).contiguous()
     grid = (cdiv(numel, _SPECTRAL_BLOCK),)
-    _spectral_loss_bwd_kernel[grid](
+    spectral_loss_bwd_kernel[grid](
         fr, qc, g, out, numel, qc.numel(), 1.0 if exact else float(p_scale), 1.0 if exact else float(coef),
         BLOCK=_SPECTRAL_BLOCK,
     )  # fmt: skip
@@ -486,15 +488,15 @@ def require_same_feature_size(x: torch.Tensor, target: torch.Tensor | AutocorrSp
         size, channels, batch = tuple(target.shape[-2:]), int(target.shape[1]), int(target.shape[0])
     _check_features(x, "autocorr_style_loss")
     if tuple(x.shape[-2:]) != tuple(size):
-        raise ValueError(
+        raise KernelError(
             f"autocorrelation style loss: the style features are {size[0]}x{size[1]} but the generated "
             f"features are {x.shape[-2]}x{x.shape[-1]}; the loss compares every lag of the full (2H-1) x (2W-1) "
             "window, so both need the same spatial size (resize the style image so that its features match)"
         )
     if channels != x.shape[1]:
-        raise ValueError(f"autocorrelation style loss: {channels} style channels but {x.shape[1]} feature channels")
+        raise KernelError(f"autocorrelation style loss: {channels} style channels but {x.shape[1]} feature channels")
     if batch not in (1, x.shape[0]):
-        raise ValueError(f"autocorrelation style loss: a style batch of {batch} for features of batch {x.shape[0]}")
+        raise KernelError(f"autocorrelation style loss: a style batch of {batch} for features of batch {x.shape[0]}")
 
 
 def _reduction_scale(x: torch.Tensor, reduction: str) -> float:
@@ -503,7 +505,7 @@ def _reduction_scale(x: torch.Tensor, reduction: str) -> float:
     if reduction == "mean":
         b, c, h, w = x.shape
         return 1.0 / max(1, b * c * (2 * h - 1) * (2 * w - 1))
-    raise ValueError(f"unknown reduction '{reduction}': choose from {', '.join(REDUCTIONS)}")
+    raise KernelError(f"unknown reduction '{reduction}': choose from {', '.join(REDUCTIONS)}")
 
 
 def autocorr_style_loss_ref(
@@ -554,7 +556,7 @@ def autocorr_style_loss(
     if not isinstance(target, AutocorrSpectrum):
         target = autocorr_spectrum(target, normalize)
     if target.normalize != normalize:
-        raise ValueError(
+        raise KernelError(
             f"autocorrelation style loss: the target was computed with normalize='{target.normalize}', "
             f"the loss asks for '{normalize}'"
         )

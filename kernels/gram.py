@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from nst_deploy.errors import KernelError
+
 from ._dispatch import choose_backend, is_exporting
 from ._launch import PRECISIONS, precision_mode, upper_tile_pairs
 
@@ -39,12 +41,12 @@ def _norm(x: torch.Tensor, normalize: str) -> float:
         return float(h * w)
     if normalize == "none":
         return 1.0
-    raise ValueError(f"unknown Gram normalization '{normalize}': choose from {', '.join(NORMS)}")
+    raise KernelError(f"unknown Gram normalization '{normalize}': choose from {', '.join(NORMS)}")
 
 
 def _check(x: torch.Tensor) -> None:
     if x.dim() != 4:
-        raise ValueError(f"gram expects (B, C, H, W) features, got shape {tuple(x.shape)}")
+        raise KernelError(f"gram expects (B, C, H, W) features, got shape {tuple(x.shape)}")
 
 
 # --- references ---------------------------------------------------------------------------------
@@ -74,13 +76,13 @@ def _targets(targets: torch.Tensor, weights, c: int, device) -> tuple[torch.Tens
     if a.dim() == 2:
         a = a.unsqueeze(0)
     if a.dim() != 3 or a.shape[-2:] != (c, c):
-        raise ValueError(f"Gram targets must be (C, C) or (T, C, C) with C = {c}, got {tuple(targets.shape)}")
+        raise KernelError(f"Gram targets must be (C, C) or (T, C, C) with C = {c}, got {tuple(targets.shape)}")
     if weights is None:
         w = torch.ones(a.shape[0], device=device)
     else:
         w = torch.as_tensor(weights, dtype=torch.float32, device=device).reshape(-1)
         if w.numel() != a.shape[0]:
-            raise ValueError(f"{w.numel()} weights for {a.shape[0]} Gram targets")
+            raise KernelError(f"{w.numel()} weights for {a.shape[0]} Gram targets")
     return a.to(device), w
 
 

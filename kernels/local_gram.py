@@ -54,6 +54,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from nst_deploy.errors import KernelError
+
 from ._dispatch import choose_backend
 from ._launch import cdiv, pow2
 
@@ -72,12 +74,12 @@ REDUCTIONS = ("sum", "mean")
 
 def _check_features(x: torch.Tensor, what: str) -> None:
     if x.dim() != 4:
-        raise ValueError(f"{what} expects (B, C, H, W) features, got shape {tuple(x.shape)}")
+        raise KernelError(f"{what} expects (B, C, H, W) features, got shape {tuple(x.shape)}")
 
 
 def _check_window(window: int) -> int:
     if isinstance(window, bool) or int(window) != window or window < 0:
-        raise ValueError(f"local Gram window must be an integer >= 0, got {window!r}")
+        raise KernelError(f"local Gram window must be an integer >= 0, got {window!r}")
     return int(window)
 
 
@@ -121,15 +123,16 @@ def _require_same_size(x: torch.Tensor, target: torch.Tensor) -> None:
     _check_features(x, "local_gram_loss")
     _check_features(target, "local_gram_loss")
     if tuple(x.shape[-2:]) != tuple(target.shape[-2:]):
-        raise ValueError(
+        raise KernelError(
             f"localized Gram loss: the target features are {target.shape[-2]}x{target.shape[-1]} but the "
             f"features are {x.shape[-2]}x{x.shape[-1]}; it compares the Grams pixel by pixel, so both need the "
             "same spatial size"
         )
     if target.shape[1] != x.shape[1]:
-        raise ValueError(f"localized Gram loss: {target.shape[1]} target channels but {x.shape[1]} feature channels")
+        raise KernelError(f"localized Gram loss: {target.shape[1]} target channels but {x.shape[1]} feature channels")
     if target.shape[0] not in (1, x.shape[0]):
-        raise ValueError(f"localized Gram loss: a target batch of {target.shape[0]} for features of batch {x.shape[0]}")
+        raise KernelError(f"localized Gram loss: a target batch of {target.shape[0]} for features of batch "
+                          f"{x.shape[0]}")
 
 
 def _reduction_scale(x: torch.Tensor, reduction: str) -> float:
@@ -138,10 +141,10 @@ def _reduction_scale(x: torch.Tensor, reduction: str) -> float:
     if reduction == "mean":
         b, c, h, w = x.shape
         return 1.0 / max(1, b * c * c * h * w)
-    raise ValueError(f"unknown reduction '{reduction}': choose from {', '.join(REDUCTIONS)}")
+    raise KernelError(f"unknown reduction '{reduction}': choose from {', '.join(REDUCTIONS)}")
 
 
-def _multiplicity(h: int, w: int, s: int, e: tuple[int, int], wts: torch.Tensor) -> torch.Tensor:
+def multiplicity(h: int, w: int, s: int, e: tuple[int, int], wts: torch.Tensor) -> torch.Tensor:
     """``M_e(q)`` on the grown grid ``q in [-s, H+s) x [-s, W+s)`` (index ``q + s``)."""
     ey, ex = e
     m = wts.new_zeros(h + 2 * s, w + 2 * s)
@@ -197,17 +200,17 @@ def local_gram_loss_ref(x: torch.Tensor, target: torch.Tensor, window: int = 0, 
             k_ff = (f0 * fe).sum(1)
             k_fs = (f0 * te).sum(1)
             k_ss = (t0 * te).sum(1)
-            m = _multiplicity(h, w, s, (ey, ex), wts)
+            m = multiplicity(h, w, s, (ey, ex), wts)
             total = total + ((k_ff.square() - 2.0 * k_fs.square() + k_ss.square()) * m).sum()
     return total * red
 
 
-def _multiplicities(h: int, w: int, s: int, device: torch.device) -> torch.Tensor:
+def multiplicities(h: int, w: int, s: int, device: torch.device) -> torch.Tensor:
     """``M_e(p)`` for the ``(4s+1)^2`` offsets ``e`` (row-major, ``e = (-2s, -2s) .. (2s, 2s)``) and
     the map's pixels ``p``: ``(E, H*W)`` fp32, one convolution of the map's indicator.
 
     ``M_e(p) = sum_d k_e(d) [p - d in the map]`` with ``k_e(d) = w(d) w(d + e)``; the torch path
-    builds the same values on the grown grid (:func:`_multiplicity`).
+    builds the same values on the grown grid (:func:`multiplicity`).
     """
     wts = window_weights(s, torch.float64)
     side, big = 2 * s + 1, 4 * s + 1
@@ -223,24 +226,24 @@ def _multiplicities(h: int, w: int, s: int, device: torch.device) -> torch.Tenso
     return m.reshape(big * big, h * w).to(device=device, dtype=torch.float32).contiguous()
 
 
-def _border_class(n: int, s: int) -> torch.Tensor:
+def border_class(n: int, s: int) -> torch.Tensor:
     """Class of each row (or column) ``0 .. n-1`` of a map of ``n``, as the kernels' ``_cls``: ``y``
     within ``s`` of the start, ``s`` in the interior, ``y - (n - min(n, 2s + 1))`` within ``s`` of
     the end. ``M_e`` depends on ``p`` only through these classes (whether ``p - d`` lies in the map
-    for ``|d| <= s``), so row ``cls(y)`` of :func:`_multiplicity_table` holds ``M_e`` of row ``y``."""
+    for ``|d| <= s``), so row ``cls(y)`` of :func:`multiplicity_table` holds ``M_e`` of row ``y``."""
     y = torch.arange(n)
     nc = min(n, 2 * s + 1)
     return torch.where(y < s, y, torch.where(y >= n - s, y - (n - nc), torch.full_like(y, s)))
 
 
 @functools.lru_cache(maxsize=16)
-def _multiplicity_table(h: int, w: int, s: int, device: torch.device) -> torch.Tensor:
+def multiplicity_table(h: int, w: int, s: int, device: torch.device) -> torch.Tensor:
     """``M_e`` by border class: ``(E, hc, wc)`` fp32 with ``hc = min(H, 2s + 1)``, ``wc = min(W, 2s + 1)``,
-    i.e. :func:`_multiplicities` of an ``hc x wc`` map (at most ``(4s+1)^2 (2s+1)^2`` values: 8 kB for
+    i.e. :func:`multiplicities` of an ``hc x wc`` map (at most ``(4s+1)^2 (2s+1)^2`` values: 8 kB for
     ``s = 2``, so the cache pins nothing of note). The Triton kernels read ``M_e(y, x)`` at
-    ``[e, cls(y), cls(x)]`` (:func:`_border_class`)."""
+    ``[e, cls(y), cls(x)]`` (:func:`border_class`)."""
     hc, wc = min(h, 2 * s + 1), min(w, 2 * s + 1)
-    return _multiplicities(hc, wc, s, device).reshape(-1, hc, wc).contiguous()
+    return multiplicities(hc, wc, s, device).reshape(-1, hc, wc).contiguous()
 
 
 class LocalGramLossFunction(torch.autograd.Function):
@@ -259,7 +262,7 @@ class LocalGramLossFunction(torch.autograd.Function):
         hw = h * w
         f = x.detach().contiguous().reshape(b, c, hw)
         t = target.detach().contiguous().reshape(target.shape[0], c, hw)
-        m = _multiplicity_table(h, w, s, x.device)
+        m = multiplicity_table(h, w, s, x.device)
         n_off = m.shape[0]
         block_c, block_p = pow2(c, 32), pow2(hw, 64)
         part = torch.empty(b, cdiv(hw, block_p), device=x.device, dtype=torch.float32)

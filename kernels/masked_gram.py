@@ -39,6 +39,8 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
+from nst_deploy.errors import KernelError
+
 from ._dispatch import choose_backend
 from ._launch import PRECISIONS, precision_mode, upper_tile_pairs
 
@@ -73,15 +75,15 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _check(x: torch.Tensor, masks: torch.Tensor) -> None:
     if x.dim() != 4:
-        raise ValueError(f"masked_gram expects (B, C, H, W) features, got shape {tuple(x.shape)}")
+        raise KernelError(f"masked_gram expects (B, C, H, W) features, got shape {tuple(x.shape)}")
     if masks.dim() != 4:
-        raise ValueError(f"masked_gram expects (B or 1, K, H, W) masks, got shape {tuple(masks.shape)}")
+        raise KernelError(f"masked_gram expects (B or 1, K, H, W) masks, got shape {tuple(masks.shape)}")
     b, _, h, w = x.shape
     if masks.shape[0] not in (1, b) or masks.shape[2:] != x.shape[2:] or masks.shape[1] < 1:
-        raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit features {tuple(x.shape)}: "
+        raise KernelError(f"masks of shape {tuple(masks.shape)} do not fit features {tuple(x.shape)}: "
                          f"expected ({b} or 1, K >= 1, {h}, {w}); resize the masks to the layer first")
     if masks.device != x.device:
-        raise ValueError(f"masks are on {masks.device}, features on {x.device}")
+        raise KernelError(f"masks are on {masks.device}, features on {x.device}")
 
 
 def _as_float_masks(masks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -128,14 +130,14 @@ def _loss_inputs(x: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor,
     k, c = masks.shape[1], x.shape[1]
     if targets.shape[-3:] != (k, c, c) or targets.dim() not in (3, 4) or (
             targets.dim() == 4 and targets.shape[0] not in (1, x.shape[0])):
-        raise ValueError(f"targets of shape {tuple(targets.shape)}: expected ({k}, {c}, {c}) or "
+        raise KernelError(f"targets of shape {tuple(targets.shape)}: expected ({k}, {c}, {c}) or "
                          f"({x.shape[0]} or 1, {k}, {c}, {c}) Gram matrices (normalized like masked_gram)")
     if weights is None:
         return None
     if not isinstance(weights, torch.Tensor):
         weights = torch.as_tensor(weights, dtype=_acc_dtype(x), device=x.device)
     if weights.shape != (k,):
-        raise ValueError(f"weights of shape {tuple(weights.shape)}: expected one weight per mask, ({k},)")
+        raise KernelError(f"weights of shape {tuple(weights.shape)}: expected one weight per mask, ({k},)")
     return weights
 
 

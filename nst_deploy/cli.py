@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
 import sys
 import time
@@ -23,16 +22,16 @@ __all__ = ["build_parser", "main"]
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from .errors import LossNetError
-    from .lossnets import _min_input_size, layer_info, layer_names
+    from .lossnets import layer_info, layer_names, min_input_size
 
-    need = _min_input_size(args.net, "max", layer_names(args.net)[-1])
+    need = min_input_size(args.net, "max", layer_names(args.net)[-1])
     if args.size < need:
         raise LossNetError(f"--size {args.size} is too small for {args.net}: use at least {need}")
     rows = layer_info(args.net, args.size)
     print(f"{args.net}: {len(rows)} layers (activation shapes for a {args.size}x{args.size} input)")
     print(f"{'layer':<14}{'channels':>9}{'size':>12}{'min input':>11}")
     for name, c, h, w in rows:
-        print(f"{name:<14}{c:>9}{f'{h}x{w}':>12}{_min_input_size(args.net.lower(), 'max', name):>11}")
+        print(f"{name:<14}{c:>9}{f'{h}x{w}':>12}{min_input_size(args.net.lower(), 'max', name):>11}")
     return 0
 
 
@@ -80,103 +79,9 @@ def _ints(text: str) -> int | list[int]:
     return parts[0] if len(parts) == 1 and "," not in text else parts
 
 
-class Progress:
-    """A one-line progress bar on stderr (a line every 10% when stderr is not a terminal)."""
-
-    def __init__(self, steps: list[int], sizes: list[int] | None = None, stream=None):
-        self.stream = stream or sys.stderr
-        self.steps = steps
-        # the cost of a step grows with the pixels: weight each scale's steps by size^2 for the ETA
-        sizes = sizes or [1] * len(steps)
-        self.cost = [float(z * z) / max(sizes) ** 2 for z in sizes]
-        self.total = sum(steps)
-        self.tty = self.stream.isatty()
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-        self.done = 0
-        self.base: int | None = None
-
-    def __call__(self, info) -> None:
-        self.done = sum(self.steps[: info.scale]) + info.step
-        now = time.perf_counter()
-        if self.base is None:  # time from the first step on (not the setup; a resumed run counts on)
-            self.base, self.t0 = self.done - 1, now - info.seconds
-        final = self.done == self.total
-        every = max(1, self.total // 10)
-        if self.tty and not final and now - self.last < 0.1:
-            return
-        if not self.tty and not final and self.done % every:
-            return
-        self.last = now
-        elapsed = now - self.t0
-        rate = elapsed / max(1, self.done - self.base)  # seconds per step so far, shown
-        work = [c * n for c, n in zip(self.cost, self.steps, strict=True)]
-        done_work = sum(work[: info.scale]) + self.cost[info.scale] * info.step
-        base_work = self._work_at(self.base)
-        per_work = elapsed / max(done_work - base_work, 1e-12)
-        eta = per_work * (sum(work) - done_work)
-        width = 24
-        fill = round(width * self.done / self.total)
-        t = info.terms
-        scale = f"scale {info.scale + 1}/{info.scales} " if info.scales > 1 else ""
-        h, w = info.image.shape[-2:]
-        line = (f"{scale}{w}x{h} step {info.step}/{info.steps} [{'#' * fill}{'.' * (width - fill)}] "
-                f"{rate:.2f} s/step eta {eta:.0f}s  loss {t.total:.3e} (content {t.content:.2e} "
-                f"style {t.style:.2e}{f' tv {t.tv:.2e}' if t.tv else ''})")
-        if info.optimizer:
-            line += f" {info.optimizer}"
-        if self.tty:
-            cols = _columns(self.stream)
-            self.stream.write("\r" + (line[: cols - 1] if cols else line))
-            if final:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def _work_at(self, done: int) -> float:
-        """The size-weighted work of the first ``done`` steps."""
-        work, left = 0.0, done
-        for c, n in zip(self.cost, self.steps, strict=True):
-            k = min(n, left)
-            work += c * k
-            left -= k
-        return work
-
-
-def _columns(stream) -> int | None:
-    """The terminal width of ``stream``, or None when it has none."""
-    try:
-        return os.get_terminal_size(stream.fileno()).columns
-    except (OSError, ValueError):
-        return None
-
-
-_STYLIZE_FLAGS = (
-    "preset", "size", "steps", "scales", "optimizer", "lr", "init", "content_layers",
-    "content_weight", "style_weight", "tv_weight", "style_scale", "preserve_color", "style_rep", "window",
-    "multi_style", "net", "weights", "pooling",
-    "device", "seed", "lbfgs_history", "line_search", "deterministic", "save_every", "workspace", "log_json",
-    "checkpoint", "checkpoint_every", "resume", "deform", "keypoints", "k", "warp_weight", "flow_tv", "deform_debug",
-)
-
-
-def _check_output(path: Path, *inputs, quality: int | None = None) -> None:
-    """Before any work: ``path`` can be written in a known format, is none of ``inputs`` (images read
-    by the run), and a JPEG ``quality`` is in range."""
-    from .fsutil import check_writable
-    from .images import _SAVE_FORMATS
-
-    for src in inputs:
-        if isinstance(src, (str, os.PathLike)) and Path(src).exists() and path.exists() \
-                and os.path.samefile(src, path):
-            raise NSTError(f"the output '{path}' is an input image: give another -o")
-    if quality is not None and not 1 <= quality <= 100:
-        raise NSTError(f"--quality must be between 1 and 100, not {quality}")
-
-    if path.suffix.lower() not in _SAVE_FORMATS:
-        raise NSTError(f"cannot write '{path}': use one of {', '.join(sorted(_SAVE_FORMATS))}")
-    check_writable(path)
+#: StylizeOptions fields that are not one flag each: style layers are per style (handled with the
+#: styles), the scale sizes and steps are derived from --size, --scales and --steps.
+_NOT_FLAGS = ("style_layers", "scale_sizes", "scale_steps")
 
 
 def _floats(text: str) -> list[float]:
@@ -231,14 +136,16 @@ def _styles_from(args: argparse.Namespace, values: dict) -> tuple[list, dict]:
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
-    from .images import save_image
+    from .images import check_output, save_image
     from .optimize import StylizeOptions, stylize
     from .recipes import read_recipe
 
     values: dict = {}
     if args.recipe:
         values.update(read_recipe(args.recipe))
-    for name in _STYLIZE_FLAGS:
+    from dataclasses import fields
+
+    for name in (f.name for f in fields(StylizeOptions) if f.name not in _NOT_FLAGS):
         v = getattr(args, name)
         if v is not None and v is not False:
             values[name] = v
@@ -267,12 +174,14 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     if output is None:
         output = f"{Path(content).stem}-{'-'.join(Path(st.image).stem for st in styles)}.png"
     output = Path(output)
-    _check_output(output, content, *(st.image for st in styles), quality=args.quality)
+    check_output(output, content, *(st.image for st in styles), quality=args.quality)
     if not Path(content).is_file():
         why = "is a folder, not an image" if Path(content).is_dir() else "does not exist"
         raise NSTError(f"content image '{content}' {why}")
     opts = StylizeOptions().update(**values)
     o = opts.resolved()
+    from .progress import Progress
+
     progress = None if args.quiet else Progress(o.scale_steps, o.scale_sizes)
     t0 = time.perf_counter()
     last = {}
@@ -302,27 +211,9 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_path(name: str) -> Path:
-    """A model file path, or the name of a bundled model (``starry_night``, ``johnson-starry_night``)."""
-    from .nets.io import bundled_models
-
-    path = Path(name)
-    if path.is_dir():
-        raise NSTError(f"model '{name}' is a folder: give a file in it (model.onnx, model.pt or an nst train .pt)")
-    if path.exists():
-        return path
-    bundled = bundled_models()
-    key = name.lower().replace("-", "_")
-    for stem, p in bundled.items():
-        if key in (stem, stem.split("__", 1)[-1]):
-            return p
-    names = ", ".join(stem.split("__", 1)[-1] for stem in bundled) or "none"
-    raise NSTError(f"model '{name}' does not exist (bundled models: {names})")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
 
-    from .images import load_image, resize, save_image
+    from .images import check_output, load_image, resize, save_image
 
     if args.list:
         from .nets.io import bundled_models, read_model
@@ -334,12 +225,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.model is None or args.input is None:
         raise NSTError("give a MODEL and an INPUT image (nst run --list shows the bundled models)")
-    model = _model_path(args.model)
+    from .nets.io import model_path
+
+    model = model_path(args.model)
     output = Path(args.output or f"{Path(args.input).stem}-{model.stem.split('__', 1)[-1]}.png")
-    _check_output(output, args.input, quality=args.quality)
-    if args.size is not None and args.size < 8:
-        raise NSTError(f"--size {args.size} is too small: use 8 pixels or more")
-    from .runtime import Stylizer, _out_of_memory
+    check_output(output, args.input, quality=args.quality)
+    from .contract import MIN_SIDE
+
+    if args.size is not None and args.size < MIN_SIDE:
+        raise NSTError(f"--size {args.size} is too small: use {MIN_SIDE} pixels or more")
+    from .devices import is_out_of_memory
+    from .runtime import Stylizer
 
     if args.memory_mb is not None and not args.memory_mb > 0:
         raise NSTError(f"--memory-mb must be positive, got {args.memory_mb:g}")
@@ -357,9 +253,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     x = load_image(args.input, size=args.size)
     h, w = x.shape[-2:]
     if scale > 1:  # the multimodal net's output is `scale` times its input
-        x = resize(x, (max(8, round(h / scale)), max(8, round(w / scale))))
-    if min(x.shape[-2:]) < 8:
-        raise NSTError(f"input '{args.input}' is {w}x{h}: too small for the network (8 pixels at least)")
+        x = resize(x, (max(MIN_SIDE, round(h / scale)), max(MIN_SIDE, round(w / scale))))
+    if min(x.shape[-2:]) < MIN_SIDE:
+        raise NSTError(f"input '{args.input}' is {w}x{h}: too small for the network ({MIN_SIDE} pixels at least)")
     t0 = time.perf_counter()
     try:
         y = stylizer(x)
@@ -368,7 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(file=sys.stderr)
         raise
     except (RuntimeError, MemoryError) as e:  # the Stylizer passes only running out of memory on unwrapped
-        if _out_of_memory(e):
+        if is_out_of_memory(e):
             raise NSTError(f"not enough memory to run {w}x{h}: lower --memory-mb (tiles) or use --size") from None
         raise
     if tuple(y.shape[-2:]) != (h, w):
@@ -398,8 +294,9 @@ def _add_run(sub) -> None:
 
 
 def _add_stylize(sub) -> None:
+    from .lossnets import LOSSNETS
     from .optimize import INITS, OPTIMIZERS
-    from .recipes import PRESETS
+    from .presets import PRESETS
 
     p = sub.add_parser(
         "stylize",
@@ -435,7 +332,7 @@ def _add_stylize(sub) -> None:
                    "this style); one per style, masks normalized to sum to 1")
     g.add_argument("--style-mask", action="append", help="which part of a style image gives its statistics; "
                    "one per style")
-    g.add_argument("--net", choices=("vgg19", "vgg16", "alexnet", "googlenet"), help="loss network (vgg19)")
+    g.add_argument("--net", choices=LOSSNETS, help="loss network (vgg19)")
     g.add_argument("--weights", help="loss-network weights: bundled (vgg19 default), torchvision, or a file")
     g.add_argument("--pooling", choices=("max", "avg"), help="pooling in the loss network (max)")
     g = p.add_argument_group("deformable transfer (Kim et al. 2020): the output also takes the style's geometry")
@@ -478,6 +375,8 @@ def _add_stylize(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .lossnets import LOSSNETS
+
     parser = _Parser(
         prog="nst",
         description="Neural style transfer: per-image optimization, feed-forward networks, export.",
@@ -486,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("layers", help="list a loss network's layer names")
-    p.add_argument("--net", default="vgg19", choices=("vgg19", "vgg16", "alexnet", "googlenet"))
+    p.add_argument("--net", default="vgg19", choices=LOSSNETS)
     p.add_argument("--size", type=int, default=224, help="input size for the shapes shown (default 224)")
     p.set_defaults(func=cmd_layers)
 

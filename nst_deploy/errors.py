@@ -6,7 +6,7 @@ Every error a user can cause (a bad file, a wrong option) is raised as a subclas
 
 from __future__ import annotations
 
-__all__ = ["NSTError", "ImageError", "MaskError", "WeightsError", "LossNetError"]
+__all__ = ["NSTError", "ImageError", "KernelError", "MaskError", "WeightsError", "LossNetError"]
 
 
 class NSTError(Exception):
@@ -27,3 +27,8 @@ class WeightsError(NSTError):
 
 class LossNetError(NSTError):
     """A loss network or one of its layers is asked for in a way that cannot work."""
+
+
+class KernelError(NSTError, ValueError):
+    """A style-statistic op (:mod:`nst_deploy.kernels`) is given inputs or a backend it cannot take
+    (a ValueError too, as such errors were before)."""

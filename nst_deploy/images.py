@@ -32,16 +32,21 @@ import torch.nn.functional as F
 from PIL import Image, ImageColor, ImageOps
 
 from .errors import ImageError, MaskError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, check_writable
 
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
+    "SAVE_FORMATS",
+    "as_image_tensor",
+    "check_output",
+    "cover_crop",
     "fit_mask",
     "from_pil",
     "load_image",
     "load_mask",
     "resize",
+    "resize_longest",
     "save_image",
     "target_size",
     "to_pil",
@@ -52,7 +57,8 @@ ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
 #: Default limit on the number of pixels an input may declare (about 10000 x 10000).
 DEFAULT_MAX_PIXELS = 100_000_000
 
-_SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+#: Output formats by file suffix.
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 _PIL_LIMIT_LOCK = threading.Lock()
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -383,7 +389,7 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, *, bits: int = 8, quali
             format, or a destination folder that does not exist.
     """
     path = Path(path)
-    fmt = _SAVE_FORMATS.get(path.suffix.lower())
+    fmt = SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(
             f"cannot save '{path}': unknown extension '{path.suffix}' (use .png, .jpg or .tif)"
@@ -409,3 +415,63 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, *, bits: int = 8, quali
     except OSError as e:
         raise ImageError(f"cannot save '{path}': {e.strerror or e}") from None
     return path
+
+
+def as_image_tensor(img, what: str, size: int | None = None) -> torch.Tensor:
+    """An image given as a path, PIL image, HxWx3 uint8 array or tensor, as (1, 3, H, W) in [0, 1].
+
+    A file is decoded and resized to longest side ``size`` at once (other inputs are resized later).
+    """
+    if isinstance(img, (str, Path)):
+        return load_image(img, size=size)
+    if isinstance(img, Image.Image):
+        return from_pil(img)
+    if isinstance(img, np.ndarray):
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ImageError(f"{what} array must be HxWx3 uint8, got {img.shape} {img.dtype}")
+        if img.size == 0:
+            raise ImageError(f"{what} array is empty: {img.shape}")
+        return torch.from_numpy(img.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    if isinstance(img, torch.Tensor):
+        x = img.detach()
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[:2] != (1, 3):
+            raise ImageError(f"{what} tensor must be (1, 3, H, W) or (3, H, W) RGB, got {tuple(img.shape)}")
+        if not x.is_floating_point():
+            raise ImageError(f"{what} tensor must be floating point in [0, 1], got {x.dtype}")
+        if x.numel() == 0:
+            raise ImageError(f"{what} tensor is empty: {tuple(img.shape)}")
+        if not torch.isfinite(x).all():
+            raise ImageError(f"{what} tensor has NaN or Inf values")
+        return x.float().cpu().clamp(0.0, 1.0)
+    raise ImageError(f"{what} must be a path, PIL image, numpy array or tensor, not {type(img).__name__}")
+
+
+def resize_longest(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` resized so that its longest side is ``size`` (the aspect kept)."""
+    return resize(x, target_size(x.shape[-2], x.shape[-1], size=size))
+
+
+def cover_crop(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """``x`` scaled to cover ``hw`` and centre-cropped to it (the aspect kept; nothing stretched)."""
+    h, w = x.shape[-2:]
+    scale = max(hw[0] / h, hw[1] / w)
+    sh, sw = max(hw[0], round(h * scale)), max(hw[1], round(w * scale))
+    y = resize(x, (sh, sw))
+    top, left = (sh - hw[0]) // 2, (sw - hw[1]) // 2
+    return y[..., top:top + hw[0], left:left + hw[1]]
+
+
+def check_output(path: Path, *inputs, quality: int | None = None) -> None:
+    """Before any work: ``path`` can be written in a format :func:`save_image` writes, is none of
+    ``inputs`` (images the run reads), and a JPEG ``quality`` is in range."""
+    for src in inputs:
+        if isinstance(src, (str, os.PathLike)) and Path(src).exists() and path.exists() \
+                and os.path.samefile(src, path):
+            raise ImageError(f"the output '{path}' is an input image: give another -o")
+    if quality is not None and not 1 <= quality <= 100:
+        raise ImageError(f"--quality must be between 1 and 100, not {quality}")
+    if path.suffix.lower() not in SAVE_FORMATS:
+        raise ImageError(f"cannot write '{path}': use one of {', '.join(sorted(SAVE_FORMATS))}")
+    check_writable(path)

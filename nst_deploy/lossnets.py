@@ -189,7 +189,7 @@ class LossNetwork(nn.Module):
     def min_input_size(self, layers: Iterable[str] | str | None = None) -> int:
         """The smallest height and width for which the deepest of ``layers`` is at least 1x1."""
         deepest = self.resolve(layers)[-1]
-        return _min_input_size(self.arch, self.pooling, deepest)
+        return min_input_size(self.arch, self.pooling, deepest)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """RGB ``[0, 1]`` to this network's input convention."""
@@ -201,7 +201,7 @@ class LossNetwork(nn.Module):
         wanted = self.resolve(layers)
         if x.dim() != 4 or x.shape[1] != 3:
             raise LossNetError(f"expected RGB images of shape (N, 3, H, W), got {tuple(x.shape)}")
-        need = 1 if torch.compiler.is_compiling() else _min_input_size(self.arch, self.pooling, wanted[-1])
+        need = 1 if torch.compiler.is_compiling() else min_input_size(self.arch, self.pooling, wanted[-1])
         if min(x.shape[-2:]) < need:  # (under torch.compile the graph itself rejects small inputs)
             raise LossNetError(
                 f"input {x.shape[-1]}x{x.shape[-2]} is too small for {self.arch} up to {wanted[-1]}: "
@@ -246,7 +246,7 @@ def _reaches(arch: str, pooling: str, layer: str, side: int) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _min_input_size(arch: str, pooling: str, layer: str) -> int:
+def min_input_size(arch: str, pooling: str, layer: str) -> int:
     lo, hi = 1, 4096
     while lo < hi:  # reaching a layer is monotone in the input size
         mid = (lo + hi) // 2

@@ -19,29 +19,37 @@ scale, and runs L-BFGS (default), Adam or plain gradient descent on the pixels (
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .deform import draw_keypoints, flow_tv, match_keypoints, read_keypoints, tps_grid, warp, warp_loss
+from .devices import available_memory, resolve_device
 from .errors import NSTError
 from .fsutil import atomic_write, check_writable, load_torch
-from .images import from_pil, load_image, open_allowed, resize, save_image, target_size, to_pil
+from .images import (
+    as_image_tensor,
+    cover_crop,
+    load_image,
+    open_allowed,
+    resize,
+    resize_longest,
+    save_image,
+    target_size,
+    to_pil,
+)
+from .interrupts import DeferredInterrupt
 from .losses import LossTerms, PerceptualLoss
 from .lossnets import load_lossnet
-from .options import _DEFAULT_LR, INITS, MAX_SIZE, OPTIMIZERS, StylizeOptions  # noqa: F401 (re-exported)
-from .recipes import parse_layers
+from .options import DEFAULT_LR, INITS, MAX_SIZE, OPTIMIZERS, StylizeOptions  # noqa: F401 (re-exported)
+from .presets import parse_layers
 from .styles import Style, StyleLoss, as_styles, assign_layers, load_style_mask
 
 __all__ = [
@@ -113,7 +121,7 @@ class PixelOptimizer:
         # variable (pixels and warp parameters, see deform) brings its own
         self.project = project or (lambda x: x.clamp_(0.0, 1.0))
         self.optimizer = optimizer
-        self.lr = _DEFAULT_LR[optimizer] if lr is None else lr
+        self.lr = DEFAULT_LR[optimizer] if lr is None else lr
         self.history = lbfgs_history
         self.line_search = line_search
         # contiguous: L-BFGS views the pixels flat (a 1x1 image can arrive channels-last)
@@ -185,7 +193,7 @@ class PixelOptimizer:
         with torch.no_grad():
             self.x.copy_(self.best_x)
         if self.optimizer == "lbfgs":
-            self.optimizer, self.lr = "adam", _DEFAULT_LR["adam"]
+            self.optimizer, self.lr = "adam", DEFAULT_LR["adam"]
         else:
             self.lr = self.lr / 2
         best = "none yet" if math.isinf(self.best_loss) else f"{self.best_loss:.4g}"
@@ -369,59 +377,6 @@ def _keypoints(o: StylizeOptions, net, inputs: _Inputs, device):
 
 # --- inputs -------------------------------------------------------------------------------------
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise NSTError(f"unknown device '{name}'") from None
-    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise NSTError(f"device '{name}' cannot run this: use cpu, cuda, cuda:N or mps")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NSTError(f"device '{name}' was asked for, but CUDA is not available")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise NSTError(f"device '{name}' was asked for, but there are {torch.cuda.device_count()} CUDA devices")
-    if dev.type == "xpu" and not (getattr(torch, "xpu", None) and torch.xpu.is_available()):
-        raise NSTError(f"device '{name}' was asked for, but XPU is not available")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise NSTError(f"device '{name}' was asked for, but MPS is not available")
-    return dev
-
-
-def _as_tensor(img, what: str, size: int | None = None) -> torch.Tensor:
-    """An image given as a path, PIL image, HxWx3 uint8 array or tensor, as (1, 3, H, W) in [0, 1].
-
-    A file is decoded and resized to longest side ``size`` at once (other inputs are resized later).
-    """
-    from PIL import Image
-
-    if isinstance(img, (str, Path)):
-        return load_image(img, size=size)
-    if isinstance(img, Image.Image):
-        return from_pil(img)
-    if isinstance(img, np.ndarray):
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise NSTError(f"{what} array must be HxWx3 uint8, got {img.shape} {img.dtype}")
-        if img.size == 0:
-            raise NSTError(f"{what} array is empty: {img.shape}")
-        return torch.from_numpy(img.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
-    if isinstance(img, torch.Tensor):
-        x = img.detach()
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        if x.dim() != 4 or x.shape[:2] != (1, 3):
-            raise NSTError(f"{what} tensor must be (1, 3, H, W) or (3, H, W) RGB, got {tuple(img.shape)}")
-        if not x.is_floating_point():
-            raise NSTError(f"{what} tensor must be floating point in [0, 1], got {x.dtype}")
-        if x.numel() == 0:
-            raise NSTError(f"{what} tensor is empty: {tuple(img.shape)}")
-        if not torch.isfinite(x).all():
-            raise NSTError(f"{what} tensor has NaN or Inf values")
-        return x.float().cpu().clamp(0.0, 1.0)
-    raise NSTError(f"{what} must be a path, PIL image, numpy array or tensor, not {type(img).__name__}")
-
-
 def _original_hw(img) -> tuple[int, int]:
     """``(H, W)`` of an image argument as given (a file: its declared size, EXIF rotation applied)."""
     from PIL import Image
@@ -438,10 +393,6 @@ def _original_hw(img) -> tuple[int, int]:
     if isinstance(img, Image.Image):
         return img.size[1], img.size[0]
     return tuple(img.shape[-2:]) if isinstance(img, torch.Tensor) else tuple(img.shape[:2])
-
-
-def _sized(x: torch.Tensor, size: int) -> torch.Tensor:
-    return resize(x, target_size(x.shape[-2], x.shape[-1], size=size))
 
 
 def _check_min(x: torch.Tensor, min_side: int, what: str, size: int) -> None:
@@ -463,23 +414,9 @@ def estimate_memory(hw: tuple[int, int], style_hw: tuple[int, int], optimizer: s
     return 100 * 2**20 + px * per_px + spx * 1500
 
 
-def _available_memory(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _check_memory(o: StylizeOptions, hw, style_hw, device: torch.device, n_styles: int = 1) -> None:
     need = estimate_memory(hw, style_hw, o.optimizer, o.lbfgs_history) + (n_styles - 1) * 8 * 2**20
-    have = _available_memory(device)
+    have = available_memory(device)
     if have is not None and need > have:
         where = "GPU memory free" if device.type == "cuda" else "memory available"
         raise NSTError(
@@ -546,30 +483,6 @@ def _write_json(path: Path, obj) -> None:
         raise NSTError(f"cannot write '{path}': {e.strerror or e}") from None
 
 
-class _DeferredInterrupt:
-    """Within the main thread, Ctrl-C sets a flag the loop reads between steps; a second one stops now."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = None
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            with contextlib.suppress(ValueError):
-                self._old = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False
-
-
 # --- stylize ------------------------------------------------------------------------------------
 
 def stylize(
@@ -612,11 +525,11 @@ def stylize(
     if o.log_json:
         check_writable(o.log_json, "log")
     styles = as_styles(style)
-    device = _device(o.device)
-    c_full = _as_tensor(content, "content", o.size)
+    device = resolve_device(o.device)
+    c_full = as_image_tensor(content, "content", o.size)
     s_size = o.size if o.style_rep != "gram" else max(1, round(o.size * o.style_scale))
     many = len(styles) > 1
-    s_full = [_as_tensor(st.image, f"style {i}" if many else "style", s_size) for i, st in enumerate(styles, 1)]
+    s_full = [as_image_tensor(st.image, f"style {i}" if many else "style", s_size) for i, st in enumerate(styles, 1)]
     masks = [None if st.mask is None else load_style_mask(st.mask, tuple(c_full.shape[-2:]),
                                                           f"mask of style {i}" if many else "mask")
              for i, st in enumerate(styles, 1)]
@@ -668,16 +581,6 @@ def _layer_sets(o: StylizeOptions, styles: list[Style], has_masks: bool, layer_n
     return [o.style_layers if x is None else x for x in own]
 
 
-def _fit(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """``x`` scaled to cover ``hw`` and centre-cropped to it (the aspect kept; nothing stretched)."""
-    h, w = x.shape[-2:]
-    scale = max(hw[0] / h, hw[1] / w)
-    sh, sw = max(hw[0], round(h * scale)), max(hw[1], round(w * scale))
-    y = resize(x, (sh, sw))
-    top, left = (sh - hw[0]) // 2, (sw - hw[1]) // 2
-    return y[..., top:top + hw[0], left:left + hw[1]]
-
-
 def _run(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.Tensor:
     old_det = torch.are_deterministic_algorithms_enabled()
     old_bench = torch.backends.cudnn.benchmark
@@ -691,9 +594,23 @@ def _run(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.Tensor:
         torch.backends.cudnn.benchmark = old_bench
 
 
-def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.Tensor:
-    torch.manual_seed(o.seed)
-    c_full, s_full = inputs.content, inputs.style_images
+@dataclass
+class _Setup:
+    """What every scale of a run shares: the loss network and losses (targets set per scale), the
+    keypoint pairs of a deformable run, the smallest image the layers take, the run's settings (what a
+    checkpoint must match) and whether the style images take the output's size."""
+
+    net: object
+    loss: PerceptualLoss
+    style_loss: StyleLoss
+    pairs: tuple[torch.Tensor, torch.Tensor] | None
+    min_side: int
+    settings: dict
+    same_size: bool
+
+
+def _setup(o: StylizeOptions, inputs: _Inputs, device) -> _Setup:
+    """Build the losses and check, before any step, what can be checked: memory, the workspace."""
     net = load_lossnet(o.net, o.weights, pooling=o.pooling, device=device)
     layer_sets = _layer_sets(o, inputs.styles, inputs.masks is not None, net.layer_names)
     style_loss = StyleLoss(layer_sets, [float(st.weight) for st in inputs.styles], rep=o.style_rep, window=o.window,
@@ -703,170 +620,222 @@ def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.T
     pairs = _keypoints(o, net, inputs, device) if o.deform else None
     if loss.layers:
         net.truncate(loss.layers[-1])  # the weights past the deepest layer used are never needed
-    min_side = net.min_input_size(loss.layers) if loss.layers else 1
     settings = o.settings() | inputs.digests()
     if pairs is not None:
         settings["keypoints_digest"] = _digest(torch.cat(pairs, 1))
-    hw = target_size(*c_full.shape[-2:], size=o.size)
     same_size = o.style_rep != "gram"  # autocorr, local: the style at the output's size
+    c_hw = inputs.content.shape[-2:]
 
-    def style_hw(s: torch.Tensor, size: int) -> tuple[int, int]:
+    def style_hw(s: torch.Tensor) -> tuple[int, int]:
         if same_size:
-            return target_size(*c_full.shape[-2:], size=size)
-        return target_size(*s.shape[-2:], size=max(1, round(size * o.style_scale)))
+            return target_size(*c_hw, size=o.size)
+        return target_size(*s.shape[-2:], size=max(1, round(o.size * o.style_scale)))
 
-    biggest = max((style_hw(s, o.size) for s in s_full), key=lambda t: t[0] * t[1])
-    _check_memory(o, hw, biggest, device, len(s_full))
-    ckpt_path = Path(o.checkpoint) if o.checkpoint else None
-    workspace = Path(o.workspace) if o.workspace else None
-    if workspace is not None:
+    biggest = max((style_hw(s) for s in inputs.style_images), key=lambda t: t[0] * t[1])
+    _check_memory(o, target_size(*c_hw, size=o.size), biggest, device, len(inputs.style_images))
+    if o.workspace:
         try:
-            workspace.mkdir(parents=True, exist_ok=True)
+            Path(o.workspace).mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise NSTError(f"cannot create workspace '{workspace}': {e.strerror or e}") from None
+            raise NSTError(f"cannot create workspace '{o.workspace}': {e.strerror or e}") from None
+    return _Setup(net, loss, style_loss, pairs, net.min_input_size(loss.layers) if loss.layers else 1, settings,
+                  same_size)
 
-    resume = None
-    if o.resume and ckpt_path is not None and ckpt_path.exists():
-        resume = _load_checkpoint(ckpt_path)
-        theirs = resume.get("settings", {})
-        diff = sorted({_SETTING_NAMES.get(k, k.replace("_", "-"))
-                       for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k)})
-        if diff:
-            raise NSTError(f"checkpoint '{ckpt_path}' was made with other settings ({', '.join(diff)}); "
-                           "resume with the same options and images, or start without --resume")
-    elif o.resume:
+
+def _resume_state(o: StylizeOptions, settings: dict) -> dict | None:
+    """The checkpoint to resume from (``--resume``), refused when made with other settings."""
+    if not o.resume:
+        return None
+    ckpt_path = Path(o.checkpoint) if o.checkpoint else None
+    if ckpt_path is None or not ckpt_path.exists():
         raise NSTError(f"checkpoint '{ckpt_path}' does not exist (resume needs one written by --checkpoint)")
+    resume = _load_checkpoint(ckpt_path)
+    theirs = resume.get("settings", {})
+    diff = sorted({_SETTING_NAMES.get(k, k.replace("_", "-"))
+                   for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k)})
+    if diff:
+        raise NSTError(f"checkpoint '{ckpt_path}' was made with other settings ({', '.join(diff)}); "
+                       "resume with the same options and images, or start without --resume")
+    if int(resume["scale"]) >= len(o.scale_sizes):
+        raise NSTError(f"checkpoint '{ckpt_path}' is at scale {int(resume['scale']) + 1}, but only "
+                       f"{len(o.scale_sizes)} scales are set")
+    return resume
 
-    log: list[dict] = list(resume["log"]) if resume else []
-    status = "running"
 
-    def write_log():
-        if o.log_json:
-            _write_json(Path(o.log_json), {"format": "nst-deploy/stylize-log", "status": status,
-                                           "settings": settings, "steps": log})
+class _Recorder:
+    """What a run leaves behind as it goes: the step log and status (``--log-json``), checkpoints,
+    images saved every N steps, and the caller's callback."""
 
+    def __init__(self, o: StylizeOptions, settings: dict, log: list[dict], callback):
+        self.o, self.settings, self.log, self.callback = o, settings, log, callback
+        self.status = "running"
+        self.ckpt_path = Path(o.checkpoint) if o.checkpoint else None
+
+    def write_log(self) -> None:
+        if self.o.log_json:
+            _write_json(Path(self.o.log_json), {"format": "nst-deploy/stylize-log", "status": self.status,
+                                                "settings": self.settings, "steps": self.log})
+
+    def checkpoint(self, si: int, po: PixelOptimizer) -> None:
+        if self.ckpt_path is not None:
+            _save_checkpoint(self.ckpt_path, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                                              "settings": self.settings, "scale": si,
+                                              "optimizer_state": po.state_dict(), "log": self.log})
+            self.write_log()
+
+    def step(self, info: StepInfo, hw: tuple[int, int], finish) -> None:
+        """One step done: logged, shown to the callback, saved and checkpointed as asked."""
+        o, step = self.o, info.step
+        self.log.append({"scale": info.scale, "size": list(hw), "step": step, "optimizer": info.optimizer,
+                         **info.terms.as_dict(), "seconds": round(info.seconds, 6)})
+        if self.callback is not None:
+            self.callback(info)
+        if o.save_every and step % o.save_every == 0:
+            name = f"step_{step:05d}.png" if info.scales == 1 else f"scale{info.scale + 1}_step_{step:05d}.png"
+            save_image(finish(), Path(o.workspace) / name)
+
+
+def _scale_images(o: StylizeOptions, inputs: _Inputs, setup: _Setup, size: int, device):
+    """The content and styles at one scale, on ``device``, with the losses' targets set; under
+    ``preserve_color`` the luminance alone and the content's chroma to put back at the end."""
+    c = resize_longest(inputs.content, size)
+    ss = [cover_crop(sf, tuple(c.shape[-2:])) if setup.same_size
+          else resize_longest(sf, max(1, round(size * o.style_scale))) for sf in inputs.style_images]
+    _check_min(c, setup.min_side, "content", size)
+    for s in ss:
+        _check_min(s, setup.min_side, "style (after style-scale)", size)
+    chroma = None
+    if o.preserve_color:
+        yiq = rgb_to_yiq(c)
+        chroma = yiq[:, 1:]
+        ss = [_grey(match_luminance(rgb_to_yiq(s)[:, :1], yiq[:, :1])) for s in ss]
+        c = _grey(yiq[:, :1])
+    c, ss = c.to(device), [s.to(device) for s in ss]
+    if inputs.masks is not None:
+        setup.style_loss.set_masks(resize(inputs.masks, tuple(c.shape[-2:]), mode="bilinear").to(device))
+    s_masks = [None if m is None else resize(m, tuple(s.shape[-2:]), mode="bilinear").to(device)
+               for m, s in zip(inputs.style_masks, ss, strict=True)]
+    setup.loss.set_content(c)
+    setup.loss.set_style(ss, s_masks)
+    return c, ss[0], chroma
+
+
+def _optimizer(o: StylizeOptions, setup: _Setup, c, s, prev, theta):
+    """The scale's optimizer and, for a deformable run, its joint objective (else None).
+
+    The first scale starts from init, the next ones from the last result, upsampled. Under
+    preserve_color the variable is the luminance alone (one channel, shown to the network as a grey
+    image), so no colour can appear and cancel out later."""
+    if prev is not None:
+        x0 = resize(prev.cpu(), tuple(c.shape[-2:])).to(c)
+    else:
+        x0 = _initial(o.init, c, s, o.seed)
+        if o.preserve_color:
+            x0 = rgb_to_yiq(x0)[:, :1].clamp(0.0, 1.0)
+    objective = setup.loss if not o.preserve_color else _GreyLoss(setup.loss)
+    project = joint = None
+    if setup.pairs is not None:  # the variable is (pixels, theta): see _DeformObjective
+        with torch.no_grad():
+            ref = setup.loss(c if c.shape[1] == 3 else c.expand(-1, 3, -1, -1))[1].total
+        joint = objective = _DeformObjective(objective, setup.loss, o, x0.shape, setup.pairs, ref)
+        x0, project = joint.pack(x0, theta), joint.project
+    # The joint objective's keypoint term is not smooth: L-BFGS now and then takes a step that raises
+    # the loss 2-3x. The strong-Wolfe line search fixes that but spends its 25 evaluations on most
+    # steps, so a deform run instead restarts from the best iterate after any step that rises 1.5x.
+    po = PixelOptimizer(objective, x0, optimizer=o.optimizer, lr=o.lr, lbfgs_history=o.lbfgs_history,
+                        line_search=o.line_search, project=project,
+                        diverged=1.5 if joint is not None else PixelOptimizer.DIVERGED)
+    return po, joint
+
+
+def _finisher(chroma, joint, pairs):
+    """The output image of an iterate: clamped; the content's chroma put back (preserve_color); a
+    deformable run's image warped by its theta."""
+
+    def finish(x):
+        theta_now = None
+        if joint is not None:  # the output is the warped image W(X, theta)
+            x, theta_now = joint.split(x.detach())
+        x = x.detach().cpu()
+        x = x.clamp(0.0, 1.0) if chroma is None else yiq_to_rgb(torch.cat([x[:, :1], chroma.cpu()], 1)).clamp(0.0, 1.0)
+        if theta_now is not None:
+            x = warp(x, pairs[0].cpu(), theta_now.cpu())[0].clamp(0.0, 1.0)
+        return x
+
+    return finish
+
+
+def _step_loop(o: StylizeOptions, po: PixelOptimizer, si: int, steps: int, hw, joint, pairs, rec: _Recorder,
+               interrupt: DeferredInterrupt, finish) -> None:
+    """Step ``po`` up to ``steps``; a first Ctrl-C checkpoints and stops after the step under way."""
+    n = len(o.scale_sizes)
+    while po.step_count < steps:
+        t0 = time.perf_counter()
+        terms = po.step()
+        dt = time.perf_counter() - t0
+        x = po.x.detach()
+        shown, extra = x, None
+        if joint is not None:
+            shown, theta = joint.split(x)
+            extra = {"points": pairs[0], "targets": pairs[1], "theta": theta}
+        rec.step(StepInfo(po.step_count, steps, terms, po.optimizer, shown, si, n, dt, extra), hw,
+                 lambda: finish(po.x))
+        if o.checkpoint_every and (po.step_count % o.checkpoint_every == 0 or po.step_count == steps):
+            rec.checkpoint(si, po)
+        if interrupt.requested:
+            rec.checkpoint(si, po)
+            raise KeyboardInterrupt
+
+
+def _scales(o: StylizeOptions, inputs: _Inputs, setup: _Setup, resume: dict | None, rec: _Recorder, device,
+            interrupt: DeferredInterrupt) -> torch.Tensor:
+    """Each scale from the first (or the checkpoint's) on, each starting from the last result."""
     n = len(o.scale_sizes)
     prev: torch.Tensor | None = None
-    theta = None if pairs is None else torch.zeros_like(pairs[0])
-    start_scale = int(resume["scale"]) if resume else 0
-    if resume and start_scale >= n:
-        raise NSTError(f"checkpoint '{ckpt_path}' is at scale {start_scale + 1}, but only {n} scales are set")
+    theta = None if setup.pairs is None else torch.zeros_like(setup.pairs[0])
+    start = int(resume["scale"]) if resume else 0
     result = None
-    with _DeferredInterrupt() as interrupt:
+    for si in range(start, n):
+        size, steps = o.scale_sizes[si], o.scale_steps[si]
+        c, s, chroma = _scale_images(o, inputs, setup, size, device)
+        po, joint = _optimizer(o, setup, c, s, prev, theta)
+        if resume is not None and si == start:
+            po.load_state_dict(resume["optimizer_state"])
+            if po.step_count > steps:
+                raise NSTError(f"checkpoint '{rec.ckpt_path}' is at step {po.step_count} of scale {si + 1}, "
+                               f"past the {steps} steps asked for: resume with as many steps or more")
+        finish = _finisher(chroma, joint, setup.pairs)
+        _step_loop(o, po, si, steps, tuple(c.shape[-2:]), joint, setup.pairs, rec, interrupt, finish)
+        best = po.result()
+        prev, result = best, finish(best)
+        if joint is not None:
+            prev, theta = joint.split(best)
+            if o.deform_debug and si == n - 1:
+                pairs = setup.pairs
+                draw_keypoints(resize_longest(inputs.content, size), resize_longest(inputs.style_images[0], size),
+                               pairs[0].cpu(), pairs[1].cpu(), o.deform_debug,
+                               grid=tps_grid(pairs[0].cpu(), theta.cpu(), tuple(result.shape[-2:])))
+    return result
+
+
+def _run_scales(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.Tensor:
+    torch.manual_seed(o.seed)
+    setup = _setup(o, inputs, device)
+    resume = _resume_state(o, setup.settings)
+    rec = _Recorder(o, setup.settings, list(resume["log"]) if resume else [], callback)
+    with DeferredInterrupt() as interrupt:
         try:
-            for si in range(start_scale, n):
-                size = o.scale_sizes[si]
-                c = _sized(c_full, size)
-                ss = [_fit(sf, tuple(c.shape[-2:])) if same_size else _sized(sf, max(1, round(size * o.style_scale)))
-                      for sf in s_full]
-                _check_min(c, min_side, "content", size)
-                for s in ss:
-                    _check_min(s, min_side, "style (after style-scale)", size)
-                chroma = None
-                if o.preserve_color:
-                    yiq = rgb_to_yiq(c)
-                    chroma = yiq[:, 1:]
-                    ss = [_grey(match_luminance(rgb_to_yiq(s)[:, :1], yiq[:, :1])) for s in ss]
-                    c = _grey(yiq[:, :1])
-                c, ss = c.to(device), [s.to(device) for s in ss]
-                if inputs.masks is not None:
-                    style_loss.set_masks(resize(inputs.masks, tuple(c.shape[-2:]), mode="bilinear").to(device))
-                s_masks = [None if m is None else resize(m, tuple(s.shape[-2:]), mode="bilinear").to(device)
-                           for m, s in zip(inputs.style_masks, ss, strict=True)]
-                loss.set_content(c)
-                loss.set_style(ss, s_masks)
-                s = ss[0]
-
-                # The first scale starts from init, the next ones from the last result, upsampled.
-                # Under preserve_color the variable is the luminance alone (one channel, shown to
-                # the network as a grey image), so no colour can appear and cancel out later.
-                if prev is not None:
-                    x0 = resize(prev.cpu(), tuple(c.shape[-2:])).to(c)
-                else:
-                    x0 = _initial(o.init, c, s, o.seed)
-                    if o.preserve_color:
-                        x0 = rgb_to_yiq(x0)[:, :1].clamp(0.0, 1.0)
-                objective = loss if not o.preserve_color else _GreyLoss(loss)
-                project = None
-                joint = None
-                if pairs is not None:  # the variable is (pixels, theta): see _DeformObjective
-                    with torch.no_grad():
-                        ref = loss(c if c.shape[1] == 3 else c.expand(-1, 3, -1, -1))[1].total
-                    joint = objective = _DeformObjective(objective, loss, o, x0.shape, pairs, ref)
-                    x0, project = joint.pack(x0, theta), joint.project
-                # The joint objective's keypoint term is not smooth: L-BFGS now and then takes a step
-                # that raises the loss 2-3x (measured at 96 px). The strong-Wolfe line search fixes
-                # that but spends its 25 evaluations on most steps (12 s a step at 256 px), so a
-                # deform run instead restarts from the best iterate after any step that rises 1.5x.
-                po = PixelOptimizer(objective, x0, optimizer=o.optimizer, lr=o.lr, lbfgs_history=o.lbfgs_history,
-                                    line_search=o.line_search, project=project,
-                                    diverged=1.5 if joint is not None else PixelOptimizer.DIVERGED)
-
-                def finish(x, chroma=chroma, joint=joint):
-                    theta_now = None
-                    if pairs is not None:  # the output is the warped image W(X, theta)
-                        x, theta_now = joint.split(x.detach())
-                    x = x.detach().cpu()
-                    x = x.clamp(0.0, 1.0) if chroma is None else \
-                        yiq_to_rgb(torch.cat([x[:, :1], chroma.cpu()], 1)).clamp(0.0, 1.0)
-                    if theta_now is not None:
-                        x = warp(x, pairs[0].cpu(), theta_now.cpu())[0].clamp(0.0, 1.0)
-                    return x
-
-                steps = o.scale_steps[si]
-                if resume is not None and si == start_scale:
-                    po.load_state_dict(resume["optimizer_state"])
-                    resume = None
-                    if po.step_count > steps:
-                        raise NSTError(f"checkpoint '{ckpt_path}' is at step {po.step_count} of scale {si + 1}, "
-                                       f"past the {steps} steps asked for: resume with as many steps or more")
-
-                def checkpoint(si=si, po=po):
-                    if ckpt_path is not None:
-                        _save_checkpoint(ckpt_path, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                                                     "settings": settings, "scale": si,
-                                                     "optimizer_state": po.state_dict(), "log": log})
-                        write_log()
-
-                while po.step_count < steps:
-                    t0 = time.perf_counter()
-                    terms = po.step()
-                    dt = time.perf_counter() - t0
-                    step = po.step_count
-                    log.append({"scale": si, "size": list(c.shape[-2:]), "step": step, "optimizer": po.optimizer,
-                                **terms.as_dict(), "seconds": round(dt, 6)})
-                    if callback is not None:
-                        shown = po.x.detach() if joint is None else joint.split(po.x.detach())[0]
-                        extra = None if joint is None else {"points": pairs[0], "targets": pairs[1],
-                                                            "theta": joint.split(po.x.detach())[1]}
-                        callback(StepInfo(step, steps, terms, po.optimizer, shown, si, n, dt, extra))
-                    if o.save_every and step % o.save_every == 0:
-                        name = f"step_{step:05d}.png" if n == 1 else f"scale{si + 1}_step_{step:05d}.png"
-                        save_image(finish(po.x), workspace / name)
-                    if o.checkpoint_every and (step % o.checkpoint_every == 0 or step == steps):
-                        checkpoint()
-                    if interrupt.requested:
-                        checkpoint()
-                        raise KeyboardInterrupt
-                best = po.result()
-                prev = best
-                result = finish(best)
-                if joint is not None:
-                    prev, theta = joint.split(best)
-                    if o.deform_debug and si == n - 1:
-                        draw_keypoints(_sized(c_full, size), _sized(s_full[0], size), pairs[0].cpu(),
-                                       pairs[1].cpu(), o.deform_debug,
-                                       grid=tps_grid(pairs[0].cpu(), theta.cpu(), tuple(result.shape[-2:])))
-            status = "done"
+            result = _scales(o, inputs, setup, resume, rec, device, interrupt)
+            rec.status = "done"
         except KeyboardInterrupt:
-            status = "interrupted"
+            rec.status = "interrupted"
             raise
         except NSTError:
-            status = "failed"
+            rec.status = "failed"
             raise
         finally:
             try:
-                write_log()
+                rec.write_log()
             except NSTError as e:  # the run's own outcome (result or error) matters more: say it, go on
                 warnings.warn(f"the log was not written: {e}", stacklevel=2)
     return result

@@ -13,14 +13,14 @@ from pathlib import Path
 
 from .errors import NSTError
 from .lossnets import LOSSNETS
-from .recipes import PRESETS, parse_layers
+from .presets import PRESETS, parse_layers
 from .styles import MULTI_STYLE, STYLE_REPS
 
 __all__ = ["INITS", "MAX_SIZE", "OPTIMIZERS", "RUN_CONTROL", "StylizeOptions"]
 
 OPTIMIZERS = ("lbfgs", "adam", "sgd")
 INITS = ("content", "noise", "style", "white")
-_DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02, "sgd": 1e-4}
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02, "sgd": 1e-4}
 #: Longest side accepted (a 16384 px image is about 2 GB in fp32 before any work).
 MAX_SIZE = 16384
 #: Options that only steer the run (where files go, how often): a checkpoint may be resumed with
@@ -90,7 +90,7 @@ class StylizeOptions:
     def resolved(self) -> StylizeOptions:
         """A checked copy with the preset's values filled in where an option was not given."""
         out = replace(self)
-        _check_types(out)
+        check_types(out)
         preset = PRESETS.get(out.preset) if out.preset else None
         if out.preset and preset is None:
             raise NSTError(f"unknown preset '{out.preset}': choose from {', '.join(PRESETS)}")
@@ -105,7 +105,7 @@ class StylizeOptions:
         if out.optimizer not in OPTIMIZERS:
             raise NSTError(f"unknown optimizer '{out.optimizer}': choose from {', '.join(OPTIMIZERS)}")
         if out.lr is None:
-            out.lr = _DEFAULT_LR[out.optimizer]
+            out.lr = DEFAULT_LR[out.optimizer]
         if not out.lr > 0:
             raise NSTError(f"lr must be positive, not {out.lr}")
         for name in ("content_weight", "style_weight", "tv_weight"):
@@ -178,7 +178,7 @@ _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
                list: "a list", type(None): "unset", Path: "a path"}
 
 
-def _check_types(o: StylizeOptions) -> None:
+def check_types(o: StylizeOptions) -> None:
     for name, allowed in _TYPES.items():
         v = getattr(o, name)
         ok = isinstance(v, allowed) and not (isinstance(v, bool) and bool not in allowed)

@@ -73,12 +73,15 @@ from pathlib import Path
 
 import torch
 
+from .devices import resolve_device
 from .errors import NSTError
+from .images import as_image_tensor, check_output, resize_longest
 from .kernels import gram
 from .losses import LossTerms, gram_style_loss
 from .lossnets import LOSSNETS, LossNetwork, load_lossnet
-from .optimize import _DEFAULT_LR, MAX_SIZE, OPTIMIZERS, PixelOptimizer, StepInfo, _as_tensor, _device, _sized
-from .recipes import GATYS_STYLE, parse_layers
+from .optimize import MAX_SIZE, OPTIMIZERS, PixelOptimizer, StepInfo
+from .options import DEFAULT_LR
+from .presets import GATYS_STYLE, parse_layers
 
 __all__ = [
     "DEFAULT_NOISE", "DEFAULT_PAINTING", "DEFAULT_SINGLE_LAYER", "DEFAULT_SPARSITY", "MODES", "SYNTH_LAYERS",
@@ -382,7 +385,7 @@ def synth(
     layer_w = parse_layers(layers if layers is not None else {k: 1 / len(default) for k in default}, "layers")
     if not any(layer_w.values()):
         raise NSTError("layers: every layer has weight 0")
-    dev = _device(device)
+    dev = resolve_device(device)
     lossnet = load_lossnet(net, weights, device=dev)
     names = lossnet.resolve(list(layer_w))
     need = lossnet.min_input_size(names)
@@ -423,7 +426,7 @@ def synth(
         fixed = None if redraw else single(_entry(entry, list(channels)) if entry else draw_entry(channels, g))
         draw = (lambda: single(draw_entry(channels, g))) if redraw else (lambda: fixed)  # noqa: E731
     loss = GramTargetLoss(lossnet, layer_w, draw(), weight)
-    po = PixelOptimizer(loss, x0, optimizer=optimizer, lr=lr if lr is not None else _DEFAULT_LR[optimizer],
+    po = PixelOptimizer(loss, x0, optimizer=optimizer, lr=lr if lr is not None else DEFAULT_LR[optimizer],
                         line_search=LINE_SEARCH if optimizer == "lbfgs" else None)
     for step in range(1, steps + 1):
         if redraw and step > 1:
@@ -447,7 +450,7 @@ def _entry(entry, names: list[str]) -> tuple[str, int, int]:
 
 def _load(img, size: int, what: str) -> torch.Tensor:
     """An image (path, PIL, array or tensor, checked as :func:`nst_deploy.stylize` checks it), longest side ``size``."""
-    return _sized(_as_tensor(img, what, size), size)
+    return resize_longest(as_image_tensor(img, what, size), size)
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -473,11 +476,11 @@ def _parse_entry(text: str) -> tuple[int, int] | tuple[str, int, int]:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """``nst synth``: generate, show progress, write the image at the end; 130 after Ctrl-C."""
-    from .cli import Progress, _check_output
     from .images import save_image
+    from .progress import Progress
 
     output = Path(args.output or f"synth-{args.mode}.png")
-    _check_output(output, *(x for x in (args.painting, args.style) if x))
+    check_output(output, *(x for x in (args.painting, args.style) if x))
     progress = None if args.quiet else Progress([args.steps])
     losses: list[float] = []
 

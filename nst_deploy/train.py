@@ -34,14 +34,16 @@ import torch
 import torch.nn.functional as F
 from PIL import ImageOps
 
+from .devices import resolve_device
 from .errors import ImageError, NSTError
 from .fsutil import atomic_write, check_folder, check_writable, load_torch, sha256_file
 from .images import from_pil, load_image, open_allowed, pixel_limit, save_image
+from .interrupts import DeferredInterrupt
 from .losses import LossTerms, PerceptualLoss
-from .lossnets import load_lossnet
+from .lossnets import LOSSNETS, load_lossnet
 from .nets import create, list_models
 from .nets.io import load_model, save_model
-from .recipes import parse_layers
+from .presets import parse_layers
 
 __all__ = ["TrainOptions", "Trainer", "PhotoDataset", "train"]
 
@@ -134,7 +136,7 @@ class TrainOptions:
 
 # --- data ---------------------------------------------------------------------------------------
 
-def _scan(folder: Path) -> list[Path]:
+def scan_photos(folder: Path) -> list[Path]:
     """Every image file under ``folder`` (recursive, sorted) whose header reads; others warned of."""
     if not folder.is_dir():
         raise NSTError(f"--data '{folder}' is not a folder")
@@ -238,7 +240,7 @@ class _StepBatches(torch.utils.data.Dataset):
         return torch.stack([self.ds.sample(base + j) for j in range(self.local)])
 
 
-def _batches(ds: PhotoDataset, start: int, batch: int, local: int, rank: int, workers: int):
+def step_batches(ds: PhotoDataset, start: int, batch: int, local: int, rank: int, workers: int):
     """Yield the local batch of every step from ``start`` on (``workers`` processes decode ahead)."""
     fresh = PhotoDataset(ds.files, ds.out, ds.seed, ds.min_crop)
     loader = torch.utils.data.DataLoader(_StepBatches(fresh, start, batch, local, rank), batch_size=None,
@@ -294,9 +296,8 @@ class Trainer:
         if o.batch % self.world:
             raise NSTError(f"--batch {o.batch} does not divide among {self.world} processes")
         self.local = o.batch // self.world
-        from .optimize import _device
 
-        self.device = _device(o.device)
+        self.device = resolve_device(o.device)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
@@ -304,7 +305,7 @@ class Trainer:
         if prec == "auto":
             prec = "bf16" if self.device.type == "cuda" else "fp32"
         self.precision = prec
-        self.files = _scan(Path(o.data))
+        self.files = scan_photos(Path(o.data))
         self.style = load_image(o.style, size=o.style_size or o.size)
         self.style_sha = sha256_file(o.style)
 
@@ -454,7 +455,6 @@ class Trainer:
     # -- the loop
     def run(self) -> Path:
         """Train to ``steps`` (from a checkpoint when resuming); write the model; return its path."""
-        from .optimize import _DeferredInterrupt
 
         o = self.o
         if self.resume:
@@ -465,14 +465,14 @@ class Trainer:
             raise NSTError(f"'{self._checkpoint_path()}' exists: continue it with --resume or remove "
                            f"'{self.workdir}'")
         self.model.train()
-        batches = _batches(self.dataset, self.step, o.batch, self.local, self.rank, o.workers)
+        batches = step_batches(self.dataset, self.step, o.batch, self.local, self.rank, o.workers)
         t0, seen0 = time.perf_counter(), self.step
         window = []
         # Denormal floats appear in the activations as training goes on and slow CPU convolutions
         # and Adam several times over (measured 1.5 vs 4.4 images/s at 128 px): flush them to zero.
         flush = torch.set_flush_denormal(True)
         try:
-            with _DeferredInterrupt() as stop:
+            with DeferredInterrupt() as stop:
                 self._loop(batches, stop, t0, seen0, window)
         finally:
             if flush:
@@ -545,30 +545,6 @@ def train(options: TrainOptions, output: str | os.PathLike, *, resume: bool = Fa
 
 # --- command line -------------------------------------------------------------------------------
 
-class TrainProgress:
-    """One progress line on stderr (a line every ``log_every`` steps when stderr is not a terminal)."""
-
-    def __init__(self, every: int, stream=None):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.every = every
-        self.t0 = time.perf_counter()
-        self.first: int | None = None
-
-    def __call__(self, step: int, steps: int, terms: LossTerms, rate: float) -> None:
-        if self.first is None:
-            self.first, self.t0 = step - 1, time.perf_counter()
-        if not self.tty and step % self.every and step != steps:
-            return
-        done = step - self.first
-        eta = (time.perf_counter() - self.t0) / max(done, 1) * (steps - step)
-        fill = round(24 * step / steps)
-        line = (f"step {step}/{steps} [{'#' * fill}{'.' * (24 - fill)}] {rate:.2f} img/s eta {eta:.0f}s  "
-                f"loss {terms.total:.3e} (content {terms.content:.2e} style {terms.style:.2e} tv {terms.tv:.2e})")
-        self.stream.write(("\r" + line + ("\n" if step == steps else "")) if self.tty else line + "\n")
-        self.stream.flush()
-
-
 def add_train_parser(sub) -> None:
     d = TrainOptions()
     p = sub.add_parser("train", help="train a feed-forward network for one style",
@@ -594,7 +570,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--level-weights", default="1,0.5,0.25", help="multimodal: lambda_k (default 1,0.5,0.25)")
     p.add_argument("--min-crop", type=float, default=d.min_crop,
                    help=f"smallest crop side as a share of the photo's short side (default {d.min_crop})")
-    p.add_argument("--net", default=d.net, help="loss network (default vgg19)")
+    p.add_argument("--net", default=d.net, choices=LOSSNETS, help="loss network (default vgg19)")
     p.add_argument("--weights", help="loss network weights (default: the bundled VGG19)")
     p.add_argument("--pooling", default=d.pooling, choices=("max", "avg"), help=f"loss network pooling ({d.pooling})")
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
@@ -628,6 +604,8 @@ def cmd_train(args) -> int:
         raise NSTError(f"cannot write '{out}': nst train writes a PyTorch model, name it .pt (nst-export makes "
                        "TorchScript and ONNX files from it)")
     check_writable(out, "model")
+    from .progress import TrainProgress
+
     progress = None if args.quiet else TrainProgress(o.log_every)
     trainer = Trainer(o, out, resume=args.resume, progress=progress, half=args.half)
     try:
@@ -646,9 +624,8 @@ def cmd_train(args) -> int:
 
 def stylize_with(model_path: str | os.PathLike, image: torch.Tensor, device: str = "auto") -> torch.Tensor:
     """Run a trained model file on an RGB ``(1, 3, H, W)`` image in ``[0, 1]``; returns the stylized image."""
-    from .optimize import _device
 
-    dev = _device(device)
+    dev = resolve_device(device)
     net, _ = load_model(model_path, device=dev)
     with torch.inference_mode():
         return net(image.to(dev)).float().cpu()

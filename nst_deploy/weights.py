@@ -202,7 +202,7 @@ _VGG_CONV_INDEX = {
 _VGG_BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 
 
-def _torchvision_renames(arch: str) -> tuple[dict[str, str], tuple[str, ...]]:
+def torchvision_renames(arch: str) -> tuple[dict[str, str], tuple[str, ...]]:
     """Module renames torchvision -> ours, and prefixes of keys that are allowed but not used."""
     if arch in _VGG_CONV_INDEX:
         names = [f"conv{b}_{i}" for b, n in enumerate(_VGG_BLOCKS[arch], 1) for i in range(1, n + 1)]
@@ -218,7 +218,7 @@ def _torchvision_renames(arch: str) -> tuple[dict[str, str], tuple[str, ...]]:
 def from_torchvision_state_dict(arch: str, sd: dict[str, torch.Tensor], source: str) -> Weights:
     """Rename a torchvision state dict to our layer names; classifier keys are dropped, any other
     unknown key is an error that names it."""
-    renames, ignored = _torchvision_renames(arch)
+    renames, ignored = torchvision_renames(arch)
     out: dict[str, torch.Tensor] = {}
     unexpected = []
     for key, value in sd.items():
@@ -250,7 +250,7 @@ def _torchvision_pretrained(arch: str) -> Weights:
         ) from None
     builders = {"vgg19": "vgg19", "vgg16": "vgg16", "alexnet": "alexnet", "googlenet": "googlenet"}
     if arch not in builders:
-        _torchvision_renames(arch)  # raises the unknown-network error
+        torchvision_renames(arch)  # raises the unknown-network error
     try:
         model = getattr(tvm, builders[arch])(weights="DEFAULT")
     except Exception as e:  # noqa: BLE001 - download or cache failures
@@ -271,7 +271,7 @@ def load_weights(arch: str = "vgg19", source: str | os.PathLike | None = None) -
         WeightsError: missing, unreadable, unsafe or mismatched weights.
     """
     arch = arch.lower()
-    _torchvision_renames(arch)  # validates the name
+    torchvision_renames(arch)  # validates the name
     if source is None or source == "bundled":
         if arch != "vgg19":
             raise WeightsError(

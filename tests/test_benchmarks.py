@@ -1,4 +1,4 @@
-"""The benchmark harness and the README table generated from its results."""
+"""The benchmark harness and the tables of docs/performance.md generated from its results."""
 
 from __future__ import annotations
 
@@ -42,8 +42,23 @@ def test_interrupted_run_keeps_its_rows(tmp_path, capsys):
     assert not (tmp_path / "empty").exists()
 
 
-def test_readme_table_matches_results():
+def test_performance_page_matches_results():
+    assert report.PAGE == report.ROOT / "docs" / "performance.md"
     assert report.main(["--check"]) == 0, "run: python benchmarks/report.py"
+
+
+def test_report_rewrites_only_the_marked_section(tmp_path, capsys):
+    page = tmp_path / "performance.md"
+    page.write_text(f"# Performance\n\nThe prose.\n\n{report.START}\nold table\n{report.END}\n\nAfter.\n")
+    assert report.main(["--check"], page=page) == 1
+    assert "out of date" in capsys.readouterr().err
+    assert report.main([], page=page) == 0
+    text = page.read_text()
+    assert text == f"# Performance\n\nThe prose.\n\n{report.render()}\n\nAfter.\n"
+    assert report.main(["--check"], page=page) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["performance.md"]  # no temporary file left
+    page.write_text("no markers\n")
+    assert report.main(["--check"], page=page) == 2 and page.read_text() == "no markers\n"
 
 
 # --------------------------------------------------------------------------- bench_stylize (tiny)

@@ -382,24 +382,24 @@ def test_backend_errors_wrapped_out_of_memory_left(exported, monkeypatch):
             raise RuntimeError(message)
         return run
 
-    s._run = raises("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions\n index: 2 Got: 24")
+    s.engine.run = raises("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions\n index: 2 Got: 24")
     with pytest.raises(NSTError, match=r"model.onnx' failed on a 1x3x24x32 input .*: Got invalid dimensions "
                        r"index: 2 Got: 24$") as err:
         s(x)
     assert isinstance(err.value.__cause__, RuntimeError)
-    s._run = raises("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes")
+    s.engine.run = raises("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes")
     with pytest.raises(RuntimeError, match="allocate memory"):  # left as it is: nst run turns it into advice
         s(x)
 
 
 def test_tiles_are_checked_too(exported, monkeypatch):
     s = Stylizer.load(exported / "model.onnx")
-    stats_of, _ = s._stats_runners()
+    stats_of, _ = s.engine.stats_runners()
     x = torch.rand(1, 3, 150, 230)
     s.memory_mb = 40  # tiled
     for bad, match in ((lambda t, st: t[:, :1], r"returned a torch.float32 tensor of shape \(1, 1, "),
                        (lambda t, st: t * float("nan"), "NaN or Inf"),
                        (lambda t, st: t.reshape(7), "failed on a 1x3x")):
-        monkeypatch.setattr(s, "_stats_runners", lambda bad=bad: (stats_of, bad))
+        monkeypatch.setattr(s.engine, "stats_runners", lambda bad=bad: (stats_of, bad))
         with pytest.raises(NSTError, match=match):
             s(x)

@@ -7,9 +7,9 @@ import torch
 from nst_deploy.kernels import gram, masked_gram
 
 from nst_deploy.errors import NSTError
-from nst_deploy.images import load_image
+from nst_deploy.images import cover_crop, load_image
 from nst_deploy.lossnets import layer_names, load_lossnet
-from nst_deploy.optimize import _fit, rgb_to_yiq, stylize
+from nst_deploy.optimize import rgb_to_yiq, stylize
 from nst_deploy.styles import Style, StyleLoss, assign_layers, normalize_masks, pool_segments
 
 from .conftest import DATA
@@ -202,7 +202,7 @@ def test_autocorr_and_local_bring_the_style_to_the_output_size(images):
     finally:
         StyleLoss.set_targets = orig
     assert seen[0]["conv1_1"] == (32, 48)  # the content at 48 px is 48x32: the style was fitted to it
-    fitted = _fit(torch.rand(1, 3, 40, 40), (20, 30))
+    fitted = cover_crop(torch.rand(1, 3, 40, 40), (20, 30))
     assert fitted.shape[-2:] == (20, 30)
     with pytest.raises(NSTError, match="style-scale must be 1"):
         stylize(c, a, style_rep="local", style_scale=2.0, size=48, steps=1)

@@ -253,7 +253,7 @@ def test_a_size_beyond_memory_is_refused_before_work(images, monkeypatch):
     import nst_deploy.optimize as opt
 
     c, s = images
-    monkeypatch.setattr(opt, "_available_memory", lambda device: 200 * 2**20)
+    monkeypatch.setattr(opt, "available_memory", lambda device: 200 * 2**20)
     with pytest.raises(NSTError, match=r"needs about .* GiB.*smaller --size"):
         stylize(c, s, size=2048, steps=1)
     # the estimate follows the measured peaks (benchmarks/results/stylize-*.json): within 20%

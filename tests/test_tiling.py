@@ -67,7 +67,7 @@ def _whole_with_thumbnail_stats(s: Stylizer, arr: np.ndarray, stats_size: int) -
     h, w = arr.shape[:2]
     th, tw = T.thumbnail_size(h, w, stats_size)
     thumb = np.array(Image.fromarray(arr).resize((tw, th), Image.Resampling.BOX))
-    stats_of, run_tile = s._stats_runners()
+    stats_of, run_tile = s.engine.stats_runners()
     stats = stats_of(torch.from_numpy(thumb).permute(2, 0, 1)[None].float() / 255)
     y = run_tile(torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255, stats).float().cpu()
     return (y[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
@@ -108,12 +108,12 @@ def test_tiled_tensor_batch(exported):
     assert calls and calls[-1] > 1 and tiled.shape == whole.shape
     th, tw = s.thumbnail_shape(2, 150, 230)
     assert th * tw < 150 * 230 and abs(th / tw - 150 / 230) < 0.02  # what fits the budget, aspect kept
-    stats_of, run_tile = s._stats_runners()
+    stats_of, run_tile = s.engine.stats_runners()
     ref = run_tile(x, stats_of(T.thumbnail(x, (th, tw))))
     assert (tiled - ref).abs().max() < 1e-4
     assert not torch.equal(tiled[0], tiled[1])
     s.tile = 150  # a tile side off the stride grid is rounded down to it: still exact
-    assert s._tile_side(2, 230, s._tiling_info()) == 148
+    assert s.tile_side(2, 230, s.engine.tiling_info()) == 148
     assert (s(x) - ref).abs().max() < 1e-4
 
 

@@ -18,7 +18,7 @@ from nst_deploy.cli import main
 from nst_deploy.errors import NSTError
 from nst_deploy.nets import create, list_models
 from nst_deploy.nets.io import load_model, read_model, save_model
-from nst_deploy.train import PhotoDataset, Trainer, TrainOptions, _scan
+from nst_deploy.train import PhotoDataset, Trainer, TrainOptions, scan_photos
 
 DATA = Path(__file__).resolve().parents[1] / "nst_deploy" / "data"
 
@@ -95,20 +95,20 @@ def test_johnson_structure():
 
 def test_scan_skips_unreadable(photos):
     with pytest.warns(UserWarning, match="broken.jpg"):
-        files = _scan(photos)
+        files = scan_photos(photos)
     assert sorted(p.name for p in files) == ["a.png", "b.jpg", "c.webp"]
 
 
 def test_scan_errors(tmp_path):
     with pytest.raises(NSTError, match="not a folder"):
-        _scan(tmp_path / "missing")
+        scan_photos(tmp_path / "missing")
     with pytest.raises(NSTError, match="no readable images"):
-        _scan(tmp_path)
+        scan_photos(tmp_path)
 
 
 def test_dataset_is_a_function_of_seed_and_index(photos):
     with pytest.warns(UserWarning):
-        files = _scan(photos)
+        files = scan_photos(photos)
     a = PhotoDataset(files, 24, seed=3, min_crop=0.5)
     b = PhotoDataset(files, 24, seed=3, min_crop=0.5)
     assert torch.equal(a.sample(7), b.sample(7))
@@ -161,13 +161,13 @@ def test_resume_matches_uninterrupted(photos, style, tmp_path):
 
 def test_data_workers_give_the_same_batches(photos, style, tmp_path):
     """Decoding in worker processes changes nothing: the batches are a function of the step."""
-    from nst_deploy.train import _batches
+    from nst_deploy.train import step_batches
 
     with pytest.warns(UserWarning):
-        files = _scan(photos)
+        files = scan_photos(photos)
     ds = PhotoDataset(files, 24, seed=1, min_crop=0.5)
-    a = _batches(ds, 3, 4, 2, 1, workers=0)
-    b = _batches(ds, 3, 4, 2, 1, workers=1)
+    a = step_batches(ds, 3, 4, 2, 1, workers=0)
+    b = step_batches(ds, 3, 4, 2, 1, workers=1)
     for _ in range(2):
         x, y = next(a), next(b)
         assert x.shape == (2, 3, 24, 24) and torch.equal(x, y)

@@ -104,10 +104,10 @@ def test_torchvision_file_wrapped_and_prefixed(tmp_path):
 @pytest.mark.parametrize("arch", ["vgg19", "alexnet", "googlenet"])
 def test_round_trip_through_torchvision_layout(tmp_path, arch):
     """Our random network, written in torchvision's key layout, loads back identically."""
-    from nst_deploy.weights import _torchvision_renames
+    from nst_deploy.weights import torchvision_renames
 
     src = load_lossnet(arch, "random")
-    renames, _ = _torchvision_renames(arch)
+    renames, _ = torchvision_renames(arch)
     back = {v: k for k, v in renames.items()}
     sd = {}
     for key, value in src.state_dict().items():

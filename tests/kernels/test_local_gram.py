@@ -200,10 +200,10 @@ def test_cuda_bf16_loss(s):
 
 from nst_deploy.kernels import has_triton  # noqa: E402
 from nst_deploy.kernels.local_gram import (  # noqa: E402
-    _border_class,
-    _multiplicities,
-    _multiplicity,
-    _multiplicity_table,
+    border_class,
+    multiplicities,
+    multiplicity,
+    multiplicity_table,
 )
 
 needs_triton = pytest.mark.skipif(not has_triton(), reason="triton is not installed")
@@ -215,9 +215,9 @@ DEV = "cuda" if CUDA else "cpu"
 def test_kernel_multiplicities_match_the_torch_path(s, hw):
     h, w = hw
     wts = window_weights(s, torch.float64)
-    ref = torch.stack([_multiplicity(h, w, s, (ey, ex), wts)[s:s + h, s:s + w].reshape(-1)
+    ref = torch.stack([multiplicity(h, w, s, (ey, ex), wts)[s:s + h, s:s + w].reshape(-1)
                        for ey in range(-2 * s, 2 * s + 1) for ex in range(-2 * s, 2 * s + 1)])
-    torch.testing.assert_close(_multiplicities(h, w, s, torch.device("cpu")).double(), ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(multiplicities(h, w, s, torch.device("cpu")).double(), ref, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("s", [0, 1, 2])
@@ -226,11 +226,11 @@ def test_kernel_multiplicity_table_by_border_class(s, hw):
     """The kernels read M_e(y, x) from a (2s+1)^2-bounded table at the row and column classes; expanded
     by the classes it gives M_e of every pixel."""
     h, w = hw
-    table = _multiplicity_table(h, w, s, torch.device("cpu"))
+    table = multiplicity_table(h, w, s, torch.device("cpu"))
     assert table.shape == ((4 * s + 1) ** 2, min(h, 2 * s + 1), min(w, 2 * s + 1))
-    ry, rx = _border_class(h, s), _border_class(w, s)
+    ry, rx = border_class(h, s), border_class(w, s)
     expanded = table[:, ry[:, None], rx[None, :]].reshape(table.shape[0], h * w)
-    torch.testing.assert_close(expanded, _multiplicities(h, w, s, torch.device("cpu")), rtol=0, atol=0)
+    torch.testing.assert_close(expanded, multiplicities(h, w, s, torch.device("cpu")), rtol=0, atol=0)
 
 
 @needs_triton

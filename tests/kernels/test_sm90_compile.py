@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).with_name("sm90_compile.py")
-KERNELS = {"_gram_fwd_kernel", "_masked_gram_fwd_kernel", "_xcorr2d_kernel", "_spectral_loss_fwd_kernel",
-           "_spectral_loss_bwd_kernel", "_local_dots_kernel", "_local_grad_kernel"}
+KERNELS = {"_gram_fwd_kernel", "_masked_gram_fwd_kernel", "xcorr2d_kernel", "spectral_loss_fwd_kernel",
+           "spectral_loss_bwd_kernel", "_local_dots_kernel", "_local_grad_kernel"}
 MAX_STACK_BYTES = 32
 
 

@@ -1,0 +1,426 @@
+"""The runtime's backends: one class per model format behind :class:`nst_deploy.Stylizer`.
+
+Each backend loads and checks its file and offers the same small interface: ``run(x)`` (the network on
+a float ``(N, 3, H, W)`` batch, whole), ``tiling_info()`` (what tiling needs: receptive-field radius,
+instance-norm channels, memory per pixel) and ``stats_runners()`` (instance-norm statistics of a
+thumbnail, and a tile run with given statistics). A new format (a quantized export, a served model) is
+a new class here, not new branches in the Stylizer.
+
+* :class:`OnnxBackend`: onnxruntime, execution providers TensorRT, CUDA, CPU as available (or the
+  caller's), inputs and outputs bound in place (IO binding); tiles through the export's
+  ``model.tiles.onnx``; external data must stay inside the model's folder; the graph is checked against
+  what ``nst-export`` writes.
+* :class:`TorchScriptBackend`: ``model.pt`` of ``nst-export``, loaded with ``torch.jit.load`` only after
+  its sha256 matches the ``manifest.json`` beside it (TorchScript is code: never loaded unverified).
+* :class:`EagerBackend`: a model file of ``nst train``, the network itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import tiling
+from .contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, PRECISION_NAMES
+from .errors import NSTError
+from .fsutil import sha256_file
+
+__all__ = ["Backend", "EagerBackend", "OnnxBackend", "TorchScriptBackend", "brief_error", "open_backend"]
+
+
+def _onnx_providers(device: str, providers) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if providers:
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise NSTError(f"execution providers {', '.join(missing)} are not available here "
+                           f"(available: {', '.join(available)})")
+        return list(providers)
+    order = ["CPUExecutionProvider"] if device == "cpu" else \
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in order if p in available] or ["CPUExecutionProvider"]
+
+
+def _graph_tensors(graph):
+    """Every tensor of an ONNX graph that may hold data: initializers (sparse ones too) and node
+    attributes, subgraphs included (what onnx's external-data helper walks, by public fields only)."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
+
+
+def _check_external_data(path: Path) -> None:
+    """Refuse ONNX external-data references that leave the model's folder."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    root = path.parent.resolve()
+    for t in _graph_tensors(model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if os.path.isabs(location) or root not in target.parents:
+            raise NSTError(f"ONNX model '{path}': external data '{location}' points outside its folder")
+
+
+def _ort_type(dtype: torch.dtype):
+    return {torch.float32: np.float32, torch.float16: np.float16}[dtype]
+
+
+def _bound_run(sess, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+    """Run ``sess`` with inputs and outputs bound in place (CPU or CUDA torch tensors: no copies)."""
+    binding = sess.io_binding()
+    feeds = {name: t.contiguous() for name, t in feeds.items()}  # kept alive until the run returns
+    for t in list(feeds.values()) + list(outputs.values()):
+        if t.is_cuda:  # torch's queued work on these buffers must be done before ONNX Runtime's stream reads them
+            torch.cuda.synchronize(t.device)
+            break
+    for name, t in feeds.items():
+        binding.bind_input(name, t.device.type, t.device.index or 0, _ort_type(t.dtype), tuple(t.shape), t.data_ptr())
+    for name, t in outputs.items():
+        binding.bind_output(name, t.device.type, t.device.index or 0, _ort_type(t.dtype), tuple(t.shape),
+                            t.data_ptr())
+    sess.run_with_iobinding(binding)
+
+
+_ORT_PREFIX = re.compile(r"^\s*\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+
+
+def brief_error(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, without onnxruntime's status prefix, at most ``limit`` characters."""
+    text = str(e)
+    if "Traceback of TorchScript" in text:  # the interpreter's trace first; the error itself is the last line
+        text = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+    text = " ".join(_ORT_PREFIX.sub("", text).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _dim(d) -> str:
+    return str(d) if isinstance(d, int) else "a dynamic number of" if d else "an unknown number of"
+
+
+def _hw(h, w) -> str:
+    """Width x height of a graph's dimensions, ``any`` for a dynamic one."""
+    return "x".join(str(d) if isinstance(d, int) else "any" for d in (w, h))
+
+
+def _check_onnx_signature(path: Path, sess, meta: dict) -> None:
+    """Refuse an ONNX graph whose inputs and outputs are not those ``nst-export`` writes (see export/core.py):
+    one input ``image`` and one output ``stylized``, rank 4, 3 channels, a dynamic batch, the element type of
+    the metadata's precision, height and width fixed exactly when the metadata has a static size."""
+
+    def refuse(why: str):
+        raise NSTError(f"ONNX model '{path}' is not an nst-export style network: {why}")
+
+    inputs, outputs = sess.get_inputs(), sess.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        refuse(f"it has {len(inputs)} input(s) and {len(outputs)} output(s), "
+               f"not one input '{ONNX_INPUT}' and one output '{ONNX_OUTPUT}'")
+    want_type = "tensor(float16)" if meta["precision"] == "fp16-io" else "tensor(float)"
+    for role, arg, name in (("input", inputs[0], ONNX_INPUT), ("output", outputs[0], ONNX_OUTPUT)):
+        if arg.name != name:
+            refuse(f"its {role} is named '{arg.name}', not '{name}'")
+        shape = list(arg.shape or [])
+        if len(shape) != 4:
+            refuse(f"its {role} '{name}' has rank {len(shape)}, not 4 (N, 3, H, W)")
+        if shape[1] != 3:
+            refuse(f"its {role} '{name}' has {_dim(shape[1])} channel{'' if shape[1] == 1 else 's'}, not 3 (RGB)")
+        if isinstance(shape[0], int):
+            refuse(f"its {role} '{name}' has a fixed batch of {shape[0]} (nst-export keeps the batch dynamic)")
+        if arg.type != want_type:
+            refuse(f"its {role} '{name}' is {arg.type}, but its metadata's precision {meta['precision']} "
+                   f"needs {want_type}")
+    ih, iw = inputs[0].shape[2:]
+    oh, ow = outputs[0].shape[2:]
+    static, scale = meta.get("static"), meta["output_scale"]
+    if static:
+        if [ih, iw] != list(static):
+            refuse(f"its metadata says static {static[1]}x{static[0]} images, but its input '{ONNX_INPUT}' "
+                   f"takes {_hw(ih, iw)} images")
+        if any(isinstance(o, int) and o != i * scale for o, i in ((oh, ih), (ow, iw))):
+            refuse(f"it turns {iw}x{ih} images into {ow}x{oh}, not {iw * scale}x{ih * scale} "
+                   f"(output scale {scale})")
+    elif any(isinstance(d, int) for d in (ih, iw, oh, ow)):
+        refuse(f"it takes or gives a fixed height or width (input {_hw(ih, iw)}, output {_hw(oh, ow)}), "
+               "but its metadata has no static size")
+
+
+def _check_meta(path: Path, meta: dict, kind: str) -> dict:
+    """The fields the runtime relies on (``precision``, ``output_scale``, ``static``), checked and normalized."""
+
+    def malformed(why: str):
+        raise NSTError(f"{kind} '{path}' has malformed metadata: {why}")
+
+    if not isinstance(meta, dict):
+        malformed("not a JSON object")
+    precision = meta.get("precision") or "fp32"
+    if precision not in PRECISION_NAMES:
+        malformed(f"unknown precision {precision!r}")
+    scale = meta.get("output_scale") or 1
+    if not isinstance(scale, int) or isinstance(scale, bool) or not 1 <= scale <= 16:
+        malformed(f"output_scale {scale!r} is not a whole number between 1 and 16")
+    static = meta.get("static") or None
+    if static is not None and not (isinstance(static, list) and len(static) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and MIN_SIDE <= v <= MAX_SIDE for v in static)):
+        malformed(f"static {static!r} is not [height, width] between {MIN_SIDE} and {MAX_SIDE}")
+    return dict(meta, precision=precision, output_scale=scale, static=static)
+
+
+def _check_precision(path: Path, meta: dict, precision: str | None) -> torch.dtype:
+    """The input dtype of an exported file, refusing a ``precision`` it was not exported in."""
+    have = meta.get("precision") or "fp32"
+    if precision is not None and (precision == "fp32") != (have == "fp32"):
+        flag = "--fp16" if precision == "fp16" else "no --fp16"
+        raise NSTError(f"'{path}' was exported in {have}; for {precision}, export it with nst-export {flag}")
+    return torch.float16 if have == "fp16-io" else torch.float32
+
+
+def _session(path: Path, dev: torch.device, providers, arena: bool = True):
+    import onnxruntime as ort
+
+    try:
+        _check_external_data(path)
+    except NSTError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise NSTError(f"ONNX model '{path}' cannot be read: {str(e).strip().splitlines()[0][:160]}") from None
+    opts = ort.SessionOptions()
+    # the CPU arena keeps (and grows by powers of two) what it ever held: off for tiles, which must
+    # stay within the memory budget
+    opts.enable_cpu_mem_arena = arena
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=_onnx_providers(dev.type, providers))
+    except Exception as e:  # noqa: BLE001
+        raise NSTError(f"ONNX model '{path}' cannot be loaded: {str(e).strip().splitlines()[0][:160]}") from None
+
+
+class Backend:
+    """A loaded network of one format (see the module docstring).
+
+    Attributes:
+        name: ``"onnx"``, ``"torchscript"`` or ``"eager"``.
+        meta: the file's metadata, checked (``precision``, ``output_scale``, ``static``, ...).
+        device: where inputs go (an ONNX session on the CPU provider: the CPU).
+        dtype: the input dtype the network takes.
+        path: the model file.
+    """
+
+    name = "model"
+    kind = "model"  # how messages name the file
+
+    def __init__(self, path: Path, meta: dict, device: torch.device, dtype: torch.dtype):
+        self.path, self.meta, self.device, self.dtype = path, meta, device, dtype
+        self.scale = int(meta.get("output_scale") or 1)
+        self._lock = threading.Lock()
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} '{self.path}'"
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a float ``(N, 3, H, W)`` batch (any device and float dtype), whole."""
+        raise NotImplementedError
+
+    def tiling_info(self) -> dict:
+        """Receptive-field ``radius``, ``norm_channels``, ``multiple``, ``peak_floats_per_pixel``."""
+        info = self.meta.get("tiling")
+        if info and info.get("norm_channels") is not None and info.get("radius") is not None:
+            return info
+        raise NSTError(f"'{self.path}' has no tiling information: export it again with this nst-export")
+
+    def stats_runners(self):
+        """``(thumbnail -> instance-norm statistics, (tile, statistics) -> output)``."""
+        raise NotImplementedError
+
+
+class OnnxBackend(Backend):
+    """An ``nst-export`` ONNX file through onnxruntime."""
+
+    name, kind = "onnx", "ONNX model"
+
+    def __init__(self, path: Path, device: torch.device, providers=None, precision: str | None = None):
+        sess = _session(path, device, providers)
+        raw = sess.get_modelmeta().custom_metadata_map
+        if "format" not in raw:
+            raise NSTError(f"ONNX model '{path}' is not an nst-export style network: it has no nst-export "
+                           "metadata (export the model with nst-export)")
+        try:
+            meta = {k: json.loads(v) for k, v in raw.items()}
+        except ValueError:
+            raise NSTError(f"ONNX model '{path}' has malformed metadata") from None
+        if meta["format"] == "onnx_tiles":
+            raise NSTError(f"ONNX model '{path}' is the tiles graph of an export: load the model.onnx beside it")
+        if meta["format"] != "onnx":
+            raise NSTError(f"ONNX model '{path}' is not an nst-export style network: its metadata says format "
+                           f"{meta['format']!r}, not 'onnx'")
+        meta = _check_meta(path, meta, "ONNX model")
+        _check_onnx_signature(path, sess, meta)
+        dtype = _check_precision(path, meta, precision)
+        used = sess.get_providers()
+        meta["providers"] = used
+        on_gpu = used[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and torch.cuda.is_available()
+        super().__init__(path, meta, torch.device("cuda") if on_gpu else torch.device("cpu"), dtype)
+        self.session, self.providers = sess, providers
+        self._tiles_sess = None
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:  # a binding per call: sessions run concurrently
+        x = x.to(self.device, self.dtype)
+        s = self.scale
+        y = torch.empty(x.shape[0], 3, x.shape[2] * s, x.shape[3] * s, dtype=self.dtype, device=self.device)
+        _bound_run(self.session, {ONNX_INPUT: x}, {ONNX_OUTPUT: y})
+        return y
+
+    def tiles_session(self):
+        """The session of ``model.tiles.onnx`` beside the model (opened on first use)."""
+        with self._lock:
+            if self._tiles_sess is None:
+                tpath = self.path.with_name(self.path.stem + ".tiles.onnx")
+                if not tpath.is_file():
+                    raise NSTError(f"this image needs tiling, but '{tpath.name}' is not beside '{self.path.name}': "
+                                   "export with nst-export (without --static)")
+                self._tiles_sess = _session(tpath, self.device, self.providers, arena=False)
+            return self._tiles_sess
+
+    def stats_runners(self):
+        sess = self.tiles_session()
+        n_stats = 2 * sum(self.tiling_info()["norm_channels"])
+        dev, dtype, scale = self.device, self.dtype, self.scale
+
+        def run(x: torch.Tensor, stats: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            x = x.to(dev, dtype)
+            n = x.shape[0]
+            mix = torch.ones(1, device=dev) if stats is not None else torch.zeros(1, device=dev)
+            stats = torch.zeros(n, n_stats, device=dev) if stats is None else stats.to(dev, torch.float32)
+            y = torch.empty(n, 3, x.shape[2] * scale, x.shape[3] * scale, dtype=dtype, device=dev)
+            own = torch.empty(n, n_stats, device=dev)
+            _bound_run(sess, {ONNX_INPUT: x, "stats": stats, "mix": mix}, {ONNX_OUTPUT: y, "stats_out": own})
+            return y, own
+
+        return (lambda x: run(x, None)[1]), (lambda x, st: run(x, st)[0])
+
+
+class ModuleBackend(Backend):
+    """A torch module (TorchScript or eager): tiled through :class:`nst_deploy.tiling.NormStats`."""
+
+    def __init__(self, path: Path, meta: dict, device: torch.device, dtype: torch.dtype, module):
+        super().__init__(path, meta, device, dtype)
+        self.module = module
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(self.device, self.dtype))
+
+    def tiling_info(self) -> dict:
+        with self._lock:  # measured once, on first need, for files that do not record it
+            if not (self.meta.get("tiling") or {}).get("radius"):
+                self.meta["tiling"] = tiling.probe(lambda x: self.module(x.to(self.device, self.dtype)),
+                                                   multiple=4, device="cpu")
+        return self.meta["tiling"]
+
+    def stats_runners(self):
+        module, dev, dtype = self.module, self.device, self.dtype
+
+        def stats_of(x: torch.Tensor) -> torch.Tensor:
+            rec = tiling.NormStats()
+            with torch.inference_mode(), rec:
+                module(x.to(dev, dtype))
+            return rec.flat()
+
+        def tile(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), tiling.NormStats(given=stats):
+                return module(x.to(dev, dtype))
+
+        return stats_of, tile
+
+
+class TorchScriptBackend(ModuleBackend):
+    """``model.pt`` of ``nst-export``, verified against its manifest before it is loaded."""
+
+    name, kind = "torchscript", "TorchScript"
+
+    def __init__(self, path: Path, device: torch.device, precision: str | None = None):
+        manifest_path = path.parent / "manifest.json"
+        if not manifest_path.is_file():
+            raise NSTError(f"refusing TorchScript '{path}': no manifest.json beside it to verify it against "
+                           "(TorchScript is code; export with nst-export)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            entry = manifest["artifacts"]["torchscript"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise NSTError(f"refusing TorchScript '{path}': '{manifest_path}' has no torchscript entry") from None
+        if entry.get("file") != path.name or entry.get("sha256") != sha256_file(path):
+            raise NSTError(f"refusing TorchScript '{path}': its sha256 does not match '{manifest_path}' "
+                           "(the file was changed after export)")
+        extra = {"nst_meta.json": ""}
+        try:
+            with warnings.catch_warnings():  # torch's deprecation notice is no news to a user of the file
+                warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
+                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        except Exception as e:  # noqa: BLE001
+            raise NSTError(f"TorchScript '{path}' cannot be loaded: {str(e).strip().splitlines()[0][:160]}") from None
+        try:
+            meta = json.loads(extra["nst_meta.json"] or "{}")
+        except ValueError:
+            raise NSTError(f"TorchScript '{path}' has malformed metadata") from None
+        meta = _check_meta(path, meta, "TorchScript")
+        if precision == "fp16" and (meta.get("precision") or "fp32") == "fp32":
+            module.half()  # a float32 scripted module casts like an eager one
+            meta["precision"], dtype = "fp16", torch.float16
+        else:
+            dtype = _check_precision(path, meta, precision)
+        module.eval()
+        super().__init__(path, meta, device, dtype, module)
+
+
+class EagerBackend(ModuleBackend):
+    """A model file of ``nst train``: the network itself."""
+
+    name, kind = "eager", "model"
+
+    def __init__(self, path: Path, device: torch.device, precision: str | None = None):
+        from .nets.io import load_model
+
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        net, meta = load_model(path, device=device, dtype=dtype)
+        super().__init__(path, dict(meta, precision=precision or "fp32"), device, dtype, net)
+
+
+def open_backend(path: Path, device: torch.device, providers=None, precision: str | None = None) -> Backend:
+    """The backend for ``path``, by what the file is: ONNX by its suffix; a zip archive holding code is
+    TorchScript, any other an ``nst train`` model file."""
+    if path.suffix.lower() == ".onnx":
+        return OnnxBackend(path, device, providers, precision)
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] != b"PK":
+        raise NSTError(f"model '{path}' cannot be read: it is neither ONNX nor a PyTorch archive")
+    # Tell a TorchScript archive (it holds code/) from a model file by listing the zip: torch.load
+    # would hand a TorchScript archive to torch.jit.load, running it before any verification.
+    try:
+        with zipfile.ZipFile(path) as zf:
+            scripted = any("/code/" in n for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise NSTError(f"model '{path}' cannot be read: {e}") from None
+    if scripted:
+        return TorchScriptBackend(path, device, precision)
+    return EagerBackend(path, device, precision)

@@ -1,0 +1,17 @@
+"""What ``nst-export`` writes and the runtime reads: the model I/O contract, in one place.
+
+An exported network takes ``image`` and returns ``stylized``, both ``(N, 3, H, W)`` RGB in ``[0, 1]``,
+with sides between :data:`MIN_SIDE` and :data:`MAX_SIDE` pixels, in one of :data:`PRECISION_NAMES`
+(``fp16-io``: half-precision inputs and outputs as well as weights).
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_SIDE", "MIN_SIDE", "ONNX_INPUT", "ONNX_OUTPUT", "PRECISION_NAMES"]
+
+#: Image sides a style network accepts, in pixels.
+MIN_SIDE, MAX_SIDE = 8, 16384
+#: The graph's tensor names.
+ONNX_INPUT, ONNX_OUTPUT = "image", "stylized"
+#: Precisions of an export.
+PRECISION_NAMES = ("fp32", "fp16", "fp16-io")
