@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from nst_deploy.fsutil import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -233,9 +234,8 @@ def main(argv: list[str] | None = None, page: Path | None = None) -> int:
             print(f"report: the tables of {name} are out of date: run python benchmarks/report.py", file=sys.stderr)
             return 1
         return 0
-    tmp = page.with_name(f".{page.name}.tmp")  # written beside the page, then renamed over it: atomic
-    tmp.write_text(new)
-    os.replace(tmp, page)
+    with atomic_write(page, "w") as fh:
+        fh.write(new)
     return 0
 
 

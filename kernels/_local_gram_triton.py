@@ -170,10 +170,9 @@ def _local_grad_kernel(
     tl.store(out, acc.to(df_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
 
 
-#: Warps per program of both kernels. 8, not Triton's default 4: compiled for sm_90 on a map whose
-#: sizes are not multiples of 16 (no divisibility hints, as for most photos' layer sizes), 4 warps
-#: take 254-255 registers and spill 24-80 bytes per thread with Triton 3.6 (126-166 registers, no
-#: spills with 3.9); 8 warps take at most 212 (3.6) / 128 (3.9) and spill nothing.
+#: Warps per program of both kernels. 8, not Triton's default 4: on maps whose sizes are not multiples
+#: of 16 (most photos' layer sizes), 4 warps spill registers on sm_90 with Triton 3.6 and 8 do not
+#: (tests/kernels/test_sm90_compile.py).
 NUM_WARPS = 8
 
 

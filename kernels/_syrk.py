@@ -65,7 +65,7 @@ def _include_candidates() -> list[str]:
     """Where to look for the CUDA headers, in order: the toolkit torch found (``CUDA_HOME``; when
     that is a folder of a ``bin/nvcc`` shim, ``/usr/local/cuda`` too), then the nvidia pip packages.
     A toolkit may lack cuBLAS (some images ship nvcc and the runtime alone), and pip packages may be
-    of another CUDA major version than torch: :func:`_build_args` sorts that out."""
+    of another CUDA major version than torch: :func:`build_args` sorts that out."""
     from torch.utils import cpp_extension
 
     roots = [r for r in (cpp_extension.CUDA_HOME, os.environ.get("CUDA_PATH"), DEFAULT_TOOLKIT) if r]
@@ -110,7 +110,7 @@ def _shared_lib(folder: str, stem: str) -> str | None:
     return f"-l:{os.path.basename(found[0])}" if found else None
 
 
-def _build_args() -> dict:
+def build_args() -> dict:
     """Compiler and linker flags. Header folders of another CUDA major version than torch's are
     skipped; each needed header comes from the first remaining folder that has it, and cuBLAS and
     the CUDA runtime from the first ``lib64``/``lib`` folder beside such a header folder."""
@@ -146,21 +146,22 @@ def load():
 
     The outcome is remembered for the process: a failed build is not retried on every call.
     """
-    outcome = _load_once()
+    outcome = load_once()
     if isinstance(outcome, SyrkUnavailable):
         raise outcome
     return outcome
 
 
 @functools.lru_cache(maxsize=1)
-def _load_once():
+def load_once():
     try:
-        return _build()
+        return build_or_load()
     except SyrkUnavailable as exc:
         return exc
 
 
-def _build():
+def build_or_load():
+    """The extension, built if needed (see :func:`compile_extension`)."""
     if not torch.cuda.is_available():
         raise SyrkUnavailable("the SYRK Gram needs CUDA (torch.cuda.is_available() is False)")
     if torch.version.hip:
@@ -180,7 +181,7 @@ def compile_extension(folder: Path | None = None):
         raise SyrkUnavailable("building the SYRK extension needs ninja (pip install ninja)")
     from torch.utils import cpp_extension
 
-    args = _build_args()
+    args = build_args()
     folder = build_dir() if folder is None else Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:

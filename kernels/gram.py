@@ -139,10 +139,9 @@ def gram_forward(x: torch.Tensor, normalize: str = "hw", precision: str | None =
     k_per_split = math.ceil(math.ceil(k / split) / block_k) * block_k
     split = math.ceil(k / k_per_split)
     ws = out.unsqueeze(0) if split == 1 else torch.empty(split, b, c, c, device=x.device, dtype=torch.float32)
-    # 64 x 64 tiles on 8 warps: no spill on either (sm_90 compile check, with the JIT's divisibility
-    # hints); 8 take fewer registers per thread (ieee 168 -> 104, tf32 113 -> 64), so that more warps
-    # stay resident to hide the memory latency of this bandwidth-bound kernel. Not yet timed on a GPU:
-    # ``bench_kernels.py --gram-warps 4 8`` times both (through GRAM_WARPS).
+    # 64 x 64 tiles on 8 warps: fewer registers per thread than on 4, so that more warps stay resident
+    # to hide memory latency (sm_90 compile check: no spill on either); bench_kernels --gram-warps 4 8
+    # times both through GRAM_WARPS (docs/performance.md).
     _gram_triton.launch_gram(f, ws, ti, tj, k_per_split, 1.0 / _norm(x, normalize), block_c, block_k,
                              precision_mode(precision), num_warps=GRAM_WARPS or (8 if block_c >= 64 else 4))
     return out if split == 1 else ws.sum(0)

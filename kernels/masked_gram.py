@@ -177,8 +177,7 @@ def _config(x: torch.Tensor, c: int, p: int, batch: int, k: int, num_splits: int
     """(block_c, block_p, p_per_split, num_warps, num_stages) for C channels, P = H*W pixels, K masks."""
     if x.is_cuda or GPU_TILES:
         bc = block_c or (16 if c <= 16 else 32 if c <= 32 else 64)
-        # fp32 at 32 pixels spills (255 registers and 968 bytes of stack on 8 warps, sm_90 compile
-        # check with the JIT's divisibility hints); at 16 it does not
+        # fp32 tiles of 32 pixels spill to local memory on sm_90 (tests/kernels/test_sm90_compile.py); 16 do not
         bp = block_p or (64 if x.dtype in _HALF else 16)
         warps = 8 if bc >= 64 else 4
     else:  # Triton's interpreter: fewer, larger programs run faster

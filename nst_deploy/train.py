@@ -469,7 +469,7 @@ class Trainer:
         t0, seen0 = time.perf_counter(), self.step
         window = []
         # Denormal floats appear in the activations as training goes on and slow CPU convolutions
-        # and Adam several times over (measured 1.5 vs 4.4 images/s at 128 px): flush them to zero.
+        # and Adam several times over: flush them to zero.
         flush = torch.set_flush_denormal(True)
         try:
             with DeferredInterrupt() as stop:

@@ -13,9 +13,10 @@ on the terminal's width or on the Python version's help layout.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from nst_deploy.fsutil import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "cli.md"
@@ -189,9 +190,8 @@ def main(argv: list[str] | None = None, page: Path | None = None) -> int:
             return 1
         return 0
     if new != old:
-        tmp = page.with_name(f".{page.name}.tmp")  # written beside the page, then renamed over it: atomic
-        tmp.write_text(new)
-        os.replace(tmp, page)
+        with atomic_write(page, "w") as fh:
+            fh.write(new)
     return 0
 
 

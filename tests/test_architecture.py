@@ -150,6 +150,38 @@ def test_no_private_imports_across_modules():
     assert not found, "\n".join(found)
 
 
+def _private_attribute_uses() -> list[str]:
+    """``module._name`` (and ``setattr(module, "_name", ...)``, as monkeypatch does) on a project module
+    imported under a name, from outside that module."""
+    found = []
+    files = [(p, n) for n, p in MODULES.items()]
+    files += [(p, None) for d in OTHER_DIRS for p in sorted((ROOT / d).rglob("*.py"))]
+    for path, name in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases: dict[str, str] = {}
+        for _line, mod, item in _imports(path, name):
+            target = f"{mod}.{item}" if item else mod
+            if target in MODULES:
+                aliases[target.rsplit(".", 1)[-1] if item else target.split(".")[0]] = target
+        for node in ast.walk(tree):
+            hit = None
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and _private(node.attr):
+                hit = node.value.id, node.attr
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "setattr"
+                  and len(node.args) >= 2 and isinstance(node.args[0], ast.Name)
+                  and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+                  and _private(node.args[1].value)):
+                hit = node.args[0].id, node.args[1].value
+            if hit and hit[0] in aliases and aliases[hit[0]] != name:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: uses {hit[1]} of {aliases[hit[0]]}")
+    return found
+
+
+def test_no_private_attributes_of_other_modules():
+    found = _private_attribute_uses()
+    assert not found, "\n".join(found)
+
+
 def test_the_checks_see_the_package():
     assert {"nst_deploy.cli", "nst_deploy.kernels.gram", "nst_deploy.export.core", "nst_deploy.nets.io"} <= set(MODULES)
     graph = _edges()

@@ -49,14 +49,14 @@ def test_failure_is_remembered(monkeypatch):
         calls.append(1)
         raise _syrk.SyrkUnavailable("no compiler")
 
-    monkeypatch.setattr(_syrk, "_build", failing_build)
-    _syrk._load_once.cache_clear()
+    monkeypatch.setattr(_syrk, "build_or_load", failing_build)
+    _syrk.load_once.cache_clear()
     try:
         for _ in range(3):
             assert _syrk.available() == (False, "no compiler")
         assert len(calls) == 1
     finally:
-        _syrk._load_once.cache_clear()
+        _syrk.load_once.cache_clear()
 
 
 def test_build_dir_override(monkeypatch, tmp_path):
@@ -103,7 +103,7 @@ def cuda_env(monkeypatch, tmp_path):
 def test_build_flags_from_cuda13_pip_packages(cuda_env):
     """CUDA 13's pip packages share one folder, ``nvidia/cu13``, with versioned libraries only."""
     cu13 = _tree(cuda_env / "nvidia" / "cu13", 13)
-    args = _syrk._build_args()
+    args = _syrk.build_args()
     assert args["extra_include_paths"] == [str(cu13 / "include")]
     flags = args["extra_ldflags"]
     assert "-l:libcublas.so.13" in flags and "-l:libcudart.so.13" in flags
@@ -120,7 +120,7 @@ def test_build_flags_from_cuda12_pip_packages(cuda_env, monkeypatch):
     _tree(nv / "cublas", 12, headers=("cublas_v2.h", "cublas_api.h", "cublasLt.h"), libs=("cublas",))
     _tree(nv / "cusparse", 12, headers=("cusparse.h",), libs=())
     _tree(nv / "cusolver", 12, headers=("cusolverDn.h",), libs=())
-    args = _syrk._build_args()
+    args = _syrk.build_args()
     # in the pip packages' (sorted) order, which is also the order the compiler searches them
     assert args["extra_include_paths"] == [str(nv / p / "include") for p in
                                            ("cublas", "cuda_cccl", "cuda_nvcc", "cuda_runtime", "cusolver", "cusparse")]
@@ -139,7 +139,7 @@ def test_toolkit_without_cublas_is_completed_by_pip_packages(cuda_env, monkeypat
     (kit / "include" / "cccl" / "nv" / "target").write_text("")
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(kit))
     cu13 = _tree(cuda_env / "nvidia" / "cu13", 13)
-    args = _syrk._build_args()
+    args = _syrk.build_args()
     assert args["extra_include_paths"] == [str(kit / "include"), str(kit / "include" / "cccl"), str(cu13 / "include")]
     flags = args["extra_ldflags"]
     assert flags[flags.index("-l:libcudart.so") - 1] == f"-Wl,-rpath,{kit / 'lib64'}"
@@ -153,27 +153,27 @@ def test_headers_of_another_cuda_major_are_skipped(cuda_env, monkeypatch):
     kit = _tree(cuda_env / "cuda-12", 12, lib="lib64", versioned=False)
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(kit))
     cu13 = _tree(cuda_env / "nvidia" / "cu13", 13)
-    assert _syrk._build_args()["extra_include_paths"] == [str(cu13 / "include")]
+    assert _syrk.build_args()["extra_include_paths"] == [str(cu13 / "include")]
     # with nothing of CUDA 13 the error says what was found and why it was skipped
     import shutil
 
     shutil.rmtree(cu13)
     with pytest.raises(_syrk.SyrkUnavailable, match=r"cuda_runtime_api.h .*CUDA 13.0.*skipped .*cuda-12.*\(CUDA 12\)"):
-        _syrk._build_args()
+        _syrk.build_args()
 
 
 def test_build_flags_name_what_is_missing(cuda_env):
     with pytest.raises(_syrk.SyrkUnavailable, match="no CUDA toolkit, no nvidia pip packages"):
-        _syrk._build_args()
+        _syrk.build_args()
     _tree(cuda_env / "nvidia" / "cu13", 13, headers=[h for h in _HEADERS if h != "crt/host_defines.h"])
     with pytest.raises(_syrk.SyrkUnavailable, match=r"crt/host_defines.h .*nvidia-cuda-crt"):
-        _syrk._build_args()
+        _syrk.build_args()
 
 
 def test_missing_library_is_named(cuda_env):
     _tree(cuda_env / "nvidia" / "cu13", 13, libs=("cudart",))
     with pytest.raises(_syrk.SyrkUnavailable, match="no libcublas.so beside the CUDA headers"):
-        _syrk._build_args()
+        _syrk.build_args()
 
 
 def test_cpu_torch_cannot_build(monkeypatch):
