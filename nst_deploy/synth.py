@@ -79,8 +79,8 @@ from .images import as_image_tensor, check_output, resize_longest
 from .kernels import gram
 from .losses import LossTerms, gram_style_loss
 from .lossnets import LOSSNETS, LossNetwork, load_lossnet
-from .optimize import MAX_SIZE, OPTIMIZERS, PixelOptimizer, StepInfo
-from .options import DEFAULT_LR
+from .options import DEFAULT_LR, MAX_SIZE, OPTIMIZERS
+from .pixels import PixelOptimizer, StepInfo
 from .presets import GATYS_STYLE, parse_layers
 
 __all__ = [
