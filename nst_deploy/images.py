@@ -48,6 +48,7 @@ __all__ = [
     "resize",
     "resize_longest",
     "save_image",
+    "source_size",
     "target_size",
     "to_pil",
 ]
@@ -475,3 +476,20 @@ def check_output(path: Path, *inputs, quality: int | None = None) -> None:
     if path.suffix.lower() not in SAVE_FORMATS:
         raise ImageError(f"cannot write '{path}': use one of {', '.join(sorted(SAVE_FORMATS))}")
     check_writable(path)
+
+
+def source_size(img) -> tuple[int, int]:
+    """``(H, W)`` of an image argument as given (a file: its declared size, EXIF rotation applied;
+    ``(0, 0)`` for a file that cannot be read)."""
+    if isinstance(img, (str, Path)):
+        try:
+            with open_allowed(img) as im:
+                w, h = im.size
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                    w, h = h, w
+        except Exception:  # noqa: BLE001 - the file was decoded already; fall back to nothing
+            return 0, 0
+        return h, w
+    if isinstance(img, Image.Image):
+        return img.size[1], img.size[0]
+    return tuple(img.shape[-2:]) if isinstance(img, torch.Tensor) else tuple(img.shape[:2])

@@ -191,6 +191,16 @@ class LossNetwork(nn.Module):
         deepest = self.resolve(layers)[-1]
         return min_input_size(self.arch, self.pooling, deepest)
 
+    def check_image_size(self, hw: tuple[int, int], layers: Iterable[str] | str, what: str) -> None:
+        """Refuse an image whose size as given (``(H, W)``; 0 when unknown: not checked) is below what
+        the deepest of ``layers`` needs: resized up, it would hold too little to take statistics from."""
+        names = self.resolve(layers)
+        need = min_input_size(self.arch, self.pooling, names[-1])
+        h, w = hw
+        if 0 < min(h, w) < need:
+            raise LossNetError(f"the {what} is {w}x{h} pixels; {self.arch}'s layers up to {names[-1]} need at "
+                               f"least {need}x{need}: use a larger image")
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """RGB ``[0, 1]`` to this network's input convention."""
         if self.preprocessing.bgr:

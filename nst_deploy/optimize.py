@@ -24,7 +24,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,10 +37,10 @@ from .images import (
     as_image_tensor,
     cover_crop,
     load_image,
-    open_allowed,
     resize,
     resize_longest,
     save_image,
+    source_size,
     target_size,
     to_pil,
 )
@@ -163,24 +163,6 @@ def _keypoints(o: StylizeOptions, net, inputs: _Inputs, device):
 
 
 # --- inputs -------------------------------------------------------------------------------------
-
-def _original_hw(img) -> tuple[int, int]:
-    """``(H, W)`` of an image argument as given (a file: its declared size, EXIF rotation applied)."""
-    from PIL import Image
-
-    if isinstance(img, (str, Path)):
-        try:
-            with open_allowed(img) as im:
-                w, h = im.size
-                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-                    w, h = h, w
-        except Exception:  # noqa: BLE001 - the file was decoded already; fall back to nothing
-            return 0, 0
-        return h, w
-    if isinstance(img, Image.Image):
-        return img.size[1], img.size[0]
-    return tuple(img.shape[-2:]) if isinstance(img, torch.Tensor) else tuple(img.shape[:2])
-
 
 def _check_min(x: torch.Tensor, min_side: int, what: str, size: int) -> None:
     h, w = x.shape[-2:]
@@ -329,8 +311,9 @@ def stylize(
     s_masks = [None if st.style_mask is None else load_style_mask(st.style_mask, tuple(sf.shape[-2:]),
                                                                   f"style mask {i}" if many else "style mask")
                for i, (st, sf) in enumerate(zip(styles, s_full, strict=True), 1)]
+    style_hw = [source_size(st.image) for st in styles]
     inputs = _Inputs(c_full, styles, s_full, None if masks[0] is None else torch.cat(masks, 1), s_masks,
-                     _original_hw(content), _original_hw(styles[0].image))
+                     source_size(content), style_hw[0], style_hw)
     out = _run(o, inputs, device, callback)
     if as_tensor is None:
         as_tensor = isinstance(content, torch.Tensor)
@@ -349,6 +332,8 @@ class _Inputs:
     #: the content's and first style's size as given (keypoint files are in those pixels)
     content_hw: tuple[int, int] = (0, 0)
     style_hw: tuple[int, int] = (0, 0)
+    #: every style image's size as given
+    style_source_hw: list[tuple[int, int]] = field(default_factory=list)
 
     def digests(self) -> dict:
         return {"content_digest": _digest(self.content),
@@ -400,6 +385,11 @@ def _setup(o: StylizeOptions, inputs: _Inputs, device) -> _Setup:
     """Build the losses and check, before any step, what can be checked: memory, the workspace."""
     net = load_lossnet(o.net, o.weights, pooling=o.pooling, device=device)
     layer_sets = _layer_sets(o, inputs.styles, inputs.masks is not None, net.layer_names)
+    many = len(layer_sets) > 1
+    for i, (layers, hw) in enumerate(zip(layer_sets, inputs.style_source_hw, strict=False), 1):
+        used = [name for name, w in layers.items() if w]
+        if used:
+            net.check_image_size(hw, used, f"style image{f' {i}' if many else ''}")
     style_loss = StyleLoss(layer_sets, [float(st.weight) for st in inputs.styles], rep=o.style_rep, window=o.window,
                            blend=o.multi_style == "blend" and len(layer_sets) > 1)
     loss = PerceptualLoss(net, o.content_layers, o.style_layers, o.content_weight, o.style_weight, o.tv_weight,

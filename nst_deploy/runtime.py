@@ -113,6 +113,11 @@ class Stylizer:
         """``(kind, (N, H, W), data)``: data is an ``HxWx3`` uint8 array or a float ``(N, 3, H, W)`` tensor."""
         from PIL import Image
 
+        if isinstance(image, (str, os.PathLike)):  # a file, read as the rest of the API reads images
+            from .images import load_image
+
+            arr = (load_image(image)[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+            return "pil", (1, arr.shape[0], arr.shape[1]), arr
         if isinstance(image, Image.Image):
             if image.mode != "RGB":
                 image = image.convert("RGB")
@@ -130,7 +135,7 @@ class Stylizer:
             if not torch.isfinite(image).all():
                 raise NSTError("the input tensor has NaN or Inf values")
             return "tensor", (image.shape[0], image.shape[2], image.shape[3]), image.detach()
-        raise NSTError(f"expected a PIL image, numpy array or tensor, not {type(image).__name__}")
+        raise NSTError(f"expected an image path, PIL image, numpy array or tensor, not {type(image).__name__}")
 
     # -- memory and tiling
     def _floats_per_pixel(self) -> float:
@@ -199,7 +204,8 @@ class Stylizer:
             return self._guard(self.engine.run, x).float().cpu()
 
     def __call__(self, image: Any):
-        """Stylize ``image`` (PIL, ``HxWx3`` uint8 array or ``(N, 3, H, W)`` tensor); returns the same kind.
+        """Stylize ``image`` (a file path, PIL image, ``HxWx3`` uint8 array or ``(N, 3, H, W)`` tensor);
+        returns the same kind (a PIL image for a path).
 
         A tensor gives a tensor of the same dtype and device, ``(N, 3, H * s, W * s)`` for the model's
         ``output_scale`` ``s`` (1 but for multimodal networks). An empty batch (``N == 0``) of a valid

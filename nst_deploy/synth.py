@@ -75,7 +75,7 @@ import torch
 
 from .devices import resolve_device
 from .errors import NSTError
-from .images import as_image_tensor, check_output, resize_longest
+from .images import as_image_tensor, check_output, resize_longest, source_size
 from .kernels import gram
 from .losses import LossTerms, gram_style_loss
 from .lossnets import LOSSNETS, LossNetwork, load_lossnet
@@ -400,6 +400,7 @@ def synth(
     channels = {k: channels[k] for k in layer_w}
 
     def grams_of(img, what: str) -> Targets:
+        lossnet.check_image_size(source_size(img), names, f"{what} image")
         return image_grams(lossnet, _load(img, max(hw), what).to(dev), layer_w)
 
     ref = None

@@ -37,7 +37,7 @@ from PIL import ImageOps
 from .devices import resolve_device
 from .errors import ImageError, NSTError
 from .fsutil import atomic_write, check_folder, check_writable, load_torch, sha256_file
-from .images import from_pil, load_image, open_allowed, pixel_limit, save_image
+from .images import from_pil, load_image, open_allowed, pixel_limit, save_image, source_size
 from .interrupts import DeferredInterrupt
 from .losses import LossTerms, PerceptualLoss
 from .lossnets import LOSSNETS, load_lossnet
@@ -313,6 +313,7 @@ class Trainer:
         self.model = create(o.arch, **o.net_config()).to(self.device)
         self.levels = o.levels if o.arch == "multimodal" else 1
         self.lossnet = load_lossnet(o.net, o.weights, pooling=o.pooling, device=self.device)
+        self.lossnet.check_image_size(source_size(o.style), parse_layers(o.style_layers, "style layers"), "style image")
         self.in_size = o.size
         self.crop = o.size * 2 ** (self.levels - 1)
         self._losses = [self._level_loss(k) for k in range(self.levels)]
