@@ -13,6 +13,9 @@ a new class here, not new branches in the Stylizer.
 * :class:`TorchScriptBackend`: ``model.pt`` of ``nst-export``, loaded with ``torch.jit.load`` only after
   its sha256 matches the ``manifest.json`` beside it (TorchScript is code: never loaded unverified).
 * :class:`EagerBackend`: a model file of ``nst train``, the network itself.
+
+Importing this module does not import torch, nor does loading and running an ONNX model on numpy
+arrays (:meth:`Backend.run_array`); the torch formats, tensors and tiling import it when used.
 """
 
 from __future__ import annotations
@@ -26,14 +29,32 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from . import tiling
 from .contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, PRECISION_NAMES
 from .errors import NSTError
 from .fsutil import sha256_file
 
 __all__ = ["Backend", "EagerBackend", "OnnxBackend", "TorchScriptBackend", "brief_error", "open_backend"]
+
+
+def _gpu_present() -> bool:
+    """Whether an NVIDIA GPU is there, asked of torch when it is loaded anyway, else of the driver."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.cuda.is_available()
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+
+
+def onnx_device(name: str) -> str:
+    """The execution-provider choice for a device name: ``cpu``, ``cuda`` or ``auto`` (``cuda:N`` is
+    ``cuda``)."""
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name.split(":")[0]
+    if name in ("mps", "xpu"):
+        raise NSTError(f"device '{name}' cannot run an ONNX model here: use auto, cpu or cuda")
+    raise NSTError(f"unknown device '{name}'")
 
 
 def _onnx_providers(device: str, providers) -> list[str]:
@@ -46,8 +67,12 @@ def _onnx_providers(device: str, providers) -> list[str]:
             raise NSTError(f"execution providers {', '.join(missing)} are not available here "
                            f"(available: {', '.join(available)})")
         return list(providers)
-    order = ["CPUExecutionProvider"] if device == "cpu" else \
-        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    if device == "cuda" and not any(p in available for p in gpu):
+        raise NSTError("device 'cuda' was asked for, but onnxruntime has no CUDA execution provider here "
+                       "(install onnxruntime-gpu)")
+    order = ["CPUExecutionProvider"] if device == "cpu" or (device == "auto" and not _gpu_present()) else \
+        [*gpu, "CPUExecutionProvider"]
     return [p for p in order if p in available] or ["CPUExecutionProvider"]
 
 
@@ -71,6 +96,11 @@ def _graph_tensors(graph):
 
 def _check_external_data(path: Path) -> None:
     """Refuse ONNX external-data references that leave the model's folder."""
+    # Every external-data reference holds the key "location" as plain bytes: a file without them has
+    # none, and is not parsed here (importing onnx alone takes about as long as a small model's run).
+    with open(path, "rb") as fh:
+        if b"location" not in fh.read():
+            return
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -84,12 +114,13 @@ def _check_external_data(path: Path) -> None:
             raise NSTError(f"ONNX model '{path}': external data '{location}' points outside its folder")
 
 
-def _ort_type(dtype: torch.dtype):
-    return {torch.float32: np.float32, torch.float16: np.float16}[dtype]
-
-
-def _bound_run(sess, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+def _bound_run(sess, feeds: dict, outputs: dict) -> None:
     """Run ``sess`` with inputs and outputs bound in place (CPU or CUDA torch tensors: no copies)."""
+    import torch
+
+    def _ort_type(dtype):
+        return {torch.float32: np.float32, torch.float16: np.float16}[dtype]
+
     binding = sess.io_binding()
     feeds = {name: t.contiguous() for name, t in feeds.items()}  # kept alive until the run returns
     for t in list(feeds.values()) + list(outputs.values()):
@@ -187,16 +218,22 @@ def _check_meta(path: Path, meta: dict, kind: str) -> dict:
     return dict(meta, precision=precision, output_scale=scale, static=static)
 
 
-def _check_precision(path: Path, meta: dict, precision: str | None) -> torch.dtype:
-    """The input dtype of an exported file, refusing a ``precision`` it was not exported in."""
+def _half_io(path: Path, meta: dict, precision: str | None) -> bool:
+    """Whether an exported file takes half-precision inputs, refusing a ``precision`` it was not exported in."""
     have = meta.get("precision") or "fp32"
     if precision is not None and (precision == "fp32") != (have == "fp32"):
         flag = "--fp16" if precision == "fp16" else "no --fp16"
         raise NSTError(f"'{path}' was exported in {have}; for {precision}, export it with nst-export {flag}")
-    return torch.float16 if have == "fp16-io" else torch.float32
+    return have == "fp16-io"
 
 
-def _session(path: Path, dev: torch.device, providers, arena: bool = True):
+def _torch_dtype(half: bool):
+    import torch
+
+    return torch.float16 if half else torch.float32
+
+
+def _session(path: Path, device: str, providers, arena: bool = True):
     import onnxruntime as ort
 
     try:
@@ -210,7 +247,7 @@ def _session(path: Path, dev: torch.device, providers, arena: bool = True):
     # stay within the memory budget
     opts.enable_cpu_mem_arena = arena
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=_onnx_providers(dev.type, providers))
+        return ort.InferenceSession(str(path), sess_options=opts, providers=_onnx_providers(device, providers))
     except Exception as e:  # noqa: BLE001
         raise NSTError(f"ONNX model '{path}' cannot be loaded: {str(e).strip().splitlines()[0][:160]}") from None
 
@@ -221,26 +258,37 @@ class Backend:
     Attributes:
         name: ``"onnx"``, ``"torchscript"`` or ``"eager"``.
         meta: the file's metadata, checked (``precision``, ``output_scale``, ``static``, ...).
-        device: where inputs go (an ONNX session on the CPU provider: the CPU).
-        dtype: the input dtype the network takes.
+        device: where inputs go, a ``torch.device`` (an ONNX session on the CPU provider: the CPU).
+        dtype: the input dtype the network takes, a torch dtype.
         path: the model file.
     """
 
     name = "model"
     kind = "model"  # how messages name the file
 
-    def __init__(self, path: Path, meta: dict, device: torch.device, dtype: torch.dtype):
-        self.path, self.meta, self.device, self.dtype = path, meta, device, dtype
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.meta = path, meta
         self.scale = int(meta.get("output_scale") or 1)
         self._lock = threading.Lock()
+
+    def memory_device(self):
+        """What :func:`nst_deploy.devices.available_memory` should ask about for this backend."""
+        return self.device
 
     @property
     def label(self) -> str:
         return f"{self.kind} '{self.path}'"
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        """The network on a float ``(N, 3, H, W)`` batch (any device and float dtype), whole."""
+    def run(self, x):
+        """The network on a float tensor ``(N, 3, H, W)`` (any device and float dtype), whole."""
         raise NotImplementedError
+
+    def run_array(self, x: np.ndarray) -> np.ndarray:
+        """The network on a float32 array ``(N, 3, H, W)``, whole: a float32 array back."""
+        import torch
+
+        with torch.inference_mode():
+            return self.run(torch.from_numpy(x)).float().cpu().numpy()
 
     def tiling_info(self) -> dict:
         """Receptive-field ``radius``, ``norm_channels``, ``multiple``, ``peak_floats_per_pixel``."""
@@ -259,7 +307,8 @@ class OnnxBackend(Backend):
 
     name, kind = "onnx", "ONNX model"
 
-    def __init__(self, path: Path, device: torch.device, providers=None, precision: str | None = None):
+    def __init__(self, path: Path, device: str = "auto", providers=None, precision: str | None = None):
+        device = onnx_device(device)
         sess = _session(path, device, providers)
         raw = sess.get_modelmeta().custom_metadata_map
         if "format" not in raw:
@@ -276,15 +325,35 @@ class OnnxBackend(Backend):
                            f"{meta['format']!r}, not 'onnx'")
         meta = _check_meta(path, meta, "ONNX model")
         _check_onnx_signature(path, sess, meta)
-        dtype = _check_precision(path, meta, precision)
+        self.half_io = _half_io(path, meta, precision)
         used = sess.get_providers()
         meta["providers"] = used
-        on_gpu = used[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and torch.cuda.is_available()
-        super().__init__(path, meta, torch.device("cuda") if on_gpu else torch.device("cpu"), dtype)
-        self.session, self.providers = sess, providers
+        self.on_gpu = used[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        super().__init__(path, meta)
+        self.session, self.providers, self.device_name = sess, providers, device
         self._tiles_sess = None
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:  # a binding per call: sessions run concurrently
+    @property
+    def device(self):
+        """``cuda`` when the session runs on a GPU provider and torch can reach the GPU, else ``cpu``."""
+        import torch
+
+        return torch.device("cuda" if self.on_gpu and torch.cuda.is_available() else "cpu")
+
+    @property
+    def dtype(self):
+        return _torch_dtype(self.half_io)
+
+    def memory_device(self):
+        return self.device if self.on_gpu else "cpu"
+
+    def run_array(self, x: np.ndarray) -> np.ndarray:  # numpy in and out: no torch
+        y = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: x.astype(np.float16 if self.half_io else np.float32)})[0]
+        return y.astype(np.float32, copy=False)
+
+    def run(self, x):  # a binding per call: sessions run concurrently
+        import torch
+
         x = x.to(self.device, self.dtype)
         s = self.scale
         y = torch.empty(x.shape[0], 3, x.shape[2] * s, x.shape[3] * s, dtype=self.dtype, device=self.device)
@@ -299,15 +368,17 @@ class OnnxBackend(Backend):
                 if not tpath.is_file():
                     raise NSTError(f"this image needs tiling, but '{tpath.name}' is not beside '{self.path.name}': "
                                    "export with nst-export (without --static)")
-                self._tiles_sess = _session(tpath, self.device, self.providers, arena=False)
+                self._tiles_sess = _session(tpath, self.device_name, self.providers, arena=False)
             return self._tiles_sess
 
     def stats_runners(self):
+        import torch
+
         sess = self.tiles_session()
         n_stats = 2 * sum(self.tiling_info()["norm_channels"])
         dev, dtype, scale = self.device, self.dtype, self.scale
 
-        def run(x: torch.Tensor, stats: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        def run(x, stats):
             x = x.to(dev, dtype)
             n = x.shape[0]
             mix = torch.ones(1, device=dev) if stats is not None else torch.zeros(1, device=dev)
@@ -323,14 +394,16 @@ class OnnxBackend(Backend):
 class ModuleBackend(Backend):
     """A torch module (TorchScript or eager): tiled through :class:`nst_deploy.tiling.NormStats`."""
 
-    def __init__(self, path: Path, meta: dict, device: torch.device, dtype: torch.dtype, module):
-        super().__init__(path, meta, device, dtype)
-        self.module = module
+    def __init__(self, path: Path, meta: dict, device, dtype, module):
+        super().__init__(path, meta)
+        self.device, self.dtype, self.module = device, dtype, module
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, x):
         return self.module(x.to(self.device, self.dtype))
 
     def tiling_info(self) -> dict:
+        from . import tiling
+
         with self._lock:  # measured once, on first need, for files that do not record it
             if not (self.meta.get("tiling") or {}).get("radius"):
                 self.meta["tiling"] = tiling.probe(lambda x: self.module(x.to(self.device, self.dtype)),
@@ -338,15 +411,19 @@ class ModuleBackend(Backend):
         return self.meta["tiling"]
 
     def stats_runners(self):
+        import torch
+
+        from . import tiling
+
         module, dev, dtype = self.module, self.device, self.dtype
 
-        def stats_of(x: torch.Tensor) -> torch.Tensor:
+        def stats_of(x):
             rec = tiling.NormStats()
             with torch.inference_mode(), rec:
                 module(x.to(dev, dtype))
             return rec.flat()
 
-        def tile(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        def tile(x, stats):
             with torch.inference_mode(), tiling.NormStats(given=stats):
                 return module(x.to(dev, dtype))
 
@@ -358,7 +435,9 @@ class TorchScriptBackend(ModuleBackend):
 
     name, kind = "torchscript", "TorchScript"
 
-    def __init__(self, path: Path, device: torch.device, precision: str | None = None):
+    def __init__(self, path: Path, device, precision: str | None = None):
+        import torch
+
         manifest_path = path.parent / "manifest.json"
         if not manifest_path.is_file():
             raise NSTError(f"refusing TorchScript '{path}': no manifest.json beside it to verify it against "
@@ -387,7 +466,7 @@ class TorchScriptBackend(ModuleBackend):
             module.half()  # a float32 scripted module casts like an eager one
             meta["precision"], dtype = "fp16", torch.float16
         else:
-            dtype = _check_precision(path, meta, precision)
+            dtype = _torch_dtype(_half_io(path, meta, precision))
         module.eval()
         super().__init__(path, meta, device, dtype, module)
 
@@ -397,7 +476,9 @@ class EagerBackend(ModuleBackend):
 
     name, kind = "eager", "model"
 
-    def __init__(self, path: Path, device: torch.device, precision: str | None = None):
+    def __init__(self, path: Path, device, precision: str | None = None):
+        import torch
+
         from .nets.io import load_model
 
         dtype = torch.float16 if precision == "fp16" else torch.float32
@@ -405,11 +486,14 @@ class EagerBackend(ModuleBackend):
         super().__init__(path, dict(meta, precision=precision or "fp32"), device, dtype, net)
 
 
-def open_backend(path: Path, device: torch.device, providers=None, precision: str | None = None) -> Backend:
-    """The backend for ``path``, by what the file is: ONNX by its suffix; a zip archive holding code is
-    TorchScript, any other an ``nst train`` model file."""
+def open_backend(path: Path, device: str = "auto", providers=None, precision: str | None = None) -> Backend:
+    """The backend for ``path`` on ``device`` (a name), by what the file is: ONNX by its suffix; a zip
+    archive holding code is TorchScript, any other an ``nst train`` model file."""
     if path.suffix.lower() == ".onnx":
         return OnnxBackend(path, device, providers, precision)
+    from .devices import resolve_device
+
+    device = resolve_device(device)
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head[:2] != b"PK":

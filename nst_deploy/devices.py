@@ -1,13 +1,12 @@
 """Devices: resolving a device name, the memory available on it, and telling an out-of-memory error.
 
-One home for these facts, used by the optimization, training, synthesis and the runtime.
+One home for these facts, used by the optimization, training, synthesis and the runtime. Importing
+it does not import torch (the ONNX path of the runtime runs without it).
 """
 
 from __future__ import annotations
 
 import re
-
-import torch
 
 from .errors import NSTError
 
@@ -17,9 +16,11 @@ __all__ = ["DEVICE_TYPES", "available_memory", "is_out_of_memory", "resolve_devi
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu``,
-    checked against what this machine has (one :class:`NSTError` line otherwise)."""
+def resolve_device(name: str):
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu`` as a
+    ``torch.device``, checked against what this machine has (one :class:`NSTError` line otherwise)."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -39,10 +40,12 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Bytes available now: free memory of a CUDA device, ``MemAvailable`` for the others (None when
-    the system does not say)."""
-    if device.type == "cuda":
+def available_memory(device) -> int | None:
+    """Bytes available now: free memory of a CUDA device (a ``torch.device``), ``MemAvailable`` for the
+    others (None when the system does not say)."""
+    if getattr(device, "type", device) == "cuda":
+        import torch
+
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     try:

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from . import tiling
 from .backends import Backend, brief_error, open_backend
 from .contract import MAX_SIDE, MIN_SIDE
-from .devices import available_memory, is_out_of_memory, resolve_device
+from .devices import available_memory, is_out_of_memory
 from .errors import NSTError
 
 __all__ = ["Stylizer"]
@@ -38,7 +37,13 @@ __all__ = ["Stylizer"]
 MEMORY_SHARE = 0.5
 
 
-def default_memory_mb(device: torch.device) -> float:
+def _is_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor (without importing torch: if it is not loaded, nothing is one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def default_memory_mb(device) -> float:
     """Half the memory available now: free GPU memory on CUDA, ``MemAvailable`` on the CPU (else 4096)."""
     have = available_memory(device)
     return MEMORY_SHARE * have / 2**20 if have is not None else 4096.0
@@ -59,17 +64,27 @@ class Stylizer:
     """
 
     def __init__(self, engine: Backend, memory_mb: float | None = None):
-        self.engine = engine  # the format's backend: run, tiling_info, stats_runners
+        self.engine = engine  # the format's backend: run, run_array, tiling_info, stats_runners
         self.backend = engine.name
         self.meta = engine.meta
-        self.device = engine.device
-        self.dtype = engine.dtype  # input dtype the model takes
-        self.memory_mb = float(memory_mb if memory_mb is not None else default_memory_mb(engine.device))
+        # images (not tensors) run as numpy arrays where the backend takes them without torch (ONNX)
+        self._arrays = engine.name == "onnx"
+        self.memory_mb = float(memory_mb if memory_mb is not None else default_memory_mb(engine.memory_device()))
         self.stats_size = 1024
         self.tile: int | None = None
         self.progress = None
         self.scale = engine.scale
         self.static = tuple(self.meta["static"]) if self.meta.get("static") else None
+
+    @property
+    def device(self):
+        """The ``torch.device`` inputs go to (for ONNX, asking imports torch)."""
+        return self.engine.device
+
+    @property
+    def dtype(self):
+        """The torch dtype the model takes."""
+        return self.engine.dtype
 
     # -- loading
     @classmethod
@@ -102,10 +117,14 @@ class Stylizer:
             raise NSTError(f"precision must be fp32 or fp16, not '{precision}'")
         if memory_mb is not None and not memory_mb > 0:
             raise NSTError(f"memory_mb must be positive, got {memory_mb}")
-        st = cls(open_backend(path, resolve_device(device), providers, precision), memory_mb=memory_mb)
+        st = cls(open_backend(path, device, providers, precision), memory_mb=memory_mb)
         if warmup:
             h, w = st.static or (64, 64)
-            st._infer(torch.rand(1, 3, h, w))
+            x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+            if st._arrays:
+                st._infer_array(x)
+            else:
+                st._infer(sys.modules["torch"].from_numpy(x))
         return st
 
     # -- inputs
@@ -114,9 +133,9 @@ class Stylizer:
         from PIL import Image
 
         if isinstance(image, (str, os.PathLike)):  # a file, read as the rest of the API reads images
-            from .images import load_image
+            from .imageio import read_rgb
 
-            arr = (load_image(image)[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+            arr = (read_rgb(image) * 255.0 + 0.5).astype(np.uint8)
             return "pil", (1, arr.shape[0], arr.shape[1]), arr
         if isinstance(image, Image.Image):
             if image.mode != "RGB":
@@ -127,7 +146,9 @@ class Stylizer:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise NSTError(f"expected an HxWx3 uint8 array, got {image.shape} {image.dtype}")
             return "numpy", (1, image.shape[0], image.shape[1]), image
-        if isinstance(image, torch.Tensor):
+        if _is_tensor(image):
+            import torch
+
             if image.dim() != 4 or image.shape[1] != 3:
                 raise NSTError(f"expected an RGB tensor (N, 3, H, W), got {tuple(image.shape)}")
             if not image.is_floating_point():
@@ -144,7 +165,7 @@ class Stylizer:
 
     def working_bytes(self, n: int, h: int, w: int) -> int:
         """Estimated working memory of running ``n`` images of ``h x w`` whole."""
-        per = 2 if self.dtype == torch.float16 or (self.meta.get("precision") or "fp32") != "fp32" else 4
+        per = 4 if (self.meta.get("precision") or "fp32") == "fp32" else 2
         return int(n * h * w * self._floats_per_pixel() * per)
 
     def tile_side(self, n: int, w: int, info: dict) -> int:
@@ -171,10 +192,10 @@ class Stylizer:
         return -(-(2 * int(info["radius"]) + 16) // m) * m
 
     # -- running
-    def _guard(self, fn, x: torch.Tensor, check: bool = True):
+    def _guard(self, fn, x, check: bool = True):
         """``fn(x)`` with the backend's failures as one :class:`NSTError` (the original kept as ``__cause__``;
         running out of memory is left as it is) and, with ``check``, its output checked to be a finite float
-        ``(N, 3, H * scale, W * scale)`` tensor for an ``(N, 3, H, W)`` input ``x``."""
+        ``(N, 3, H * scale, W * scale)`` tensor (an array for an array ``x``) for an ``(N, 3, H, W)`` input."""
         n, _, h, w = x.shape
         try:
             y = fn(x)
@@ -188,20 +209,29 @@ class Stylizer:
         if not check:
             return y
         want = (n, 3, h * self.scale, w * self.scale)
-        if not isinstance(y, torch.Tensor):
+        array = isinstance(x, np.ndarray)
+        if not (isinstance(y, np.ndarray) if array else _is_tensor(y)):
             raise NSTError(f"{self.engine.label} returned {type(y).__name__} for a {n}x3x{h}x{w} input, "
-                           f"not a tensor of shape {want}")
-        if tuple(y.shape) != want or not y.is_floating_point():
-            raise NSTError(f"{self.engine.label} returned a {y.dtype} tensor of shape {tuple(y.shape)} for a "
-                           f"{n}x3x{h}x{w} input; a style network returns a float tensor of shape {want}")
-        if not torch.isfinite(y).all():
+                           f"not a {'n array' if array else ' tensor'} of shape {want}")
+        floating = np.issubdtype(y.dtype, np.floating) if array else y.is_floating_point()
+        if tuple(y.shape) != want or not floating:
+            raise NSTError(f"{self.engine.label} returned a {y.dtype} {'array' if array else 'tensor'} of shape "
+                           f"{tuple(y.shape)} for a {n}x3x{h}x{w} input; a style network returns a float "
+                           f"{'array' if array else 'tensor'} of shape {want}")
+        if not (np.isfinite(y).all() if array else bool(sys.modules["torch"].isfinite(y).all())):
             raise NSTError(f"{self.engine.label} returned NaN or Inf values for a {n}x3x{h}x{w} input")
         return y
 
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        """The network on a float ``(N, 3, H, W)`` batch, whole, its output checked; float32 on the CPU."""
+    def _infer(self, x):
+        """The network on a float tensor ``(N, 3, H, W)``, whole, its output checked; float32 on the CPU."""
+        import torch
+
         with torch.inference_mode():
             return self._guard(self.engine.run, x).float().cpu()
+
+    def _infer_array(self, x: np.ndarray) -> np.ndarray:
+        """The network on a float32 array ``(N, 3, H, W)``, whole, its output checked (ONNX: without torch)."""
+        return self._guard(self.engine.run_array, x)
 
     def __call__(self, image: Any):
         """Stylize ``image`` (a file path, PIL image, ``HxWx3`` uint8 array or ``(N, 3, H, W)`` tensor);
@@ -228,16 +258,19 @@ class Stylizer:
         if n == 0:  # only a tensor batch can be empty
             return image.new_empty((0, 3, h * s, w * s))
         if self.working_bytes(n, h, w) + 3 * 4 * n * h * w * s * s <= self.memory_mb * 2**20:
-            x = data if kind == "tensor" else torch.from_numpy(data.copy()).permute(2, 0, 1)[None]
-            y = self._infer(x.float() / 255.0 if kind != "tensor" else x.float())
             if kind == "tensor":
-                return y.to(image.device, image.dtype)
-            return self._to_image(y[0], kind)
+                return self._infer(data.float()).to(image.device, image.dtype)
+            x = data.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255.0)
+            if not self._arrays:
+                return self._to_image(self._infer(sys.modules["torch"].from_numpy(x))[0], kind)
+            return self._to_image(self._infer_array(x)[0], kind)
         return self._tiled(kind, n, h, w, data, image)
 
     @staticmethod
-    def _to_image(y: torch.Tensor, kind: str):
-        arr = (y.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    def _to_image(y, kind: str):
+        """``(3, H, W)`` float (array or CPU tensor) in ``[0, 1]`` as the caller's kind: an array or PIL image."""
+        y = np.asarray(y)
+        arr = (np.clip(y, 0.0, 1.0).transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
         if kind == "numpy":
             return arr
         from PIL import Image
@@ -247,6 +280,8 @@ class Stylizer:
     def thumbnail_shape(self, n: int, h: int, w: int) -> tuple[int, int]:
         """``(h, w)`` of the thumbnail whose statistics a tiled run uses: long side at most ``stats_size``,
         aspect kept, and small enough to run within ``memory_mb``."""
+        from . import tiling
+
         th, tw = tiling.thumbnail_size(h, w, self.stats_size)
         fit = self.memory_mb * 2**20 / max(self.working_bytes(n, 1, 1), 1)
         if th * tw > fit:
@@ -254,6 +289,10 @@ class Stylizer:
         return th, tw
 
     def _tiled(self, kind: str, n: int, h: int, w: int, data, image):
+        import torch
+
+        from . import tiling
+
         info = self.engine.tiling_info()
         stats_of, run_tile = self.engine.stats_runners()
         s = self.scale

@@ -21,33 +21,9 @@ from torch import nn
 
 from ..errors import NSTError
 from ..fsutil import atomic_write, load_torch
+from ..models import MODELS_DIR, bundled_models, model_path  # noqa: F401 (re-exported)
 
 __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "bundled_models", "load_model", "model_path", "read_model", "save_model"]
-
-#: Where the bundled models live: ``<arch>__<style>.pt``.
-MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
-
-
-def bundled_models() -> dict[str, Path]:
-    """``{file stem: path}`` of the models shipped with the package."""
-    return {p.stem: p for p in sorted(MODELS_DIR.glob("*.pt"))}
-
-
-def model_path(name: str | os.PathLike) -> Path:
-    """A model file's path as given, or the file of a bundled model named ``starry_night`` or
-    ``johnson__starry_night`` (``-`` for ``_`` too)."""
-    path = Path(name)
-    if path.is_dir():
-        raise NSTError(f"model '{name}' is a folder: give a file in it (model.onnx, model.pt or an nst train .pt)")
-    if path.exists():
-        return path
-    bundled = bundled_models()
-    key = str(name).lower().replace("-", "_")
-    for stem, p in bundled.items():
-        if key in (stem, stem.split("__", 1)[-1]):
-            return p
-    names = ", ".join(stem.split("__", 1)[-1] for stem in bundled) or "none"
-    raise NSTError(f"model '{name}' does not exist (bundled models: {names})")
 
 MODEL_FORMAT = "nst-deploy-model"
 MODEL_VERSION = 1

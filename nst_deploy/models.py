@@ -1,0 +1,35 @@
+"""The bundled style networks and model names, without torch: ``nst run NAME`` resolves here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import NSTError
+
+__all__ = ["MODELS_DIR", "bundled_models", "model_path"]
+
+#: Where the bundled models live: ``<arch>__<style>.pt``.
+MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
+
+
+def bundled_models() -> dict[str, Path]:
+    """``{file stem: path}`` of the models shipped with the package."""
+    return {p.stem: p for p in sorted(MODELS_DIR.glob("*.pt"))}
+
+
+def model_path(name: str | os.PathLike) -> Path:
+    """A model file's path as given, or the file of a bundled model named ``starry_night`` or
+    ``johnson__starry_night`` (``-`` for ``_`` too)."""
+    path = Path(name)
+    if path.is_dir():
+        raise NSTError(f"model '{name}' is a folder: give a file in it (model.onnx, model.pt or an nst train .pt)")
+    if path.exists():
+        return path
+    bundled = bundled_models()
+    key = str(name).lower().replace("-", "_")
+    for stem, p in bundled.items():
+        if key in (stem, stem.split("__", 1)[-1]):
+            return p
+    names = ", ".join(stem.split("__", 1)[-1] for stem in bundled) or "none"
+    raise NSTError(f"model '{name}' does not exist (bundled models: {names})")
