@@ -212,9 +212,8 @@ def cmd_stylize(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-
-    from .images import check_output, load_image, resize, save_image
-
+    """Run a feed-forward network on an image. An ONNX model runs without torch (numpy, Pillow and
+    onnxruntime alone): the image is decoded, resized and written by :mod:`nst_deploy.imageio`."""
     if args.list:
         from .nets.io import bundled_models, read_model
 
@@ -225,18 +224,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.model is None or args.input is None:
         raise NSTError("give a MODEL and an INPUT image (nst run --list shows the bundled models)")
-    from .nets.io import model_path
+    from .contract import MIN_SIDE
+    from .devices import is_out_of_memory
+    from .imageio import check_output, read_rgb, resize_array, write_image
+    from .models import model_path
+    from .runtime import Stylizer
 
     model = model_path(args.model)
     output = Path(args.output or f"{Path(args.input).stem}-{model.stem.split('__', 1)[-1]}.png")
     check_output(output, args.input, quality=args.quality)
-    from .contract import MIN_SIDE
-
     if args.size is not None and args.size < MIN_SIDE:
         raise NSTError(f"--size {args.size} is too small: use {MIN_SIDE} pixels or more")
-    from .devices import is_out_of_memory
-    from .runtime import Stylizer
-
     if args.memory_mb is not None and not args.memory_mb > 0:
         raise NSTError(f"--memory-mb must be positive, got {args.memory_mb:g}")
     # ONNX, verified TorchScript or a model file
@@ -248,13 +246,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             line_open[0] = done != total
 
         stylizer.progress = progress
-    meta = stylizer.meta
-    scale = int(meta.get("output_scale", 1) or 1)
-    x = load_image(args.input, size=args.size)
-    h, w = x.shape[-2:]
+    scale = int(stylizer.meta.get("output_scale", 1) or 1)
+    x = read_rgb(args.input, size=args.size)  # float32 (H, W, 3) in [0, 1]
+    h, w = x.shape[:2]
     if scale > 1:  # the multimodal net's output is `scale` times its input
-        x = resize(x, (max(MIN_SIDE, round(h / scale)), max(MIN_SIDE, round(w / scale))))
-    if min(x.shape[-2:]) < MIN_SIDE:
+        x = resize_array(x, (max(MIN_SIDE, round(h / scale)), max(MIN_SIDE, round(w / scale))))
+    if min(x.shape[:2]) < MIN_SIDE:
         raise NSTError(f"input '{args.input}' is {w}x{h}: too small for the network ({MIN_SIDE} pixels at least)")
     t0 = time.perf_counter()
     try:
@@ -267,9 +264,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if is_out_of_memory(e):
             raise NSTError(f"not enough memory to run {w}x{h}: lower --memory-mb (tiles) or use --size") from None
         raise
-    if tuple(y.shape[-2:]) != (h, w):
-        y = resize(y, (h, w))
-    save_image(y, output, quality=args.quality)
+    if y.shape[:2] != (h, w):
+        y = resize_array(y, (h, w))
+    write_image(y, output, quality=args.quality)
     if not args.quiet:
         print(f"nst: wrote {output} ({w}x{h}, {time.perf_counter() - t0:.2f} s)", file=sys.stderr)
     return 0
@@ -374,32 +371,44 @@ def _add_stylize(sub) -> None:
     p.set_defaults(func=cmd_stylize)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_layers(sub) -> None:
     from .lossnets import LOSSNETS
-
-    parser = _Parser(
-        prog="nst",
-        description="Neural style transfer: per-image optimization, feed-forward networks, export.",
-    )
-    parser.add_argument("--version", action="version", version=f"nst-deploy {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("layers", help="list a loss network's layer names")
     p.add_argument("--net", default="vgg19", choices=LOSSNETS)
     p.add_argument("--size", type=int, default=224, help="input size for the shapes shown (default 224)")
     p.set_defaults(func=cmd_layers)
 
+
+def _add_info(sub) -> None:
     p = sub.add_parser("info", help="versions, devices and the bundled weights")
     p.set_defaults(func=cmd_info)
 
-    _add_stylize(sub)
+
+def _add_synth(sub) -> None:
     from .synth import add_synth_parser
 
     add_synth_parser(sub)
+
+
+def _add_train(sub) -> None:
     from .train import add_train_parser
 
     add_train_parser(sub)
-    _add_run(sub)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``nst``; ``only``: just that command's (``nst run`` must not wait for torch, which
+    the other commands' parsers import)."""
+    parser = _Parser(
+        prog="nst",
+        description="Neural style transfer: per-image optimization, feed-forward networks, export.",
+    )
+    parser.add_argument("--version", action="version", version=f"nst-deploy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, add in _COMMANDS.items():
+        if only is None or only == name:
+            add(sub)
     return parser
 
 
@@ -410,9 +419,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n({self.prog} --help lists the options)\n")
 
 
+#: The commands, in the order ``nst --help`` lists them, and what adds each one's parser.
+_COMMANDS = {"layers": _add_layers, "info": _add_info, "stylize": _add_stylize, "synth": _add_synth,
+             "train": _add_train, "run": _add_run}
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:  # building the parser imports torch (seconds): Ctrl-C then is an interrupt like any other
-        parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = argv[0] if argv else None
+    try:  # building a parser may import torch (seconds): Ctrl-C then is an interrupt like any other
+        parser = build_parser(only=first if first in _COMMANDS else None)
     except KeyboardInterrupt:
         print("nst: interrupted", file=sys.stderr)
         return 130

@@ -143,8 +143,12 @@ class Stylizer:
             arr = np.asarray(image)
             return "pil", (1, arr.shape[0], arr.shape[1]), arr
         if isinstance(image, np.ndarray):
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise NSTError(f"expected an HxWx3 uint8 array, got {image.shape} {image.dtype}")
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.float32):
+                raise NSTError(f"expected an HxWx3 uint8 or float32 array, got {image.shape} {image.dtype}")
+            if image.dtype == np.float32:  # in [0, 1]: checked as tensors are
+                if not np.isfinite(image).all():
+                    raise NSTError("the input array has NaN or Inf values")
+                return "float", (1, image.shape[0], image.shape[1]), image
             return "numpy", (1, image.shape[0], image.shape[1]), image
         if _is_tensor(image):
             import torch
@@ -260,7 +264,9 @@ class Stylizer:
         if self.working_bytes(n, h, w) + 3 * 4 * n * h * w * s * s <= self.memory_mb * 2**20:
             if kind == "tensor":
                 return self._infer(data.float()).to(image.device, image.dtype)
-            x = data.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255.0)
+            x = data.transpose(2, 0, 1)[None].astype(np.float32)
+            if kind != "float":
+                x /= np.float32(255.0)
             if not self._arrays:
                 return self._to_image(self._infer(sys.modules["torch"].from_numpy(x))[0], kind)
             return self._to_image(self._infer_array(x)[0], kind)
@@ -270,6 +276,8 @@ class Stylizer:
     def _to_image(y, kind: str):
         """``(3, H, W)`` float (array or CPU tensor) in ``[0, 1]`` as the caller's kind: an array or PIL image."""
         y = np.asarray(y)
+        if kind == "float":
+            return np.ascontiguousarray(np.clip(y, 0.0, 1.0).transpose(1, 2, 0), dtype=np.float32)
         arr = (np.clip(y, 0.0, 1.0).transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
         if kind == "numpy":
             return arr
@@ -298,7 +306,9 @@ class Stylizer:
         s = self.scale
         tile = self.tile_side(n, w, info)
         th, tw = self.thumbnail_shape(n, h, w)
-        if kind == "tensor":
+        if kind == "float":  # a float array runs as the tensor it is
+            data = torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1)))[None]
+        if kind in ("tensor", "float"):
             x = data.float()
             thumb = tiling.thumbnail(x.cpu(), (th, tw))
 
@@ -313,7 +323,7 @@ class Stylizer:
             source = tiling.uint8_source(data)
         stats = self._guard(stats_of, thumb, check=False)
         plan = tiling.TilePlan(h, w, tile, self.overlap(info), int(info["radius"]), int(info.get("multiple", 4)), s)
-        if kind == "tensor":
+        if kind in ("tensor", "float"):
             out = torch.empty(n, 3, h * s, w * s)
 
             def sink(r0, band):
@@ -329,6 +339,8 @@ class Stylizer:
                          self.progress)
         if kind == "tensor":
             return out.to(image.device, image.dtype)
+        if kind == "float":
+            return self._to_image(out[0], kind)
         if kind == "numpy":
             return out
         from PIL import Image

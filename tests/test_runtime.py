@@ -372,9 +372,28 @@ def test_bad_tensor_inputs_each_one_error(exported, name):
                      (torch.zeros(1, 3, 24, 32, dtype=torch.int64), "floating-point tensor"),
                      (torch.zeros(1, 3, 24, 32, dtype=torch.bool), "floating-point tensor"),
                      (nan, "NaN or Inf"), (inf, "NaN or Inf"),
-                     (np.zeros((24, 32, 4), np.uint8), "HxWx3 uint8"), (np.zeros((24, 32, 3), np.float32), "HxWx3")]:
+                     (np.zeros((24, 32, 4), np.uint8), "HxWx3 uint8 or float32"),
+                     (np.zeros((24, 32, 3), np.float64), "HxWx3 uint8 or float32"),
+                     (np.full((24, 32, 3), np.nan, np.float32), "NaN or Inf")]:
         with pytest.raises(NSTError, match=msg):
             s(bad)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.pt"])
+def test_float_arrays_in_and_out(exported, name):
+    """An HxWx3 float32 array in [0, 1] (how nst run passes a decoded image) gives a float32 array, equal to
+    the tensor path's result; whole and tiled alike."""
+    s = Stylizer.load(exported / name)
+    x = torch.rand(1, 3, 40, 56)
+    arr = x[0].permute(1, 2, 0).numpy().copy()
+    y = s(arr)
+    assert y.dtype == np.float32 and y.shape == (40, 56, 3)
+    ref = s(x)[0].permute(1, 2, 0).numpy()
+    assert np.abs(y - ref).max() < 1e-5
+    s.memory_mb = 40  # tiled
+    big = torch.rand(1, 3, 150, 230)
+    tiled = s(big[0].permute(1, 2, 0).numpy().copy())
+    assert tiled.dtype == np.float32 and np.abs(tiled - s(big)[0].permute(1, 2, 0).numpy()).max() < 1e-5
 
 
 def test_backend_errors_wrapped_out_of_memory_left(exported, monkeypatch):
