@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import numpy as np
+from nst_deploy.export import export_model
 from PIL import Image
 
-from nst_deploy.export import export_model
 from nst_deploy.nets.io import bundled_models
 from nst_deploy.runtime import Stylizer
 
