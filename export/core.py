@@ -181,6 +181,7 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, s
     for key, value in _metadata(meta, "onnx_tiles" if tiles else "onnx").items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
+    store_exact_fp16(model)
     try:
         onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
@@ -189,6 +190,39 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, s
     with atomic_write(path, "wb") as fh:
         fh.write(model.SerializeToString())
     return path
+
+
+#: Initializers smaller than this stay float32 (a Cast node would outweigh what it saves).
+_FP16_MIN_ELEMENTS = 64
+
+
+def store_exact_fp16(model) -> int:
+    """Store the float32 initializers whose every value is exactly a float16 (the weights of a model file
+    saved in half precision, as the bundled ones are) as float16, each followed by a Cast back to
+    float32: the file is about half the size and computes exactly the same (onnxruntime folds the casts
+    when it loads the graph). Returns how many initializers were stored so."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    casts, done = [], 0
+    for i, init in enumerate(graph.initializer):
+        if init.data_type != TensorProto.FLOAT or init.data_location == TensorProto.EXTERNAL:
+            continue
+        arr = numpy_helper.to_array(init)
+        if arr.size < _FP16_MIN_ELEMENTS or not np.isfinite(arr).all():
+            continue
+        half = arr.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), arr):
+            continue
+        name = init.name
+        graph.initializer[i].CopyFrom(numpy_helper.from_array(half, f"{name}__fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT,
+                                      name=f"{name}__to_fp32"))
+        done += 1
+    for node in reversed(casts):  # before every use: nodes are kept in topological order
+        graph.node.insert(0, node)
+    return done
 
 
 def verify(net: torch.nn.Module, artifacts: dict[str, Path], shapes=VERIFY_SHAPES, rtol: float = 1e-3,

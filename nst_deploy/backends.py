@@ -31,20 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from .contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, PRECISION_NAMES
+from .devices import gpu_present
 from .errors import NSTError
 from .fsutil import sha256_file
 
 __all__ = ["Backend", "EagerBackend", "OnnxBackend", "TorchScriptBackend", "brief_error", "open_backend"]
-
-
-def _gpu_present() -> bool:
-    """Whether an NVIDIA GPU is there, asked of torch when it is loaded anyway, else of the driver."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return torch.cuda.is_available()
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
 
 
 def onnx_device(name: str) -> str:
@@ -71,7 +62,7 @@ def _onnx_providers(device: str, providers) -> list[str]:
     if device == "cuda" and not any(p in available for p in gpu):
         raise NSTError("device 'cuda' was asked for, but onnxruntime has no CUDA execution provider here "
                        "(install onnxruntime-gpu)")
-    order = ["CPUExecutionProvider"] if device == "cpu" or (device == "auto" and not _gpu_present()) else \
+    order = ["CPUExecutionProvider"] if device == "cpu" or (device == "auto" and not gpu_present()) else \
         [*gpu, "CPUExecutionProvider"]
     return [p for p in order if p in available] or ["CPUExecutionProvider"]
 

@@ -225,12 +225,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.model is None or args.input is None:
         raise NSTError("give a MODEL and an INPUT image (nst run --list shows the bundled models)")
     from .contract import MIN_SIDE
-    from .devices import is_out_of_memory
+    from .devices import gpu_present, is_out_of_memory
     from .imageio import check_output, read_rgb, resize_array, write_image
-    from .models import model_path
+    from .models import bundled_onnx, model_path
     from .runtime import Stylizer
 
     model = model_path(args.model)
+    # a bundled model runs from its ONNX copy on the CPU (no torch to import); the model file on a GPU
+    fast = bundled_onnx(model) if args.device == "cpu" or (args.device == "auto" and not gpu_present()) else None
     output = Path(args.output or f"{Path(args.input).stem}-{model.stem.split('__', 1)[-1]}.png")
     check_output(output, args.input, quality=args.quality)
     if args.size is not None and args.size < MIN_SIDE:
@@ -238,7 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.memory_mb is not None and not args.memory_mb > 0:
         raise NSTError(f"--memory-mb must be positive, got {args.memory_mb:g}")
     # ONNX, verified TorchScript or a model file
-    stylizer = Stylizer.load(model, device=args.device, memory_mb=args.memory_mb)
+    stylizer = Stylizer.load(fast or model, device=args.device, memory_mb=args.memory_mb)
     line_open = [False]
     if not args.quiet:
         def progress(done: int, total: int) -> None:
@@ -253,6 +255,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         x = resize_array(x, (max(MIN_SIDE, round(h / scale)), max(MIN_SIDE, round(w / scale))))
     if min(x.shape[:2]) < MIN_SIDE:
         raise NSTError(f"input '{args.input}' is {w}x{h}: too small for the network ({MIN_SIDE} pixels at least)")
+    if fast is not None and stylizer.needs_tiles(1, *x.shape[:2]):  # the ONNX copy has no tiles graph
+        progress_fn = stylizer.progress
+        stylizer = Stylizer.load(model, device=args.device, memory_mb=args.memory_mb)
+        stylizer.progress = progress_fn
     t0 = time.perf_counter()
     try:
         y = stylizer(x)

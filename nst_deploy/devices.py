@@ -6,11 +6,13 @@ it does not import torch (the ONNX path of the runtime runs without it).
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 
 from .errors import NSTError
 
-__all__ = ["DEVICE_TYPES", "available_memory", "is_out_of_memory", "resolve_device"]
+__all__ = ["DEVICE_TYPES", "available_memory", "gpu_present", "is_out_of_memory", "resolve_device"]
 
 #: Device types the package runs on.
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
@@ -38,6 +40,15 @@ def resolve_device(name: str):
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise NSTError(f"device '{name}' was asked for, but MPS is not available")
     return dev
+
+
+def gpu_present() -> bool:
+    """Whether an NVIDIA GPU is there, asked of torch when it is loaded anyway, else of the driver's files
+    (so that the ONNX path does not import torch to find out)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.cuda.is_available()
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
 
 
 def available_memory(device) -> int | None:

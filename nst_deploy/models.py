@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import NSTError
 
-__all__ = ["MODELS_DIR", "bundled_models", "model_path"]
+__all__ = ["MODELS_DIR", "bundled_models", "bundled_onnx", "model_path"]
 
 #: Where the bundled models live: ``<arch>__<style>.pt``.
 MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
@@ -33,3 +33,11 @@ def model_path(name: str | os.PathLike) -> Path:
             return p
     names = ", ".join(stem.split("__", 1)[-1] for stem in bundled) or "none"
     raise NSTError(f"model '{name}' does not exist (bundled models: {names})")
+
+
+def bundled_onnx(model: Path) -> Path | None:
+    """The ONNX copy of a bundled model file (``<name>.onnx`` beside it: the network only, no tiles graph),
+    or None for any other file."""
+    model = Path(model)
+    onnx = model.with_suffix(".onnx")
+    return onnx if model.parent.resolve() == MODELS_DIR and model.suffix == ".pt" and onnx.is_file() else None

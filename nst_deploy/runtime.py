@@ -172,6 +172,11 @@ class Stylizer:
         per = 4 if (self.meta.get("precision") or "fp32") == "fp32" else 2
         return int(n * h * w * self._floats_per_pixel() * per)
 
+    def needs_tiles(self, n: int, h: int, w: int) -> bool:
+        """Whether ``n`` images of ``h x w`` run in tiles: their working memory and output exceed ``memory_mb``."""
+        s = self.scale
+        return self.working_bytes(n, h, w) + 3 * 4 * n * h * w * s * s > self.memory_mb * 2**20
+
     def tile_side(self, n: int, w: int, info: dict) -> int:
         """The tile side, in input pixels, for ``n`` images of width ``w`` within ``memory_mb``."""
         m = int(info.get("multiple", 4))
@@ -261,7 +266,7 @@ class Stylizer:
         s = self.scale
         if n == 0:  # only a tensor batch can be empty
             return image.new_empty((0, 3, h * s, w * s))
-        if self.working_bytes(n, h, w) + 3 * 4 * n * h * w * s * s <= self.memory_mb * 2**20:
+        if not self.needs_tiles(n, h, w):
             if kind == "tensor":
                 return self._infer(data.float()).to(image.device, image.dtype)
             x = data.transpose(2, 0, 1)[None].astype(np.float32)

@@ -1,11 +1,14 @@
 """Package trained models for the repository: model file, training record, loss curve, before/after.
 
     python scripts/bundle_models.py MODEL.pt [MODEL.pt ...] --data DIR --command-file CMD.txt
+    python scripts/bundle_models.py --onnx-only nst_deploy/data/models/*.pt   # the ONNX copies alone
 
 For each model (written by ``nst train`` with ``--half``; its work folder ``MODEL.pt.train`` beside
 it) this writes
 
 * ``nst_deploy/data/models/<name>.pt``: the model (fp16 weights);
+* ``nst_deploy/data/models/<name>.onnx``: its ONNX export (the network only, weights stored in fp16,
+  verified against the model), what ``nst run <name>`` runs without torch;
 * ``nst_deploy/data/models/<name>.json``: the exact command, the training photographs with their
   sha256, the options, and the loss curve (every logged step);
 * ``docs/models/<name>-loss.png``: the loss curve;
@@ -83,12 +86,33 @@ def before_after(model: Path, photo: Path, out: Path, size: int = 384) -> None:
     save_image(torch.cat([x, y], dim=-1), out, quality=88)
 
 
+def onnx_copy(model: Path) -> Path:
+    """Export ``model`` with nst-export (ONNX only, verified) and put its ``model.onnx`` beside it."""
+    import tempfile
+
+    from nst_deploy.export import export_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_model(model, Path(tmp) / "exp", formats=("onnx",))
+        out = model.with_suffix(".onnx")
+        shutil.copyfile(Path(tmp) / "exp" / "model.onnx", out)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", type=Path)
-    ap.add_argument("--data", required=True, type=Path, help="the training photographs' folder")
+    ap.add_argument("--data", type=Path, help="the training photographs' folder")
     ap.add_argument("--command-file", type=Path, help="a file holding the exact training commands, one per model")
+    ap.add_argument("--onnx-only", action="store_true", help="write the ONNX copies of bundled models only")
     args = ap.parse_args(argv)
+    if args.onnx_only:
+        for m in args.models:
+            out = onnx_copy(m)
+            print(f"{out}: {out.stat().st_size / 1e6:.2f} MB")
+        return 0
+    if args.data is None:
+        ap.error("--data is required (the training photographs' folder)")
     commands = {}
     if args.command_file:
         for line in args.command_file.read_text().splitlines():
@@ -113,6 +137,7 @@ def main(argv=None) -> int:
             "loss_curve": hist,
         }
         shutil.copyfile(m, MODELS / f"{name}.pt")
+        onnx_copy(MODELS / f"{name}.pt")
         with atomic_write(MODELS / f"{name}.json", "w") as fh:
             json.dump(record, fh, indent=1)
         loss_curve(hist, DOCS / f"{name}-loss.png", f"{name}: training loss (moving average of 5 logs)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -43,3 +44,52 @@ def test_the_package_and_runtime_import_without_torch():
             "print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
+def test_a_bundled_model_runs_from_its_onnx_copy_without_torch(tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.open(DATA / "chelsea.jpg").convert("RGB").resize((120, 80)).save(photo)
+    out = tmp_path / "out.png"
+    proc = subprocess.run([sys.executable, "-c", PROBE, "starry_night", str(photo), str(out)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.stdout.split() == ["exit", "0", "heavy", "none"], proc.stdout + proc.stderr
+    # the ONNX copy computes what the bundled model file computes
+    got = np.asarray(Image.open(out)).astype(int)
+    want = np.asarray(Stylizer.load(bundled_models()["johnson__starry_night"])(Image.open(photo))).astype(int)
+    assert np.abs(got - want).max() <= 1
+
+
+def test_an_image_that_needs_tiles_falls_back_to_the_model_file(tmp_path):
+    """The bundled ONNX copies hold no tiles graph: an image over the memory budget runs from the model
+    file, tiled, and gives the tiled result of the runtime."""
+    from nst_deploy.cli import main
+
+    photo = tmp_path / "photo.png"
+    Image.open(DATA / "chelsea.jpg").convert("RGB").resize((230, 150)).save(photo)
+    assert main(["run", "starry_night", str(photo), "-o", str(tmp_path / "out.png"), "--memory-mb", "30", "-q",
+                 "--device", "cpu"]) == 0
+    s = Stylizer.load(bundled_models()["johnson__starry_night"], device="cpu", memory_mb=30)
+    assert s.needs_tiles(1, 150, 230)
+    want = np.asarray(s(np.asarray(Image.open(photo)).astype(np.float32) / 255))
+    got = np.asarray(Image.open(tmp_path / "out.png")).astype(np.float32) / 255
+    assert np.abs(got - want).max() <= 1 / 255 + 1e-6
+
+
+def test_exact_fp16_weights_are_stored_as_fp16(tmp_path):
+    """nst-export stores float32 weights that are exact float16 values (a model saved with half=True, as the
+    bundled ones are) as float16 with a Cast: half the file, the same output; other weights stay float32."""
+    import onnx
+    from nst_deploy.export.core import store_exact_fp16
+
+    from nst_deploy.nets import create
+    from nst_deploy.nets.io import save_model
+
+    bundled = onnx.load(str(bundled_models()["johnson__starry_night"].with_suffix(".onnx")))
+    halves = [i for i in bundled.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    casts = [n for n in bundled.graph.node if n.op_type == "Cast" and n.input[0].endswith("__fp16")]
+    assert len(halves) == len(casts) > 10
+    # random float32 weights are not exact float16: nothing changes
+    path = save_model(tmp_path / "m.pt", create("johnson", width=0.25), "johnson", {"style": "x"})
+    export_model(path, tmp_path / "exp", formats=("onnx",))
+    model = onnx.load(str(tmp_path / "exp" / "model.onnx"))
+    assert store_exact_fp16(model) == 0
