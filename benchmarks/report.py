@@ -201,6 +201,23 @@ def tiling_table(rows: list[dict], path: Path) -> str:
 LAYOUTS["tiling"] = tiling_table
 
 
+def cli_table(rows: list[dict], path: Path) -> str:
+    """Wall time of whole processes (``benchmarks/bench_cli.py``): median and range over the repeats."""
+    lines = ["| what | image | wall s (median) | min-max s |", "| --- | --- | ---: | ---: |"]
+    for r in rows:
+        size = r["shape"][-1]
+        image = f"{size}x{size}" if size else ""
+        if r.get("error"):
+            lines.append(f"| {r['provider']} | {image} | failed: {r['error'][:60]} | |")
+            continue
+        lines.append(f"| {r['provider']} | {image} | {r['median_ms'] / 1e3:.2f} | "
+                     f"{r['p20_ms'] / 1e3:.2f}-{r['p80_ms'] / 1e3:.2f} |")
+    return _head(rows, path) + "\n".join(lines) + "\n"
+
+
+LAYOUTS["cli"] = cli_table
+
+
 def table(path: Path) -> str:
     """A markdown table for one results file, laid out by its subject."""
     rows = json.loads(path.read_text())

@@ -221,3 +221,18 @@ def test_bench_tiling_measures_seams(tmp_path):
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["tiles"] >= 4 and r["seam_points"] >= 3 and r["seam_max_abs_levels"] <= 1
     assert r["shape"] == [1, 3, 320, 480] and r["call_mb"] > 0
+
+
+def test_bench_cli_times_the_commands(tmp_path):
+    """bench_cli: a row per command and size (no peer here), the import rows, and the report's table."""
+    import bench_cli
+
+    assert bench_cli.main(["--sizes", "32", "--repeats", "1", "--peer", "none", "--out-dir", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("cli-*.json")
+    rows = json.loads(path.read_text())
+    names = [r["provider"] for r in rows]
+    assert names[:3] == ["nst run NAME (bundled, ONNX copy)", "nst run model.onnx", "nst run model.pt (TorchScript)"]
+    assert all(r["error"] is None and r["wall_s"] > 0 for r in rows), [r["error"] for r in rows]
+    assert any("no torch" in n for n in names)
+    table = report.cli_table(rows, path)
+    assert "| nst run model.onnx | 32x32 |" in table
