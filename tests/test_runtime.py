@@ -105,11 +105,11 @@ def test_broken_onnx_files(exported, tmp_path):
 
 def test_onnx_external_data_must_stay_in_its_folder(exported, tmp_path):
     model = onnx.load(str(exported / "model.onnx"))
-    big = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4)
+    big = max(model.graph.initializer, key=lambda t: onnx.numpy_helper.to_array(t).size)  # a conv weight
     raw = onnx.numpy_helper.to_array(big).tobytes()
     (tmp_path / "outside.bin").write_bytes(raw)
-    big.ClearField("float_data")
-    big.ClearField("raw_data")
+    for field in ("float_data", "int32_data", "raw_data"):
+        big.ClearField(field)
     big.data_location = onnx.TensorProto.EXTERNAL
     for key, value in (("location", "../outside.bin"), ("offset", "0"), ("length", str(len(raw)))):
         e = big.external_data.add()
