@@ -6,7 +6,7 @@
 # TESTS_S, 540; the SYRK build SYRK_S, 240) so that one slow step cannot take the whole run; a
 # benchmark cut short writes the rows it measured (its JSON) before it exits, and its log has them.
 #
-#   scripts/gpu_run.sh quick            the most owed, in about 8 minutes: the kernel tests on CUDA,
+#   scripts/gpu_run.sh quick            the most owed (163 s on an H200): the kernel tests on CUDA,
 #                                       bench_kernels at 512 (no torch.compile), bench_stylize at 512
 #                                       (Adam, auto vs unfused kernels)
 #   scripts/gpu_run.sh tests            the whole test suite on CUDA (Triton compiled, CUDA-only tests run)
