@@ -9,6 +9,8 @@
 #   scripts/gpu_run.sh quick            the most owed (163 s on an H200): the kernel tests on CUDA,
 #                                       bench_kernels at 512 (no torch.compile), bench_stylize at 512
 #                                       (Adam, auto vs unfused kernels)
+#   scripts/gpu_run.sh recheck          the tests the first H200 run failed (kernels, benchmarks, stylize,
+#                                       runtime), about 2 minutes: run it first on the next machine
 #   scripts/gpu_run.sh tests            the whole test suite on CUDA (Triton compiled, CUDA-only tests run)
 #   scripts/gpu_run.sh kernel-tests     tests/kernels only
 #   scripts/gpu_run.sh kernels SIZE     bench_kernels fp32 at SIZE (512 or 1024), every op and provider
@@ -148,12 +150,16 @@ case "$phase" in
     kernels | precision | stylize) size_arg "${1:-}" > /dev/null ;;  # before any setup
 esac
 case "$phase" in
-    quick | tests | kernel-tests | kernels | precision | stylize | runtime)
+    quick | tests | kernel-tests | recheck | kernels | precision | stylize | runtime)
         setup
-        if [ "$phase" = kernel-tests ]; then phase_tests tests/kernels; else "phase_$phase" "$@"; fi
+        case "$phase" in
+            kernel-tests) phase_tests tests/kernels ;;
+            recheck) phase_tests tests/kernels tests/test_benchmarks.py tests/test_stylize.py tests/test_runtime.py ;;
+            *) "phase_$phase" "$@" ;;
+        esac
         ;;
     *)
-        echo "usage: scripts/gpu_run.sh quick | tests | kernel-tests | kernels SIZE | precision SIZE | stylize SIZE | runtime" >&2
+        echo "usage: scripts/gpu_run.sh quick | recheck | tests | kernel-tests | kernels SIZE | precision SIZE | stylize SIZE | runtime" >&2
         exit 2
         ;;
 esac
