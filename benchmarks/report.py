@@ -218,6 +218,20 @@ def cli_table(rows: list[dict], path: Path) -> str:
 LAYOUTS["cli"] = cli_table
 
 
+def quality_table(rows: list[dict], path: Path) -> str:
+    """The measures of nst_deploy.quality per painting, photo and producer (``benchmarks/bench_quality.py``)."""
+    lines = ["| painting | photo | made by | style ratio | content ratio | palette ratio | border ratio (photo's) "
+             "| s |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['style']} | {r['photo']} | {r['provider']} | {r['style_ratio']:.3f} | "
+                     f"{r['content_ratio']:.3f} | {r['palette_ratio']:.3f} | {r['border_ratio']:.2f} "
+                     f"({r['photo_border_ratio']:.2f}) | {r['seconds']:.1f} |")
+    return _head(rows, path) + "\n".join(lines) + "\n"
+
+
+LAYOUTS["quality"] = quality_table
+
+
 def table(path: Path) -> str:
     """A markdown table for one results file, laid out by its subject."""
     rows = json.loads(path.read_text())

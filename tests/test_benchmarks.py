@@ -236,3 +236,15 @@ def test_bench_cli_times_the_commands(tmp_path):
     assert any("no torch" in n for n in names)
     table = report.cli_table(rows, path)
     assert "| nst run model.onnx | 32x32 |" in table
+
+
+def test_bench_quality_scores_the_bundled_models(tmp_path):
+    import bench_quality
+
+    assert bench_quality.main(["--size", "64", "--models", "starry_night", "--out-dir", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("quality-*.json")
+    rows = json.loads(path.read_text())
+    assert [(r["provider"], r["photo"]) for r in rows] == [("model starry_night", "chelsea.jpg"),
+                                                          ("model starry_night", "coffee.jpg")]
+    assert all(0 < r["style_ratio"] < 1 and 0 < r["content_ratio"] < 1.5 for r in rows)
+    assert "| starry_night.jpg | chelsea.jpg | model starry_night |" in report.quality_table(rows, path)
