@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--optimize-steps", type=int, default=0)
     ap.add_argument("--models", nargs="*", help="bundled model names (default: all)")
+    ap.add_argument("--files", nargs="*", type=Path, default=[],
+                    help="model files of nst train to score instead (their style image: --style)")
+    ap.add_argument("--style", type=Path, help="the painting of --files")
     ap.add_argument("--out-dir")
     args = ap.parse_args(argv)
     from nst_deploy.images import load_image
@@ -47,12 +50,15 @@ def main(argv=None) -> int:
     from nst_deploy.runtime import Stylizer
 
     rows: list[dict] = []
+    if args.files:
+        if args.style is None:
+            ap.error("--files needs --style")
+        todo = [(p.stem, p, args.style) for p in args.files]
+    else:
+        todo = [(stem.split("__", 1)[-1], path, DATA / (read_model(path)["meta"].get("style") or "")) for stem, path
+                in bundled_models().items() if not args.models or stem.split("__", 1)[-1] in args.models]
     with harness.keep_partial("quality", rows, args.out_dir):
-        for stem, path in bundled_models().items():
-            name = stem.split("__", 1)[-1]
-            if args.models and name not in args.models:
-                continue
-            style_file = DATA / (read_model(path)["meta"].get("style") or f"{name}.jpg")
+        for name, path, style_file in todo:
             judge = Judge(load_image(style_file), size=args.size)
             model = Stylizer.load(path, device="cpu")
             for photo_name in PHOTOS:
