@@ -130,7 +130,9 @@ STEPS = 80  # the fixed batch's loss fell to 0.52x in 40 steps on an AVX2 CPU (0
 
 
 def test_training_lowers_the_loss(photos, style, tmp_path):
-    o = _opts(photos, style, tmp_path, steps=STEPS, batch=2, lr=1e-2, checkpoint_every=1000, log_every=10)
+    # the painting at the crop size, as STEPS was measured with (the default takes it at its own 64 px)
+    o = _opts(photos, style, tmp_path, steps=STEPS, batch=2, lr=1e-2, checkpoint_every=1000, log_every=10,
+              style_size=32)
     tr = _quiet_trainer(o, tmp_path / "m.pt")
     batch = torch.stack([tr.dataset.sample(n) for n in range(4)])
     before = _fixed_loss(tr, batch)
@@ -319,3 +321,16 @@ def test_nst_run(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
     assert main(["run", str(model), str(tmp_path / "missing.png"), "-o", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_painting_is_taken_at_384_px_at_least_by_default():
+    """At small training crops the painting is not shrunk to the crop size (its Gram targets would come
+    from a thumbnail); an explicit --style-size wins."""
+    from nst_deploy.train import MIN_STYLE_SIDE, TrainOptions
+
+    assert MIN_STYLE_SIDE == 384
+    assert TrainOptions(size=128).style_side() == 384
+    assert TrainOptions(size=512).style_side() == 512
+    assert TrainOptions(size=128, style_size=200).style_side() == 200
+    assert TrainOptions(size=128).style_side(native=300) == 300  # never upscaled past its own size
+    assert TrainOptions(size=128).style_side(native=100) == 128
