@@ -256,6 +256,8 @@ class Backend:
 
     name = "model"
     kind = "model"  # how messages name the file
+    #: whether :meth:`run_array` runs without torch (the Stylizer then runs images as arrays)
+    arrays = False
 
     def __init__(self, path: Path, meta: dict):
         self.path, self.meta = path, meta
@@ -297,6 +299,7 @@ class OnnxBackend(Backend):
     """An ``nst-export`` ONNX file through onnxruntime."""
 
     name, kind = "onnx", "ONNX model"
+    arrays = True
 
     def __init__(self, path: Path, device: str = "auto", providers=None, precision: str | None = None):
         device = onnx_device(device)

@@ -36,6 +36,7 @@ from .imageio import (  # noqa: F401 (the file side, re-exported: nst_deploy.ima
     open_allowed,
     open_checked,
     pixel_limit,
+    read_rgb,
     rgb_array,
     source_size,
     target_size,
@@ -115,13 +116,10 @@ def load_image(
     Raises:
         ImageError: for any file that cannot be read, is not allowed, or is too large or small.
     """
-    img = open_checked(path, max_pixels)
-    w, h = img.size
+    arr = read_rgb(path, max_pixels=max_pixels, background=background)
+    h, w = arr.shape[:2]
     _check_min(h, w, min_side, f"image '{path}'")
-    try:
-        x = from_pil(img, background)
-    except ImageError as e:
-        raise ImageError(f"cannot read image '{path}': {e}") from None
+    x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
     hw = target_size(h, w, size, pixels)
     _check_min(*hw, min_side, f"image '{path}' resized to {hw[1]}x{hw[0]}")
     x = resize(x, hw)

@@ -67,8 +67,6 @@ class Stylizer:
         self.engine = engine  # the format's backend: run, run_array, tiling_info, stats_runners
         self.backend = engine.name
         self.meta = engine.meta
-        # images (not tensors) run as numpy arrays where the backend takes them without torch (ONNX)
-        self._arrays = engine.name == "onnx"
         self.memory_mb = float(memory_mb if memory_mb is not None else default_memory_mb(engine.memory_device()))
         self.stats_size = 1024
         self.tile: int | None = None
@@ -120,11 +118,7 @@ class Stylizer:
         st = cls(open_backend(path, device, providers, precision), memory_mb=memory_mb)
         if warmup:
             h, w = st.static or (64, 64)
-            x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
-            if st._arrays:
-                st._infer_array(x)
-            else:
-                st._infer(sys.modules["torch"].from_numpy(x))
+            st._infer_array(np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32))
         return st
 
     # -- inputs
@@ -238,9 +232,12 @@ class Stylizer:
         with torch.inference_mode():
             return self._guard(self.engine.run, x).float().cpu()
 
-    def _infer_array(self, x: np.ndarray) -> np.ndarray:
-        """The network on a float32 array ``(N, 3, H, W)``, whole, its output checked (ONNX: without torch)."""
-        return self._guard(self.engine.run_array, x)
+    def _infer_array(self, x: np.ndarray):
+        """The network on a float32 array ``(N, 3, H, W)``, whole, its output checked: an array from a backend
+        that runs arrays without torch (ONNX), else through the tensor path (a float32 CPU tensor)."""
+        if self.engine.arrays:
+            return self._guard(self.engine.run_array, x)
+        return self._infer(sys.modules["torch"].from_numpy(x))  # a torch format: torch is loaded
 
     def __call__(self, image: Any):
         """Stylize ``image`` (a file path, PIL image, ``HxWx3`` uint8 array or ``(N, 3, H, W)`` tensor);
@@ -272,8 +269,6 @@ class Stylizer:
             x = data.transpose(2, 0, 1)[None].astype(np.float32)
             if kind != "float":
                 x /= np.float32(255.0)
-            if not self._arrays:
-                return self._to_image(self._infer(sys.modules["torch"].from_numpy(x))[0], kind)
             return self._to_image(self._infer_array(x)[0], kind)
         return self._tiled(kind, n, h, w, data, image)
 
