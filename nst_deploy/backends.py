@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, PRECISION_NAMES
-from .devices import gpu_present
+from .devices import cpu_threads, gpu_present
 from .errors import NSTError
 from .fsutil import sha256_file
 
@@ -237,6 +237,9 @@ def _session(path: Path, device: str, providers, arena: bool = True):
     # the CPU arena keeps (and grows by powers of two) what it ever held: off for tiles, which must
     # stay within the memory budget
     opts.enable_cpu_mem_arena = arena
+    threads = cpu_threads()
+    if threads:
+        opts.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=_onnx_providers(device, providers))
     except Exception as e:  # noqa: BLE001

@@ -6,13 +6,15 @@ it does not import torch (the ONNX path of the runtime runs without it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 
 from .errors import NSTError
 
-__all__ = ["DEVICE_TYPES", "available_memory", "gpu_present", "is_out_of_memory", "resolve_device"]
+__all__ = ["DEVICE_TYPES", "available_memory", "cpu_threads", "deterministic", "gpu_present", "is_out_of_memory",
+           "resolve_device"]
 
 #: Device types the package runs on.
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
@@ -44,11 +46,25 @@ def resolve_device(name: str):
 
 def gpu_present() -> bool:
     """Whether an NVIDIA GPU is there, asked of torch when it is loaded anyway, else of the driver's files
-    (so that the ONNX path does not import torch to find out)."""
+    (so that the ONNX path does not import torch to find out). ``CUDA_VISIBLE_DEVICES`` set empty or to
+    -1 hides the GPUs, as it does from CUDA."""
     torch = sys.modules.get("torch")
     if torch is not None:
         return torch.cuda.is_available()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+
+
+def cpu_threads() -> int | None:
+    """The CPU threads one inference may use: ``OMP_NUM_THREADS`` where set to a positive number (torch
+    reads it itself; ONNX Runtime sessions are given it), else None (each library's own default)."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return n if n > 0 else None
 
 
 def available_memory(device) -> int | None:
@@ -75,3 +91,24 @@ _OUT_OF_MEMORY = re.compile(r"out of memory|alloc\w* memory|memory alloc|not eno
 def is_out_of_memory(e: BaseException) -> bool:
     """Whether ``e`` says memory ran out (torch's CUDA and CPU errors, onnxruntime's, MemoryError)."""
     return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and bool(_OUT_OF_MEMORY.search(str(e))))
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool = True):
+    """Deterministic algorithms only (where torch has them; a warning names the others) and no cuDNN
+    autotuning, while the block runs; the previous settings after it. Off (``enabled=False``) it changes
+    nothing. cuBLAS needs a fixed workspace for repeatable sums: set here unless the caller set one."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    old_det, old_bench = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old_det)
+        torch.backends.cudnn.benchmark = old_bench

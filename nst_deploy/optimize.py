@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .deform import draw_keypoints, flow_tv, match_keypoints, read_keypoints, tps_grid, warp, warp_loss
-from .devices import available_memory, resolve_device
+from .devices import available_memory, deterministic, resolve_device
 from .errors import NSTError
 from .fsutil import atomic_write, check_writable, load_torch
 from .images import (
@@ -354,16 +354,8 @@ def _layer_sets(o: StylizeOptions, styles: list[Style], has_masks: bool, layer_n
 
 
 def _run(o: StylizeOptions, inputs: _Inputs, device, callback) -> torch.Tensor:
-    old_det = torch.are_deterministic_algorithms_enabled()
-    old_bench = torch.backends.cudnn.benchmark
-    if o.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    try:
+    with deterministic(o.deterministic):
         return _run_scales(o, inputs, device, callback)
-    finally:
-        torch.use_deterministic_algorithms(old_det)
-        torch.backends.cudnn.benchmark = old_bench
 
 
 @dataclass

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import ImageOps
 
-from .devices import resolve_device
+from .devices import deterministic, resolve_device
 from .errors import ImageError, NSTError
 from .fsutil import atomic_write, check_folder, check_writable, load_torch, sha256_file
 from .images import from_pil, load_image, open_allowed, pixel_limit, save_image, source_size
@@ -52,7 +52,8 @@ CHECKPOINT_FORMAT = "nst-deploy-train-checkpoint"
 CHECKPOINT_VERSION = 1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Options that do not change what is learned: a run may be resumed with other values of these.
-RUN_CONTROL = ("steps", "device", "workers", "checkpoint_every", "sample_every", "log_every", "workdir")
+RUN_CONTROL = ("steps", "device", "deterministic", "workers", "checkpoint_every", "sample_every", "log_every",
+               "workdir")
 
 
 #: The smallest side the painting is taken at by default. Measured (docs/feed-forward.md): at 128-px
@@ -86,6 +87,7 @@ class TrainOptions:
     pooling: str = "max"
     precision: str = "auto"
     device: str = "auto"
+    deterministic: bool = False
     seed: int = 0
     workers: int = 0
     checkpoint_every: int = 200
@@ -374,6 +376,7 @@ class Trainer:
     def loss(self, photos: torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
         """Mean loss per image of a batch of crops ``(B, 3, crop, crop)``."""
         o = self.o
+        photos = photos.to(self.device)
         b = photos.shape[0]
         x = photos if self.levels == 1 else F.interpolate(photos, size=(self.in_size, self.in_size),
                                                          mode="bicubic", antialias=True).clamp(0, 1)
@@ -488,7 +491,7 @@ class Trainer:
         # and Adam several times over: flush them to zero.
         flush = torch.set_flush_denormal(True)
         try:
-            with DeferredInterrupt() as stop:
+            with DeferredInterrupt() as stop, deterministic(o.deterministic):
                 self._loop(batches, stop, t0, seen0, window)
         finally:
             if flush:
@@ -594,6 +597,9 @@ def add_train_parser(sub) -> None:
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere; fp16: the network in fp16 with a grad "
                         "scaler, the loss network in fp32 (the VGG19 activations overflow fp16)")
     p.add_argument("--device", default=d.device, help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only: a resumed run ends where an uninterrupted one does on a GPU "
+                        "too (slower there)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the weights and the data order ({d.seed})")
     p.add_argument("--workers", type=int, default=d.workers, help="data loading processes (default 0)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,

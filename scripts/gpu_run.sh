@@ -72,7 +72,9 @@ rows() {  # the number of result rows in a log
 phase_tests() {  # phase_tests [PATHS...]: pytest under TESTS_S, output in tests.log
     # -n: pytest-xdist where installed; the suite's CUDA tests skip on their own without a GPU.
     local par=()
-    "$PY" -c "import xdist" 2> /dev/null && par=(-n 8)
+    # Two CPU threads per worker: torch and ONNX Runtime (nst_deploy.devices.cpu_threads) each default to
+    # every core, and 8 workers of 16 threads each ran the CPU-side tests up to 10x slower on an H200 host.
+    "$PY" -c "import xdist" 2> /dev/null && par=(-n 8) && export OMP_NUM_THREADS=2
     STEP_S="${TESTS_S:-540}" step "$OUT/tests.log" "$PY" -m pytest -q -ra "${par[@]}" "${@:-tests}"
     tail -n 40 "$OUT/tests.log"
 }

@@ -93,3 +93,21 @@ def test_exact_fp16_weights_are_stored_as_fp16(tmp_path):
     export_model(path, tmp_path / "exp", formats=("onnx",))
     model = onnx.load(str(tmp_path / "exp" / "model.onnx"))
     assert store_exact_fp16(model) == 0
+
+
+def test_hidden_gpus_are_not_present():
+    # without torch loaded the driver's files are asked; CUDA_VISIBLE_DEVICES="" hides them as it does from CUDA
+    code = "from nst_deploy.devices import gpu_present; print(gpu_present())"
+    for value in ("", "-1"):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": value})
+        assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
+def test_onnx_sessions_take_the_thread_count_from_omp_num_threads(tmp_path, monkeypatch):
+    from nst_deploy.backends import open_backend
+
+    export_model(bundled_models()["johnson__starry_night"], tmp_path / "exp", formats=("onnx",), check=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    b = open_backend(tmp_path / "exp" / "model.onnx", device="cpu")
+    assert b.session.get_session_options().intra_op_num_threads == 1
