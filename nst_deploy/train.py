@@ -314,7 +314,11 @@ class Trainer:
 
         self.device = resolve_device(o.device)
         if self.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+            if local_rank >= gpus:
+                raise NSTError(f"process {local_rank} on this node has no GPU of its own ({gpus} visible): run at "
+                               f"most {gpus} processes per node, or train on --device cpu")
+            self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
         prec = o.precision
         if prec == "auto":

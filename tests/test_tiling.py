@@ -81,7 +81,9 @@ def exported(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("name", ["model.onnx", "model.pt", "eager"])
-def test_tiled_equals_whole_with_the_same_statistics(exported, name):
+def test_tiled_equals_whole_with_the_same_statistics(exported, name, monkeypatch):
+    # cuDNN's TF32 convolutions differ from fp32 by up to 2 levels at 1080p (H200): not a seam
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     path = bundled_models()["johnson__starry_night"] if name == "eager" else exported / name
     s = Stylizer.load(path)
     arr = np.asarray(Image.open(DATA / "chelsea.jpg").convert("RGB"))  # 451x300

@@ -250,7 +250,7 @@ def test_ddp_two_processes_match_one(photos, style, tmp_path):
     update is about lr * sign(g), so float rounding flips the sign of near-zero gradients.
     """
     args = ["train", "--style", str(style), "--data", str(photos), "--size", "32", "--batch", "4",
-            "--steps", "1", "--width", "0.25", "--lr", "5e-3", "-q"]
+            "--steps", "1", "--width", "0.25", "--lr", "5e-3", "--device", "cpu", "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), "-m", "nst_deploy.cli", *args, "-o", str(tmp_path / "ddp.pt")]
