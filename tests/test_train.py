@@ -88,7 +88,7 @@ def test_johnson_structure():
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
     small = create("johnson", width=0.5)
     assert sum(p.numel() for p in small.parameters()) < 0.3 * 1679235
-    assert net.config() == {"width": 1.0, "n_residual": 5}
+    assert net.config() == {"width": 1.0, "n_residual": 5, "margin": 16}
 
 
 # --- data ----------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import ConvIN, ResidualBlock, UpConv, channels, luminance, pad_to_multiple, to_range
+from ._blocks import MARGIN, ConvIN, ResidualBlock, UpConv, channels, check_margin, luminance, pad_margin, to_range
 
 __all__ = ["MultimodalNet"]
 
@@ -151,6 +151,7 @@ class MultimodalNet(nn.Module):
     Args:
         width: width multiplier (1.0: the base widths of the module docstring, about 3.7M parameters).
         levels: number of subnets :meth:`forward` runs, 1 to 3.
+        margin: mirrored input pixels added on every side and cropped from each level's output (0: none).
 
     Raises:
         ValueError: ``width`` not a positive finite number, or ``levels`` not 1, 2 or 3.
@@ -162,19 +163,20 @@ class MultimodalNet(nn.Module):
     MIN_SIZE = 8
     __constants__ = ["MULTIPLE", "MIN_SIZE"]
 
-    def __init__(self, width: float = 1.0, levels: int = 3):
+    def __init__(self, width: float = 1.0, levels: int = 3, margin: int = MARGIN):
         super().__init__()
         if isinstance(width, bool) or not isinstance(width, numbers.Real) or not (width > 0 and math.isfinite(width)):
             raise ValueError(f"width must be a positive number, got {width!r}")
         self.width = float(width)
         self.levels = _check_levels(levels)
+        self.margin = check_margin(margin)
         self.style = StyleSubnet(self.width)
         self.enhance = EnhanceSubnet(self.width)
         self.refine = RefineSubnet(self.width)
 
     def config(self) -> dict:
         """The constructor's arguments (stored in checkpoints and exported metadata)."""
-        return {"width": self.width, "levels": self.levels}
+        return {"width": self.width, "levels": self.levels, "margin": self.margin}
 
     @staticmethod
     def output_scale(levels: int) -> int:
@@ -197,15 +199,16 @@ class MultimodalNet(nn.Module):
             raise ValueError(f"expected an (N, 3, H, W) image batch, got shape {list(x.shape)}")
         if x.shape[-2] < self.MIN_SIZE or x.shape[-1] < self.MIN_SIZE:
             raise ValueError(f"image sizes must be at least {self.MIN_SIZE}, got {x.shape[-2]}x{x.shape[-1]}")
-        xp, h, w = pad_to_multiple(x, self.MULTIPLE)
+        m = self.margin
+        xp, h, w = pad_margin(x, m, self.MULTIPLE)
         y = to_range(self.style(xp))
-        outs = [y[:, :, :h, :w]]
+        outs = [y[:, :, m:m + h, m:m + w]]
         if n >= 2:
             y = to_range(self.enhance(_upsample2(y)))
-            outs.append(y[:, :, : 2 * h, : 2 * w])
+            outs.append(y[:, :, 2 * m:2 * (m + h), 2 * m:2 * (m + w)])
         if n >= 3:
             y = to_range(self.refine(_upsample2(y)))
-            outs.append(y[:, :, : 4 * h, : 4 * w])
+            outs.append(y[:, :, 4 * m:4 * (m + h), 4 * m:4 * (m + w)])
         return outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

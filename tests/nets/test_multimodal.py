@@ -74,14 +74,14 @@ def test_output_scale_and_config():
         with pytest.raises(ValueError, match="levels"):
             MultimodalNet.output_scale(bad)
     net = MultimodalNet(0.5, levels=1)
-    assert net.config() == {"width": 0.5, "levels": 1}
+    assert net.config() == {"width": 0.5, "levels": 1, "margin": 16}
     rebuilt = MultimodalNet(**net.config())
     rebuilt.load_state_dict(net.state_dict())  # strict
 
 
 def test_registry():
     net = create("multimodal", width=WIDTH, levels=2)
-    assert isinstance(net, MultimodalNet) and net.config() == {"width": WIDTH, "levels": 2}
+    assert isinstance(net, MultimodalNet) and net.config() == {"width": WIDTH, "levels": 2, "margin": 16}
     with torch.no_grad():
         assert net(_x(1, 9, 12)).shape == (1, 3, 18, 24)
     for bad in (0, 4, -1, 1.5, "3", None, True):
