@@ -65,11 +65,11 @@ def test_an_image_that_needs_tiles_falls_back_to_the_model_file(tmp_path):
     from nst_deploy.cli import main
 
     photo = tmp_path / "photo.png"
-    Image.open(DATA / "chelsea.jpg").convert("RGB").resize((230, 150)).save(photo)
+    Image.open(DATA / "chelsea.jpg").convert("RGB").resize((460, 300)).save(photo)
     assert main(["run", "starry_night", str(photo), "-o", str(tmp_path / "out.png"), "--memory-mb", "40", "-q",
                  "--device", "cpu"]) == 0
     s = Stylizer.load(bundled_models()["johnson__starry_night"], device="cpu", memory_mb=40)
-    assert s.needs_tiles(1, 150, 230)
+    assert s.needs_tiles(1, 300, 460)
     want = np.asarray(s(np.asarray(Image.open(photo)).astype(np.float32) / 255))
     got = np.asarray(Image.open(tmp_path / "out.png")).astype(np.float32) / 255
     assert np.abs(got - want).max() <= 1 / 255 + 1e-6
