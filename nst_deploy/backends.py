@@ -480,7 +480,9 @@ class EagerBackend(ModuleBackend):
 
         dtype = torch.float16 if precision == "fp16" else torch.float32
         net, meta = load_model(path, device=device, dtype=dtype)
-        super().__init__(path, dict(meta, precision=precision or "fp32"), device, dtype, net)
+        # the network says its output scale (a model file's metadata need not)
+        scale = net.output_scale(net.levels) if hasattr(net, "output_scale") else 1
+        super().__init__(path, dict(meta, precision=precision or "fp32", output_scale=scale), device, dtype, net)
 
 
 def open_backend(path: Path, device: str = "auto", providers=None, precision: str | None = None) -> Backend:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .controls import RGB_TO_YIQ
 from .deform import draw_keypoints, flow_tv, match_keypoints, read_keypoints, tps_grid, warp, warp_loss
 from .devices import available_memory, deterministic, resolve_device
 from .errors import NSTError
@@ -68,7 +69,7 @@ CHECKPOINT_VERSION = 1
 
 # --- colour -------------------------------------------------------------------------------------
 
-_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]])
+_RGB2YIQ = torch.from_numpy(RGB_TO_YIQ)
 
 
 def rgb_to_yiq(x: torch.Tensor) -> torch.Tensor:

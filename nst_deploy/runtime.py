@@ -28,6 +28,7 @@ import numpy as np
 
 from .backends import Backend, brief_error, open_backend
 from .contract import MAX_SIDE, MIN_SIDE
+from .controls import apply_controls, check_strength
 from .devices import available_memory, is_out_of_memory
 from .errors import NSTError
 
@@ -41,6 +42,18 @@ def _is_tensor(x) -> bool:
     """Whether ``x`` is a torch tensor (without importing torch: if it is not loaded, nothing is one)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _upscale(photo: np.ndarray, scale: int) -> np.ndarray:
+    """An ``(H, W, 3)`` float photo at ``scale`` times its size (bicubic), for the controls of an upscaling
+    network."""
+    if scale == 1:
+        return photo
+    from PIL import Image
+
+    h, w = photo.shape[:2]
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(photo[..., c])).resize(
+        (w * scale, h * scale), Image.Resampling.BICUBIC)) for c in range(3)], -1).clip(0.0, 1.0)
 
 
 def default_memory_mb(device) -> float:
@@ -61,6 +74,8 @@ class Stylizer:
         stats_size: long side of the thumbnail that gives the instance-norm statistics when tiling.
         tile: tile side in input pixels (``None``: the largest that fits ``memory_mb``).
         progress: ``progress(done, total)`` called after each tile, or ``None``.
+        strength: 0 (the photo) to 1 (the network's output, the default); see :mod:`nst_deploy.controls`.
+        preserve_color: keep the photo's colours, with the output's luminance (default False).
     """
 
     def __init__(self, engine: Backend, memory_mb: float | None = None):
@@ -71,6 +86,8 @@ class Stylizer:
         self.stats_size = 1024
         self.tile: int | None = None
         self.progress = None
+        self.strength = 1.0
+        self.preserve_color = False
         self.scale = engine.scale
         self.static = tuple(self.meta["static"]) if self.meta.get("static") else None
 
@@ -239,9 +256,31 @@ class Stylizer:
             return self._guard(self.engine.run_array, x)
         return self._infer(sys.modules["torch"].from_numpy(x))  # a torch format: torch is loaded
 
-    def __call__(self, image: Any):
+    def _controls(self, strength, preserve_color):
+        """The call's controls, checked: None when they leave the output as it is, else a function
+        ``(output, photo) -> output`` on float ``(N, 3, H*s, W*s)`` and ``(N, 3, H, W)`` arrays or tensors."""
+        s = check_strength(self.strength if strength is None else strength)
+        keep = bool(self.preserve_color if preserve_color is None else preserve_color)
+        if s == 1.0 and not keep:
+            return None
+        scale = self.scale
+
+        def run(y, x):
+            tensor = _is_tensor(y)
+            yn = y.detach().float().cpu().numpy() if tensor else np.asarray(y, np.float32)
+            xn = x.detach().float().cpu().numpy() if _is_tensor(x) else np.asarray(x, np.float32)
+            out = np.empty_like(yn)
+            for i in range(yn.shape[0]):
+                photo = _upscale(xn[i].transpose(1, 2, 0), scale)
+                out[i] = apply_controls(yn[i].transpose(1, 2, 0), photo, s, keep).transpose(2, 0, 1)
+            return sys.modules["torch"].from_numpy(out) if tensor else out
+
+        return run
+
+    def __call__(self, image: Any, *, strength: float | None = None, preserve_color: bool | None = None):
         """Stylize ``image`` (a file path, PIL image, ``HxWx3`` uint8 array or ``(N, 3, H, W)`` tensor);
-        returns the same kind (a PIL image for a path).
+        returns the same kind (a PIL image for a path). ``strength`` and ``preserve_color`` override the
+        attributes of the same names for this call.
 
         A tensor gives a tensor of the same dtype and device, ``(N, 3, H * s, W * s)`` for the model's
         ``output_scale`` ``s`` (1 but for multimodal networks). An empty batch (``N == 0``) of a valid
@@ -253,6 +292,7 @@ class Stylizer:
                 with a side under MIN_SIDE (8) or over MAX_SIDE (16384) pixels, or not the size of a static export; the
                 model failing on it or returning something else than the stylized batch.
         """
+        controls = self._controls(strength, preserve_color)
         kind, (n, h, w), data = self._source(image)
         if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE:
             empty = " (it has no pixels)" if min(h, w) == 0 else ""
@@ -265,12 +305,14 @@ class Stylizer:
             return image.new_empty((0, 3, h * s, w * s))
         if not self.needs_tiles(n, h, w):
             if kind == "tensor":
-                return self._infer(data.float()).to(image.device, image.dtype)
+                y = self._infer(data.float())
+                return (y if controls is None else controls(y, data)).to(image.device, image.dtype)
             x = data.transpose(2, 0, 1)[None].astype(np.float32)
             if kind != "float":
                 x /= np.float32(255.0)
-            return self._to_image(self._infer_array(x)[0], kind)
-        return self._tiled(kind, n, h, w, data, image)
+            y = self._infer_array(x)
+            return self._to_image((y if controls is None else controls(y, x))[0], kind)
+        return self._tiled(kind, n, h, w, data, image, controls)
 
     @staticmethod
     def _to_image(y, kind: str):
@@ -296,7 +338,7 @@ class Stylizer:
             th, tw = tiling.thumbnail_size(h, w, int(max(th, tw) * math.sqrt(fit / (th * tw))))
         return th, tw
 
-    def _tiled(self, kind: str, n: int, h: int, w: int, data, image):
+    def _tiled(self, kind: str, n: int, h: int, w: int, data, image, controls=None):
         import torch
 
         from . import tiling
@@ -335,8 +377,12 @@ class Stylizer:
                 out[r0:r0 + band.shape[2]] = (band[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(
                     np.uint8)
 
-        tiling.run_tiled(source, sink, plan, lambda t: self._guard(lambda u: run_tile(u, stats), t), w * s,
-                         self.progress)
+        def tile(t):
+            y = self._guard(lambda u: run_tile(u, stats), t)
+            # the controls' statistics are local (a radius far under the overlap): per tile is exact
+            return y if controls is None else controls(y.float(), t)
+
+        tiling.run_tiled(source, sink, plan, tile, w * s, self.progress)
         if kind == "tensor":
             return out.to(image.device, image.dtype)
         if kind == "float":
