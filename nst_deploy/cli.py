@@ -222,6 +222,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{stem.split('__', 1)[-1]:16s} {read_model(p)['arch']:10s} style {meta.get('style')}, "
                   f"{meta.get('steps')} steps  ({p})")
         return 0
+    if args.sheet is not None:
+        return _run_sheet(args)
     if args.model is None or args.input is None:
         raise NSTError("give a MODEL and an INPUT image (nst run --list shows the bundled models)")
     from .contract import MIN_SIDE
@@ -284,6 +286,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_sheet(args: argparse.Namespace) -> int:
+    """``nst run --sheet PHOTO``: every bundled style on one photo, labelled (torch-free)."""
+    from .controls import check_strength
+    from .imageio import check_output, read_rgb, write_image
+    from .models import bundled_models
+    from .sheet import contact_sheet
+
+    if args.model is not None:
+        raise NSTError("--sheet takes the photo as its value and runs every bundled model: give no MODEL")
+    output = Path(args.output or f"{Path(args.sheet).stem}-sheet.png")
+    check_output(output, args.sheet, quality=args.quality)
+    check_strength(args.strength)
+    photo = read_rgb(args.sheet, size=args.size or 384)
+    models = {stem.split("__", 1)[-1]: p for stem, p in bundled_models().items()}
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int, name: str) -> None:
+        if not args.quiet:
+            print(f"\rnst: sheet {done}/{total} {name:<20s}", end="\n" if done == total else "", file=sys.stderr,
+                  flush=True)
+
+    sheet = contact_sheet(photo, models, strength=args.strength, preserve_color=args.preserve_color,
+                          device=args.device, progress=progress)
+    write_image(sheet, output, quality=args.quality)
+    if not args.quiet:
+        print(f"nst: wrote {output} ({len(models)} styles, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    return 0
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="stylize an image with a trained network",
                        description="Run a trained feed-forward network (a model file from nst train, an ONNX or "
@@ -302,6 +333,9 @@ def _add_run(sub) -> None:
     p.add_argument("--preserve-color", action="store_true",
                    help="keep the photo's colours (the network's luminance with the photo's chroma)")
     p.add_argument("--list", action="store_true", help="list the bundled models")
+    p.add_argument("--sheet", metavar="PHOTO",
+                   help="a contact sheet: PHOTO through every bundled model, labelled (--size: each picture's "
+                        "long side, default 384)")
     p.add_argument("--quiet", "-q", action="store_true", help="no tile progress and no summary")
     p.set_defaults(func=cmd_run)
 
