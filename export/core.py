@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from nst_deploy.contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, PRECISION_NAMES
+from nst_deploy.contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, ONNX_STYLE, PRECISION_NAMES
 from nst_deploy.errors import NSTError
 from nst_deploy.fsutil import atomic_write, sha256_file
 from nst_deploy.interrupts import interrupts_held
@@ -73,6 +73,21 @@ class Precision(torch.nn.Module):
         return y.float()
 
 
+class StyledPrecision(torch.nn.Module):
+    """:class:`Precision` for a multistyle network (a second input: the style vector, float32)."""
+
+    def __init__(self, net: torch.nn.Module, io_half: bool):
+        super().__init__()
+        self.net = net.half()
+        self.io_half = io_half
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        y = self.net(x.half(), style)
+        if self.io_half:
+            return y
+        return y.float()
+
+
 class _TilesPrecision(torch.nn.Module):
     """:class:`~nst_deploy.tiling.StatsGraph` with the same casts as :class:`Precision` (statistics stay float32)."""
 
@@ -81,10 +96,15 @@ class _TilesPrecision(torch.nn.Module):
         self.inner = graph.half() if precision != "fp32" else graph
         self.precision = precision
 
-    def forward(self, image: torch.Tensor, stats: torch.Tensor, mix: torch.Tensor):
+    def forward(self, image: torch.Tensor, stats: torch.Tensor, mix: torch.Tensor, style: torch.Tensor | None = None):
         x = image.half() if self.precision != "fp32" else image
-        y, own = self.inner(x, stats, mix)
+        y, own = self.inner(x, stats, mix, style)
         return (y.float() if self.precision == "fp16" else y), own
+
+
+def _n_styles(meta: dict) -> int:
+    """A multistyle network's style count (its second input's width), else 0."""
+    return int((meta.get("config") or {}).get("n_styles") or 0) if meta.get("arch") == "multistyle" else 0
 
 
 def _io_dtype(precision: str) -> torch.dtype:
@@ -151,15 +171,22 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, s
     h, w = static or (8 * multiple, 10 * multiple)
     x = torch.rand(1, 3, h, w).to(dtype)
     dims = _dims(static)
+    n_styles = _n_styles(meta)
+    style = torch.full((1, n_styles), 1.0 / max(n_styles, 1))
     if tiles:
         n_stats = 2 * sum(meta["tiling"]["norm_channels"])
         args = (x, torch.zeros(1, n_stats), torch.ones(1))
         shapes = {ONNX_INPUT: dims, "stats": {0: dims[0]}, "mix": None}
         names = ([ONNX_INPUT, "stats", "mix"], [ONNX_OUTPUT, "stats_out"])
+        if n_styles:
+            args = args + (style,)
+            names[0].append(ONNX_STYLE)
+            shapes[ONNX_STYLE] = {0: dims[0]}
     else:
-        args = (x,)
-        shapes = {next(iter(inspect.signature(net.forward).parameters)): dims}
-        names = ([ONNX_INPUT], [ONNX_OUTPUT])
+        params = list(inspect.signature(net.forward).parameters)
+        args = (x,) if not n_styles else (x, style)
+        shapes = {params[0]: dims} if not n_styles else {params[0]: dims, params[1]: {0: dims[0]}}
+        names = ([ONNX_INPUT], [ONNX_OUTPUT]) if not n_styles else ([ONNX_INPUT, ONNX_STYLE], [ONNX_OUTPUT])
     tmp = path.with_name(f".{path.name}.export")
     # torch.onnx logs a warning for every torchvision op it cannot register when torchvision is absent
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -226,7 +253,8 @@ def store_exact_fp16(model) -> int:
 
 
 def verify(net: torch.nn.Module, artifacts: dict[str, Path], shapes=VERIFY_SHAPES, rtol: float = 1e-3,
-           seed: int = 0, io_dtype: torch.dtype = torch.float32, reference: torch.nn.Module | None = None) -> dict:
+           seed: int = 0, io_dtype: torch.dtype = torch.float32, reference: torch.nn.Module | None = None,
+           n_styles: int = 0) -> dict:
     """Run eager, TorchScript and ONNX Runtime on the same inputs; return the max errors per format.
 
     ``net`` is the exported module (in its precision, taking ``io_dtype``); ``reference`` (the float32
@@ -235,17 +263,31 @@ def verify(net: torch.nn.Module, artifacts: dict[str, Path], shapes=VERIFY_SHAPE
     The tiles graph (``onnx_tiles``) is checked with its own statistics (``mix = 0``) against eager,
     and with statistics of another image (``mix = 1``) against eager with those statistics.
 
+    A multistyle network (``n_styles``) runs every shape with a random blend of its styles (its second
+    input), the same for every format.
+
     Raises:
         NSTError: a format disagrees (the message names it, the size and the error).
     """
     from nst_deploy.tiling import NormStats
 
     g = torch.Generator().manual_seed(seed)
+    styled = {"w": None}  # the current shape's style vectors, for every runner
+
+    def sty(*args):
+        return args if styled["w"] is None else (*args, styled["w"])
+
+    def feeds(x: torch.Tensor, **more) -> dict:
+        f = {ONNX_INPUT: x.numpy(), **{k: v.numpy() for k, v in more.items()}}
+        if styled["w"] is not None:
+            f[ONNX_STYLE] = styled["w"].numpy()
+        return f
+
     report: dict[str, dict] = {}
     runners = {}
     if "torchscript" in artifacts:
         ts = torch.jit.load(str(artifacts["torchscript"]), map_location="cpu")
-        runners["torchscript"] = lambda x: ts(x)
+        runners["torchscript"] = lambda x: ts(*sty(x))
     sessions = {}
     for fmt in ("onnx", "onnx_tiles"):
         if fmt in artifacts:
@@ -253,12 +295,11 @@ def verify(net: torch.nn.Module, artifacts: dict[str, Path], shapes=VERIFY_SHAPE
 
             sessions[fmt] = ort.InferenceSession(str(artifacts[fmt]), providers=["CPUExecutionProvider"])
     if "onnx" in sessions:
-        runners["onnx"] = lambda x: torch.from_numpy(sessions["onnx"].run(None, {ONNX_INPUT: x.numpy()})[0])
+        runners["onnx"] = lambda x: torch.from_numpy(sessions["onnx"].run(None, feeds(x))[0])
     if "onnx_tiles" in sessions:
         def tiles(x: torch.Tensor) -> torch.Tensor:
             n = sessions["onnx_tiles"].get_inputs()[1].shape[1]
-            out = sessions["onnx_tiles"].run(None, {ONNX_INPUT: x.numpy(), "stats": torch.zeros(x.shape[0], n).numpy(),
-                                                    "mix": torch.zeros(1).numpy()})
+            out = sessions["onnx_tiles"].run(None, feeds(x, stats=torch.zeros(x.shape[0], n), mix=torch.zeros(1)))
             return torch.from_numpy(out[0])
 
         runners["onnx_tiles"] = tiles
@@ -280,9 +321,12 @@ def verify(net: torch.nn.Module, artifacts: dict[str, Path], shapes=VERIFY_SHAPE
 
     for b, h, w in shapes:
         x = torch.rand(b, 3, h, w, generator=g).to(io_dtype)
+        if n_styles:
+            w8 = torch.rand(b, n_styles, generator=g)
+            styled["w"] = w8 / w8.sum(1, keepdim=True)
         with torch.inference_mode():
-            ref = net(x).float()
-            ref32 = reference(x.float()).float() if reference is not None else None
+            ref = net(*sty(x)).float()
+            ref32 = reference(*sty(x.float())).float() if reference is not None else None
             for fmt, run in runners.items():
                 record(fmt, (b, 3, h, w), run(x).float(), ref, ref32)
     if "onnx_tiles" in sessions and reference is None:  # shared statistics (tiling), float32 only
@@ -291,12 +335,11 @@ def verify(net: torch.nn.Module, artifacts: dict[str, Path], shapes=VERIFY_SHAPE
         rec = NormStats()
         with torch.inference_mode():
             with rec:
-                net(other)
+                net(*sty(other))
             stats = rec.flat()
             with NormStats(given=stats):
-                ref = net(x).float()
-        y = sessions["onnx_tiles"].run(None, {ONNX_INPUT: x.numpy(), "stats": stats.numpy(),
-                                              "mix": torch.ones(1).numpy()})[0]
+                ref = net(*sty(x)).float()
+        y = sessions["onnx_tiles"].run(None, feeds(x, stats=stats, mix=torch.ones(1)))[0]
         record("onnx_tiles", (b, 3, h, w), torch.from_numpy(y).float(), ref, None)
     return report
 
@@ -470,9 +513,16 @@ def _export_into(stage: Path, out: Path, spec: _ExportSpec) -> dict:
     from nst_deploy.tiling import probe
 
     net, precision, static, log = spec.net, spec.precision, spec.static, spec.log
-    meta = dict(spec.meta, precision=precision, static=list(static) if static else None,
-                tiling=probe(net, multiple=spec.multiple))
-    module = net if precision == "fp32" else Precision(copy.deepcopy(net), io_half=precision == "fp16-io").eval()
+    n_styles = _n_styles(spec.meta)
+    if n_styles:  # probe the network with one style bound (the layout of its norms is the same for every style)
+        first = torch.zeros(1, n_styles)
+        first[0, 0] = 1.0
+        probed = probe(lambda x: net(x, first.expand(x.shape[0], -1)), multiple=spec.multiple)
+    else:
+        probed = probe(net, multiple=spec.multiple)
+    meta = dict(spec.meta, precision=precision, static=list(static) if static else None, tiling=probed)
+    wrap = StyledPrecision if n_styles else Precision
+    module = net if precision == "fp32" else wrap(copy.deepcopy(net), io_half=precision == "fp16-io").eval()
     artifacts: dict[str, Path] = {}
     try:
         if "torchscript" in spec.formats:
@@ -495,7 +545,7 @@ def _export_into(stage: Path, out: Path, spec: _ExportSpec) -> dict:
         log("verifying against eager PyTorch")
         shapes = VERIFY_SHAPES if static is None else ((1, *static), (2, *static))
         report = verify(module, artifacts, shapes=shapes, rtol=RTOL[precision], io_dtype=_io_dtype(precision),
-                        reference=None if precision == "fp32" else net)
+                        reference=None if precision == "fp32" else net, n_styles=n_styles)
     manifest = {
         "model": Path(spec.model_path).name, "arch": meta.get("arch"), "config": meta.get("config"),
         "style": meta.get("style"), "precision": precision, "static": meta["static"],
@@ -512,7 +562,7 @@ def _export_into(stage: Path, out: Path, spec: _ExportSpec) -> dict:
         written = write_triton_repo(spec.triton_repo, _name(Path(spec.model_path)), served,
                                     io_dtype="fp16" if precision == "fp16-io" else "fp32", static_hw=static,
                                     output_scale=int(meta.get("output_scale") or 1), meta=_metadata(meta, "triton"),
-                                    **(spec.triton or {}))
+                                    n_styles=n_styles, **(spec.triton or {}))
         manifest["triton_repo"] = written
         log(f"Triton model repository: {spec.triton_repo}")
     try:

@@ -33,7 +33,7 @@ import re
 import shutil
 from pathlib import Path
 
-from nst_deploy.contract import ONNX_INPUT, ONNX_OUTPUT
+from nst_deploy.contract import ONNX_INPUT, ONNX_OUTPUT, ONNX_STYLE
 from nst_deploy.errors import NSTError
 from nst_deploy.fsutil import atomic_write, check_folder
 
@@ -46,9 +46,9 @@ __all__ = ["check_triton_repo", "write_triton_repo"]
 #: every backend version accepts, whatever ``forward``'s argument is called.
 _FORMATS = {
     "onnx": {"platform": "onnxruntime_onnx", "file": "model.onnx", "suffix": "",
-             "input": ONNX_INPUT, "output": ONNX_OUTPUT},
+             "input": ONNX_INPUT, "output": ONNX_OUTPUT, "style": ONNX_STYLE},
     "torchscript": {"platform": "pytorch_libtorch", "file": "model.pt", "suffix": "_torchscript",
-                    "input": "INPUT__0", "output": "OUTPUT__0"},
+                    "input": "INPUT__0", "output": "OUTPUT__0", "style": "INPUT__1"},
 }
 _DTYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16"}
 _KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
@@ -164,7 +164,8 @@ def _check_entry(entry: Path, allowed: dict[str, str], model_dir: Path) -> None:
 
 
 def _config(model_name: str, spec: dict, *, io_dtype: str, hw: tuple[int, int] | None, output_scale: int,
-            max_batch_size: int, instances: int, kind: str, tensorrt_fp16: bool, params: dict[str, str]) -> str:
+            max_batch_size: int, instances: int, kind: str, tensorrt_fp16: bool, params: dict[str, str],
+            n_styles: int = 0) -> str:
     if hw is None:
         in_dims, out_dims = [3, -1, -1], [3, -1, -1]
     else:
@@ -185,6 +186,12 @@ def _config(model_name: str, spec: dict, *, io_dtype: str, hw: tuple[int, int] |
         f"    data_type: {dtype}",
         f"    dims: {_dims(in_dims)}",
         "  }",
+        *([] if not n_styles else [  # a multistyle network's style vector (float32 weights, one per style)
+            "  ,{",
+            f"    name: {_quote(spec['style'])}",
+            "    data_type: TYPE_FP32",
+            f"    dims: {_dims([n_styles] if max_batch_size else [-1, n_styles])}",
+            "  }"]),
         "]",
         "output [",
         "  {",
@@ -234,7 +241,7 @@ def _config(model_name: str, spec: dict, *, io_dtype: str, hw: tuple[int, int] |
 def write_triton_repo(repo_dir, name: str, artifacts: dict, *, io_dtype: str = "fp32",
                       static_hw: tuple[int, int] | None = None, output_scale: int = 1, max_batch_size: int = 8,
                       instances: int = 1, kind: str = "gpu", meta: dict | None = None,
-                      tensorrt_fp16: bool = False) -> dict:
+                      tensorrt_fp16: bool = False, n_styles: int = 0) -> dict:
     """Write a Triton model repository (``config.pbtxt`` and version ``1``) for exported networks.
 
     The ONNX model goes to ``repo_dir/<name>/`` (platform ``onnxruntime_onnx``, tensors ``image`` and
@@ -258,6 +265,8 @@ def write_triton_repo(repo_dir, name: str, artifacts: dict, *, io_dtype: str = "
             ``style_sha256`` and ``training_digest``, where present, become ``parameters`` named ``nst_<key>``.
         tensorrt_fp16: For the ONNX model on GPU, run it through ONNX Runtime's TensorRT execution provider
             in FP16 precision.
+        n_styles: A multistyle network's style count: a second input, the style vector (``style`` for
+            ONNX, ``INPUT__1`` for TorchScript), float32, ``n_styles`` wide.
 
     Returns:
         ``{"repo": ..., "models": {format: {"name", "dir", "config", "model"}}}``, paths as strings.
@@ -292,7 +301,7 @@ def write_triton_repo(repo_dir, name: str, artifacts: dict, *, io_dtype: str = "
         extra = {"INFERENCE_MODE": "true"} if fmt == "torchscript" else {}  # LibTorch backend: no autograd
         text = _config(model_name, spec, io_dtype=io_dtype, hw=hw, output_scale=output_scale,
                        max_batch_size=max_batch_size, instances=instances, kind=kind, tensorrt_fp16=tensorrt_fp16,
-                       params={**extra, **params})
+                       params={**extra, **params}, n_styles=n_styles)
         version_dir = model_dir / "1"
         try:
             version_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, PRECISION_NAMES
+from .contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, ONNX_STYLE, PRECISION_NAMES
 from .devices import cpu_threads, gpu_present
 from .errors import NSTError
 from .fsutil import sha256_file
@@ -156,6 +156,13 @@ def _check_onnx_signature(path: Path, sess, meta: dict) -> None:
         raise NSTError(f"ONNX model '{path}' is not an nst-export style network: {why}")
 
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
+    n_styles = int((meta.get("config") or {}).get("n_styles") or 0) if meta.get("arch") == "multistyle" else 0
+    if n_styles:  # a multistyle network's second input: the style vector, (N, n_styles) float32
+        if len(inputs) != 2 or inputs[1].name != ONNX_STYLE or list(inputs[1].shape or [])[1:] != [n_styles] \
+                or inputs[1].type != "tensor(float)":
+            refuse(f"its metadata says a multistyle network of {n_styles} styles, but it does not take a float "
+                   f"'{ONNX_STYLE}' input of shape (N, {n_styles}) after '{ONNX_INPUT}'")
+        inputs = inputs[:1]
     if len(inputs) != 1 or len(outputs) != 1:
         refuse(f"it has {len(inputs)} input(s) and {len(outputs)} output(s), "
                f"not one input '{ONNX_INPUT}' and one output '{ONNX_OUTPUT}'")
@@ -266,6 +273,12 @@ class Backend:
         self.path, self.meta = path, meta
         self.scale = int(meta.get("output_scale") or 1)
         self._lock = threading.Lock()
+        #: styles of a multistyle network (its second input, the style vector), else 0
+        self.n_styles = int((meta.get("config") or {}).get("n_styles") or 0) if meta.get("arch") == "multistyle" else 0
+
+    def bound(self, weights: np.ndarray) -> Backend:
+        """A view of this backend that runs a multistyle network with the style vector ``weights``."""
+        raise NSTError(f"{self.label} cannot take a style vector in this format")
 
     def memory_device(self):
         """What :func:`nst_deploy.devices.available_memory` should ask about for this backend."""
@@ -329,6 +342,25 @@ class OnnxBackend(Backend):
         super().__init__(path, meta)
         self.session, self.providers, self.device_name = sess, providers, device
         self._tiles_sess = None
+        self.style_feed: np.ndarray | None = None  # a bound view's style vector (multistyle)
+
+    def bound(self, weights: np.ndarray) -> Backend:
+        import copy
+
+        view = copy.copy(self)  # the sessions, the lock and the metadata are shared
+        view.style_feed = np.asarray(weights, np.float32)
+        return view
+
+    def _style(self, n: int, like=None):
+        """The style input for a batch of ``n`` (a tensor on ``like``'s device, else an array), or None."""
+        if self.style_feed is None:
+            return None
+        w = np.tile(self.style_feed, (n, 1))
+        if like is None:
+            return w
+        import torch
+
+        return torch.from_numpy(w).to(like.device)
 
     @property
     def device(self):
@@ -345,7 +377,10 @@ class OnnxBackend(Backend):
         return self.device if self.on_gpu else "cpu"
 
     def run_array(self, x: np.ndarray) -> np.ndarray:  # numpy in and out: no torch
-        y = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: x.astype(np.float16 if self.half_io else np.float32)})[0]
+        feeds = {ONNX_INPUT: x.astype(np.float16 if self.half_io else np.float32)}
+        if self.style_feed is not None:
+            feeds[ONNX_STYLE] = self._style(x.shape[0])
+        y = self.session.run([ONNX_OUTPUT], feeds)[0]
         return y.astype(np.float32, copy=False)
 
     def run(self, x):  # a binding per call: sessions run concurrently
@@ -354,7 +389,10 @@ class OnnxBackend(Backend):
         x = x.to(self.device, self.dtype)
         s = self.scale
         y = torch.empty(x.shape[0], 3, x.shape[2] * s, x.shape[3] * s, dtype=self.dtype, device=self.device)
-        _bound_run(self.session, {ONNX_INPUT: x}, {ONNX_OUTPUT: y})
+        feeds = {ONNX_INPUT: x}
+        if self.style_feed is not None:
+            feeds[ONNX_STYLE] = self._style(x.shape[0], x)
+        _bound_run(self.session, feeds, {ONNX_OUTPUT: y})
         return y
 
     def tiles_session(self):
@@ -382,10 +420,23 @@ class OnnxBackend(Backend):
             stats = torch.zeros(n, n_stats, device=dev) if stats is None else stats.to(dev, torch.float32)
             y = torch.empty(n, 3, x.shape[2] * scale, x.shape[3] * scale, dtype=dtype, device=dev)
             own = torch.empty(n, n_stats, device=dev)
-            _bound_run(sess, {ONNX_INPUT: x, "stats": stats, "mix": mix}, {ONNX_OUTPUT: y, "stats_out": own})
+            feeds = {ONNX_INPUT: x, "stats": stats, "mix": mix}
+            if self.style_feed is not None:
+                feeds[ONNX_STYLE] = self._style(n, x)
+            _bound_run(sess, feeds, {ONNX_OUTPUT: y, "stats_out": own})
             return y, own
 
         return (lambda x: run(x, None)[1]), (lambda x, st: run(x, st)[0])
+
+
+class _StyleBound:
+    """``module(x, style)`` as ``f(x)``, the style vector expanded to the batch (what tiling calls)."""
+
+    def __init__(self, module, weights):
+        self.module, self.weights = module, weights
+
+    def __call__(self, x):
+        return self.module(x, self.weights.to(x.device)[None].expand(x.shape[0], -1).contiguous())
 
 
 class ModuleBackend(Backend):
@@ -397,6 +448,15 @@ class ModuleBackend(Backend):
 
     def run(self, x):
         return self.module(x.to(self.device, self.dtype))
+
+    def bound(self, weights: np.ndarray) -> Backend:
+        import copy
+
+        import torch
+
+        view = copy.copy(self)  # the lock and the metadata (tiling information) are shared
+        view.module = _StyleBound(self.module, torch.from_numpy(weights).to(self.device))
+        return view
 
     def tiling_info(self) -> dict:
         from . import tiling

@@ -241,12 +241,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise NSTError(f"--size {args.size} is too small: use {MIN_SIDE} pixels or more")
     if args.memory_mb is not None and not args.memory_mb > 0:
         raise NSTError(f"--memory-mb must be positive, got {args.memory_mb:g}")
-    from .controls import check_strength
+    from .controls import check_strength, parse_style
 
     try:
         check_strength(args.strength)
     except NSTError as e:
         raise NSTError(f"--{e}") from None
+    style = None if args.style is None else parse_style(args.style)
     # ONNX, verified TorchScript or a model file
     stylizer = Stylizer.load(fast or model, device=args.device, memory_mb=args.memory_mb)
     line_open = [False]
@@ -269,7 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         stylizer.progress = progress_fn
     t0 = time.perf_counter()
     try:
-        y = stylizer(x, strength=args.strength, preserve_color=args.preserve_color)
+        y = stylizer(x, style=style, strength=args.strength, preserve_color=args.preserve_color)
     except KeyboardInterrupt:
         if line_open[0]:  # end the tile counter's line before the interrupt message
             print(file=sys.stderr)
@@ -328,6 +329,7 @@ def _add_run(sub) -> None:
     p.add_argument("--memory-mb", type=float,
                    help="working-memory budget; larger images run in tiles that agree (default: half the "
                         "available memory)")
+    p.add_argument("--style", help="a multistyle model's style: an index (3) or a blend (0:0.5,3:0.5); default 0")
     p.add_argument("--strength", type=float, default=1.0,
                    help="0 (the photo) to 1 (the full style, the default): a blend that keeps local contrast")
     p.add_argument("--preserve-color", action="store_true",

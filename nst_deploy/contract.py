@@ -7,11 +7,13 @@ with sides between :data:`MIN_SIDE` and :data:`MAX_SIDE` pixels, in one of :data
 
 from __future__ import annotations
 
-__all__ = ["MAX_SIDE", "MIN_SIDE", "ONNX_INPUT", "ONNX_OUTPUT", "PRECISION_NAMES"]
+__all__ = ["MAX_SIDE", "MIN_SIDE", "ONNX_INPUT", "ONNX_OUTPUT", "ONNX_STYLE", "PRECISION_NAMES"]
 
 #: Image sides a style network accepts, in pixels.
 MIN_SIDE, MAX_SIDE = 8, 16384
 #: The graph's tensor names.
 ONNX_INPUT, ONNX_OUTPUT = "image", "stylized"
+#: A multistyle network's second input: the style vector, float32 ``(N, n_styles)``.
+ONNX_STYLE = "style"
 #: Precisions of an export.
 PRECISION_NAMES = ("fp32", "fp16", "fp16-io")

@@ -27,7 +27,8 @@ import numpy as np
 
 from .errors import NSTError
 
-__all__ = ["RADIUS", "RGB_TO_YIQ", "apply_controls", "check_strength", "local_contrast"]
+__all__ = ["RADIUS", "RGB_TO_YIQ", "apply_controls", "check_strength", "local_contrast", "parse_style",
+           "style_weights"]
 
 #: Radius in pixels of the box the local statistics of ``strength`` are taken over.
 RADIUS = 8
@@ -48,6 +49,53 @@ def check_strength(strength: object) -> float:
     if not (math.isfinite(s) and 0.0 <= s <= 1.0):
         raise NSTError(f"strength must be from 0 to 1, got {strength!r}")
     return s
+
+
+def style_weights(style, n_styles: int) -> np.ndarray:
+    """The style vector of a multistyle network (float32 ``(n_styles,)``, summing to one) from an index, a
+    ``{index: weight}`` dict or a sequence of ``n_styles`` weights (any array or tensor).
+
+    Raises:
+        NSTError: an index out of range, a negative or non-finite weight, all weights 0, or a vector of
+            another length.
+    """
+    if isinstance(style, bool):
+        raise NSTError(f"style must be an index, {{index: weight}} or {n_styles} weights, not {style!r}")
+    if isinstance(style, (int, np.integer)):
+        if not 0 <= int(style) < n_styles:
+            raise NSTError(f"style {style} does not exist: this network has styles 0 to {n_styles - 1}")
+        w = np.zeros(n_styles, np.float64)
+        w[int(style)] = 1.0
+    elif isinstance(style, dict):
+        w = np.zeros(n_styles, np.float64)
+        for k, v in style.items():
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) < n_styles:
+                raise NSTError(f"style {k!r} does not exist: this network has styles 0 to {n_styles - 1}")
+            w[int(k)] += float(v)
+    else:
+        try:
+            w = np.asarray(style.detach().cpu() if hasattr(style, "detach") else style, np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise NSTError(f"style must be an index, {{index: weight}} or {n_styles} weights, not {style!r}") from None
+        if w.size != n_styles:
+            raise NSTError(f"a style vector of this network has {n_styles} weights, got {w.size}")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise NSTError("style weights must be finite, at least 0, and not all 0")
+    return (w / w.sum()).astype(np.float32)
+
+
+def parse_style(text: str) -> int | dict[int, float]:
+    """``nst run --style``: ``3`` (one style) or ``0:0.5,3:0.5`` (a blend)."""
+    try:
+        if ":" not in text:
+            return int(text)
+        out: dict[int, float] = {}
+        for part in text.split(","):
+            k, v = part.split(":")
+            out[int(k)] = out.get(int(k), 0.0) + float(v)
+        return out
+    except ValueError:
+        raise NSTError(f"--style '{text}': give an index (3) or index:weight pairs (0:0.5,3:0.5)") from None
 
 
 def _box_mean(x: np.ndarray, r: int) -> np.ndarray:

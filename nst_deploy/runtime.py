@@ -28,7 +28,7 @@ import numpy as np
 
 from .backends import Backend, brief_error, open_backend
 from .contract import MAX_SIDE, MIN_SIDE
-from .controls import apply_controls, check_strength
+from .controls import apply_controls, check_strength, style_weights
 from .devices import available_memory, is_out_of_memory
 from .errors import NSTError
 
@@ -76,6 +76,8 @@ class Stylizer:
         progress: ``progress(done, total)`` called after each tile, or ``None``.
         strength: 0 (the photo) to 1 (the network's output, the default); see :mod:`nst_deploy.controls`.
         preserve_color: keep the photo's colours, with the output's luminance (default False).
+        style: a multistyle network's style: an index (default 0), ``{index: weight}`` or a weight vector
+            (see :func:`nst_deploy.controls.style_weights`); ``n_styles`` says how many it has (0: one style).
     """
 
     def __init__(self, engine: Backend, memory_mb: float | None = None):
@@ -88,6 +90,8 @@ class Stylizer:
         self.progress = None
         self.strength = 1.0
         self.preserve_color = False
+        self.style = 0
+        self.n_styles = engine.n_styles
         self.scale = engine.scale
         self.static = tuple(self.meta["static"]) if self.meta.get("static") else None
 
@@ -135,7 +139,7 @@ class Stylizer:
         st = cls(open_backend(path, device, providers, precision), memory_mb=memory_mb)
         if warmup:
             h, w = st.static or (64, 64)
-            st._infer_array(np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32))
+            st._infer_array(np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32), st._engine(None))
         return st
 
     # -- inputs
@@ -242,19 +246,27 @@ class Stylizer:
             raise NSTError(f"{self.engine.label} returned NaN or Inf values for a {n}x3x{h}x{w} input")
         return y
 
-    def _infer(self, x):
+    def _engine(self, style):
+        """The backend to run a call on: for a multistyle network, a view bound to the call's style vector."""
+        if not self.n_styles:
+            if style is not None:
+                raise NSTError(f"{self.engine.label} has one style: it takes no style choice")
+            return self.engine
+        return self.engine.bound(style_weights(self.style if style is None else style, self.n_styles))
+
+    def _infer(self, x, engine: Backend):
         """The network on a float tensor ``(N, 3, H, W)``, whole, its output checked; float32 on the CPU."""
         import torch
 
         with torch.inference_mode():
-            return self._guard(self.engine.run, x).float().cpu()
+            return self._guard(engine.run, x).float().cpu()
 
-    def _infer_array(self, x: np.ndarray):
+    def _infer_array(self, x: np.ndarray, engine: Backend):
         """The network on a float32 array ``(N, 3, H, W)``, whole, its output checked: an array from a backend
         that runs arrays without torch (ONNX), else through the tensor path (a float32 CPU tensor)."""
-        if self.engine.arrays:
-            return self._guard(self.engine.run_array, x)
-        return self._infer(sys.modules["torch"].from_numpy(x))  # a torch format: torch is loaded
+        if engine.arrays:
+            return self._guard(engine.run_array, x)
+        return self._infer(sys.modules["torch"].from_numpy(x), engine)  # a torch format: torch is loaded
 
     def _controls(self, strength, preserve_color):
         """The call's controls, checked: None when they leave the output as it is, else a function
@@ -277,10 +289,10 @@ class Stylizer:
 
         return run
 
-    def __call__(self, image: Any, *, strength: float | None = None, preserve_color: bool | None = None):
+    def __call__(self, image: Any, *, style=None, strength: float | None = None, preserve_color: bool | None = None):
         """Stylize ``image`` (a file path, PIL image, ``HxWx3`` uint8 array or ``(N, 3, H, W)`` tensor);
-        returns the same kind (a PIL image for a path). ``strength`` and ``preserve_color`` override the
-        attributes of the same names for this call.
+        returns the same kind (a PIL image for a path). ``style``, ``strength`` and ``preserve_color``
+        override the attributes of the same names for this call.
 
         A tensor gives a tensor of the same dtype and device, ``(N, 3, H * s, W * s)`` for the model's
         ``output_scale`` ``s`` (1 but for multimodal networks). An empty batch (``N == 0``) of a valid
@@ -293,6 +305,7 @@ class Stylizer:
                 model failing on it or returning something else than the stylized batch.
         """
         controls = self._controls(strength, preserve_color)
+        engine = self._engine(style)
         kind, (n, h, w), data = self._source(image)
         if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE:
             empty = " (it has no pixels)" if min(h, w) == 0 else ""
@@ -305,14 +318,14 @@ class Stylizer:
             return image.new_empty((0, 3, h * s, w * s))
         if not self.needs_tiles(n, h, w):
             if kind == "tensor":
-                y = self._infer(data.float())
+                y = self._infer(data.float(), engine)
                 return (y if controls is None else controls(y, data)).to(image.device, image.dtype)
             x = data.transpose(2, 0, 1)[None].astype(np.float32)
             if kind != "float":
                 x /= np.float32(255.0)
-            y = self._infer_array(x)
+            y = self._infer_array(x, engine)
             return self._to_image((y if controls is None else controls(y, x))[0], kind)
-        return self._tiled(kind, n, h, w, data, image, controls)
+        return self._tiled(kind, n, h, w, data, image, engine, controls)
 
     @staticmethod
     def _to_image(y, kind: str):
@@ -338,13 +351,13 @@ class Stylizer:
             th, tw = tiling.thumbnail_size(h, w, int(max(th, tw) * math.sqrt(fit / (th * tw))))
         return th, tw
 
-    def _tiled(self, kind: str, n: int, h: int, w: int, data, image, controls=None):
+    def _tiled(self, kind: str, n: int, h: int, w: int, data, image, engine: Backend, controls=None):
         import torch
 
         from . import tiling
 
-        info = self.engine.tiling_info()
-        stats_of, run_tile = self.engine.stats_runners()
+        info = engine.tiling_info()
+        stats_of, run_tile = engine.stats_runners()
         s = self.scale
         tile = self.tile_side(n, w, info)
         th, tw = self.thumbnail_shape(n, h, w)

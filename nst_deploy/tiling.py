@@ -149,11 +149,11 @@ class StatsGraph(nn.Module):
                 if isinstance(child, nn.InstanceNorm2d):
                     setattr(mod, child_name, _GraphNorm(child, self._st[0]))
 
-    def forward(self, image: torch.Tensor, stats: torch.Tensor, mix: torch.Tensor):
+    def forward(self, image: torch.Tensor, stats: torch.Tensor, mix: torch.Tensor, style: torch.Tensor | None = None):
         st = self._st[0]
         st.stats, st.mix, st.offset, st.own = stats, mix, 0, []
         try:
-            y = self.net(image)
+            y = self.net(image) if style is None else self.net(image, style)  # style: a multistyle network's
             own = torch.cat(st.own, 1)
         finally:
             st.stats, st.mix, st.own = None, None, []

@@ -25,29 +25,26 @@ import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import ImageOps
 
 from .devices import deterministic, resolve_device
-from .errors import ImageError, NSTError
+from .errors import NSTError
 from .fsutil import atomic_write, check_folder, check_writable, load_torch, sha256_file
-from .images import from_pil, load_image, open_allowed, pixel_limit, save_image, source_size
+from .images import load_image, save_image, source_size
 from .interrupts import DeferredInterrupt
 from .losses import LossTerms, PerceptualLoss
 from .lossnets import LOSSNETS, load_lossnet
 from .nets import create, list_models
 from .nets.io import load_model, save_model
+from .photos import IMAGE_SUFFIXES, PhotoDataset, scan_photos, step_batches  # noqa: F401 (re-exported)
 from .presets import parse_layers
 
 __all__ = ["TrainOptions", "Trainer", "PhotoDataset", "train"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 CHECKPOINT_FORMAT = "nst-deploy-train-checkpoint"
 CHECKPOINT_VERSION = 1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -65,7 +62,7 @@ MIN_STYLE_SIDE = 384
 class TrainOptions:
     """Every option of ``nst train`` (see ``nst train --help``)."""
 
-    style: str = ""
+    style: str | list[str] = ""
     data: str = ""
     arch: str = "johnson"
     width: float = 1.0
@@ -94,6 +91,11 @@ class TrainOptions:
     sample_every: int = 200
     log_every: int = 10
     workdir: str | None = None
+    base: str | None = None
+
+    def styles(self) -> list[str]:
+        """The style images: one, or several for the multistyle network."""
+        return [self.style] if isinstance(self.style, (str, os.PathLike)) else [str(s) for s in self.style]
 
     def check(self) -> TrainOptions:
         """Raise :class:`NSTError` naming the first invalid option."""
@@ -129,6 +131,14 @@ class TrainOptions:
             raise NSTError(f"unknown --precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         parse_layers(self.content_layers, "content layers", allow_empty=True)
         parse_layers(self.style_layers, "style layers")
+        styles = self.styles()
+        if not styles or not all(styles):
+            raise NSTError("give a style image (--style)")
+        if self.arch != "multistyle" and len(styles) > 1:
+            raise NSTError(f"--arch {self.arch} learns one style: {len(styles)} were given (--arch multistyle "
+                           "learns several in one network)")
+        if self.base is not None and self.arch != "multistyle":
+            raise NSTError("--add-to takes a multistyle model (--arch multistyle)")
         return self
 
     def style_side(self, native: int | None = None) -> int:
@@ -142,126 +152,13 @@ class TrainOptions:
     def net_config(self) -> dict:
         if self.arch == "multimodal":
             return {"width": float(self.width), "levels": int(self.levels)}
+        if self.arch == "multistyle":
+            return {"width": float(self.width), "n_styles": len(self.styles())}
         return {"width": float(self.width)}
 
     def learned(self) -> dict:
         """The options that decide what is learned (the resume check and the model's metadata)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUN_CONTROL}
-
-
-# --- data ---------------------------------------------------------------------------------------
-
-def scan_photos(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursive, sorted) whose header reads; others warned of."""
-    if not folder.is_dir():
-        raise NSTError(f"--data '{folder}' is not a folder")
-    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    good = []
-    for p in found:
-        try:
-            with open_allowed(p) as img:
-                w, h = img.size
-        except Exception as e:  # noqa: BLE001 - any unreadable file is skipped
-            warnings.warn(f"skipping '{p}': not a readable image ({type(e).__name__})", stacklevel=2)
-            continue
-        if min(w, h) < 16:
-            warnings.warn(f"skipping '{p}': {w}x{h} is too small", stacklevel=2)
-            continue
-        if w * h > pixel_limit():
-            warnings.warn(f"skipping '{p}': {w}x{h} is over the pixel limit", stacklevel=2)
-            continue
-        good.append(p)
-    if not good:
-        raise NSTError(f"--data '{folder}' holds no readable images ({', '.join(IMAGE_SUFFIXES)})")
-    return good
-
-
-class PhotoDataset(torch.utils.data.Dataset):
-    """Augmented crops, indexed by global sample number ``n`` (a pure function of ``seed`` and ``n``).
-
-    Sample ``n`` is file ``perm_e[n mod F]`` of epoch ``e = n // F`` (a fresh permutation per epoch);
-    its crop is a square of side ``u * min(H, W)`` with ``u`` uniform in ``[min_crop, 1]`` at a random
-    position, flipped with probability 1/2, resized (antialiased) to ``out`` pixels.
-    """
-
-    def __init__(self, files: list[Path], out: int, seed: int, min_crop: float, first: int = 0, count: int = 0,
-                 stride: int = 1):
-        self.files = list(files)
-        self.out = out
-        self.seed = seed
-        self.min_crop = min_crop
-        self.first, self.count, self.stride = first, count, stride
-        self._perm: dict[int, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return self.count
-
-    def file_of(self, n: int) -> Path:
-        epoch, pos = divmod(n, len(self.files))
-        if epoch not in self._perm:
-            self._perm = {epoch: np.random.default_rng([self.seed, 7919, epoch]).permutation(len(self.files))}
-        return self.files[int(self._perm[epoch][pos])]
-
-    def sample(self, n: int) -> torch.Tensor:
-        """The ``(3, out, out)`` crop of global sample ``n``."""
-        rng = np.random.default_rng([self.seed, n])
-        u, fx, fy, flip = rng.uniform(self.min_crop, 1.0), rng.random(), rng.random(), rng.random() < 0.5
-        path = self.file_of(n)
-        for attempt in range(len(self.files)):
-            try:
-                return self._crop(path, u, fx, fy, flip)
-            except ImageError as e:
-                if attempt == 0:
-                    warnings.warn(f"skipping '{path}': {e}", stacklevel=2)
-                path = self.files[(self.files.index(path) + 1) % len(self.files)]
-        raise NSTError("no image in --data can be decoded")
-
-    def _crop(self, path: Path, u: float, fx: float, fy: float, flip: bool) -> torch.Tensor:
-        try:
-            img = open_allowed(path)
-            w, h = img.size
-            side = u * min(w, h)
-            if img.format == "JPEG":  # decode at a reduced scale when the crop allows it (fast)
-                k = max(1.0, side / (2 * self.out))
-                img.draft("RGB", (max(1, int(w / k)), max(1, int(h / k))))
-            img = ImageOps.exif_transpose(img)
-            x = from_pil(img)
-        except Exception as e:  # noqa: BLE001
-            raise ImageError(f"cannot decode ({type(e).__name__})") from None
-        h2, w2 = x.shape[-2:]
-        s = max(1, min(h2, w2, round(u * min(h2, w2))))
-        top, left = int(fy * (h2 - s)), int(fx * (w2 - s))
-        x = x[..., top:top + s, left:left + s]
-        if flip:
-            x = x.flip(-1)
-        x = F.interpolate(x, size=(self.out, self.out), mode="bicubic", align_corners=False, antialias=True)
-        return x.clamp_(0, 1)[0]
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.sample(self.first + i * self.stride)
-
-
-class _StepBatches(torch.utils.data.Dataset):
-    """Item ``i``: the local batch of step ``start + i`` (module level, so that workers can pickle it)."""
-
-    def __init__(self, ds: PhotoDataset, start: int, batch: int, local: int, rank: int):
-        self.ds, self.start, self.batch, self.local, self.rank = ds, start, batch, local, rank
-
-    def __len__(self) -> int:
-        return 1 << 40
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        base = (self.start + i) * self.batch + self.rank * self.local
-        return torch.stack([self.ds.sample(base + j) for j in range(self.local)])
-
-
-def step_batches(ds: PhotoDataset, start: int, batch: int, local: int, rank: int, workers: int):
-    """Yield the local batch of every step from ``start`` on (``workers`` processes decode ahead)."""
-    fresh = PhotoDataset(ds.files, ds.out, ds.seed, ds.min_crop)
-    loader = torch.utils.data.DataLoader(_StepBatches(fresh, start, batch, local, rank), batch_size=None,
-                                         shuffle=False, num_workers=workers, persistent_workers=workers > 0,
-                                         prefetch_factor=2 if workers > 0 else None)
-    yield from loader
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -325,19 +222,36 @@ class Trainer:
             prec = "bf16" if self.device.type == "cuda" else "fp32"
         self.precision = prec
         self.files = scan_photos(Path(o.data))
-        self.style_native = max(source_size(o.style))
-        self.style = load_image(o.style, size=o.style_side(self.style_native))
-        self.style_sha = sha256_file(o.style)
+        self.style_files = o.styles()
+        self.style_natives = [max(source_size(p)) for p in self.style_files]
+        self.style_native = self.style_natives[0]
+        self.style_images = [load_image(p, size=o.style_side(n)) for p, n in zip(self.style_files,
+                                                                                   self.style_natives, strict=True)]
+        self.style = self.style_images[0]
+        shas = [sha256_file(p) for p in self.style_files]
+        self.style_sha = shas[0] if len(shas) == 1 else _digest_bytes(",".join(shas).encode())
+        self.style_shas = shas
 
         torch.manual_seed(o.seed)
-        self.model = create(o.arch, **o.net_config()).to(self.device)
+        #: a multistyle network learns every style (the first ``trained_from`` are an --add-to model's, kept)
+        self.trained_from = 0
+        self.base_meta: dict = {}
+        if o.base is not None:
+            self.model = self._extended_base(o).to(self.device)
+        else:
+            self.model = create(o.arch, **o.net_config()).to(self.device)
+        self.n_styles = getattr(self.model, "n_styles", 1)
         self.levels = o.levels if o.arch == "multimodal" else 1
         self.lossnet = load_lossnet(o.net, o.weights, pooling=o.pooling, device=self.device)
-        self.lossnet.check_image_size(source_size(o.style), parse_layers(o.style_layers, "style layers"), "style image")
+        for p in self.style_files:
+            self.lossnet.check_image_size(source_size(p), parse_layers(o.style_layers, "style layers"), "style image")
         self.in_size = o.size
         self.crop = o.size * 2 ** (self.levels - 1)
-        self._losses = [self._level_loss(k) for k in range(self.levels)]
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.lr)
+        # one loss per level (multimodal), or per style of this run (multistyle)
+        self._losses = ([self._level_loss(k) for k in range(self.levels)] if o.arch != "multistyle"
+                        else [self._level_loss(0, i) for i in range(len(self.style_files))])
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=o.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=prec == "fp16")
         self.step = 0
         self.history: list[dict] = []
@@ -350,7 +264,25 @@ class Trainer:
                 self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # -- setup
-    def _level_loss(self, k: int) -> PerceptualLoss:
+    def _extended_base(self, o: TrainOptions) -> torch.nn.Module:
+        """An --add-to model with one new style per style image: only the new rows of its norms learn
+        (the convolutions and the other styles' scales and shifts are frozen; their gradients zeroed)."""
+        net, meta = load_model(o.base)
+        if meta.get("arch") != "multistyle":
+            raise NSTError(f"--add-to '{o.base}' is a {meta.get('arch')} model, not a multistyle one")
+        self.base_meta = meta
+        old = net.n_styles
+        for _ in self.style_files:
+            net = net.with_style_added()
+        net.train().requires_grad_(False)
+        for norm in net.norms():
+            for prm in (norm.gamma, norm.beta):
+                prm.requires_grad_(True)
+                prm.register_hook(lambda g, old=old: torch.cat([torch.zeros_like(g[:old]), g[old:]]))
+        self.trained_from = old
+        return net
+
+    def _level_loss(self, k: int, style_index: int = 0) -> PerceptualLoss:
         o = self.o
         size = o.size * 2 ** k
         min_side = self.lossnet.min_input_size(
@@ -365,20 +297,33 @@ class Trainer:
         content = {name: w / probe[name][0].numel() for name, w in content.items()}
         loss = PerceptualLoss(self.lossnet, content, parse_layers(o.style_layers, "style layers"),
                               content_weight=o.content_weight, style_weight=o.style_weight, tv_weight=o.tv_weight)
-        style = self.style if k == 0 else load_image(o.style, size=o.style_side(self.style_native) * 2 ** k)
+        style = (self.style_images[style_index] if k == 0
+                 else load_image(self.style_files[0], size=o.style_side(self.style_native) * 2 ** k))
         loss.set_style(style.to(self.device))
         return loss
 
     def _config_digest(self) -> str:
-        options = {k: v for k, v in self.o.learned().items() if k not in ("style", "data")}  # paths: by content
+        options = {k: v for k, v in self.o.learned().items() if k not in ("style", "data", "base")}  # by content
+        if self.o.base is not None:
+            options["base_sha256"] = sha256_file(self.o.base)
         options["style_side"] = self.o.style_side(self.style_native)  # the default's value counts, not None
         files = [p.relative_to(self.o.data).as_posix() for p in self.files]
         data = json.dumps({"options": options, "style": self.style_sha, "files": files}, sort_keys=True, default=str)
         return _digest_bytes(data.encode())[:16]
 
     # -- the loss of one batch
-    def loss(self, photos: torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
-        """Mean loss per image of a batch of crops ``(B, 3, crop, crop)``."""
+    def style_of_step(self, step: int) -> int:
+        """The style a step trains (multistyle): this run's styles in turn."""
+        return step % len(self.style_files)
+
+    def _style_weights(self, i: int, b: int) -> torch.Tensor:
+        w = torch.zeros(b, self.n_styles, device=self.device)
+        w[:, self.trained_from + i] = 1.0
+        return w
+
+    def loss(self, photos: torch.Tensor, style_index: int = 0) -> tuple[torch.Tensor, LossTerms]:
+        """Mean loss per image of a batch of crops ``(B, 3, crop, crop)`` (for a multistyle network: on this
+        run's style ``style_index``)."""
         o = self.o
         photos = photos.to(self.device)
         b = photos.shape[0]
@@ -386,13 +331,14 @@ class Trainer:
                                                          mode="bicubic", antialias=True).clamp(0, 1)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            outs = self.module(x)
+            outs = self.module(x) if o.arch != "multistyle" else self.module(x, self._style_weights(style_index, b))
         outs = [outs] if self.levels == 1 else list(outs)
         # The loss network runs under bf16 autocast too, but never in fp16: the caffe VGG19's
         # activations (0-255 input scale) and their Gram matrices overflow fp16 (inf at step 1).
         total, terms = None, [0.0, 0.0, 0.0, 0.0]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            for k, (y, lossfn) in enumerate(zip(outs, self._losses, strict=True)):
+            losses = self._losses if o.arch != "multistyle" else [self._losses[style_index]]
+            for k, (y, lossfn) in enumerate(zip(outs, losses, strict=True)):
                 size = self.in_size * 2 ** k
                 target = photos if size == self.crop else F.interpolate(
                     photos, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
@@ -459,7 +405,10 @@ class Trainer:
         xs = torch.stack([PhotoDataset(self.files[i:i + 1], self.in_size, 0, 1.0).sample(0) for i in range(n)])
         self.model.eval()
         try:
-            ys = self.model(xs.to(self.device)).float().cpu()
+            xs_dev = xs.to(self.device)
+            ys = (self.model(xs_dev) if self.o.arch != "multistyle" else self.model(
+                xs_dev, self._style_weights(0, n) if n == 1 else torch.stack(
+                    [self._style_weights(i % len(self.style_files), 1)[0] for i in range(n)]))).float().cpu()
         finally:
             self.model.train()
         if ys.shape[-1] != xs.shape[-1]:
@@ -508,7 +457,7 @@ class Trainer:
             if self.step >= o.steps:
                 break
             self.optimizer.zero_grad(set_to_none=True)
-            total, terms = self.loss(photos.to(self.device, non_blocking=True))
+            total, terms = self.loss(photos.to(self.device, non_blocking=True), self.style_of_step(self.step))
             if not torch.isfinite(total):  # nothing updated yet: the last checkpoint stays valid
                 raise NSTError(f"the loss became {float(total)} at step {self.step + 1}: lower --lr "
                                "or the loss weights (the last checkpoint is kept)")
@@ -538,7 +487,8 @@ class Trainer:
     def finish(self) -> Path:
         if self.rank == 0:
             meta = {
-                "style": Path(self.o.style).name, "style_sha256": self.style_sha, "steps": self.step,
+                "style": Path(self.style_files[0]).name if len(self.style_files) == 1 else None,
+                "style_sha256": self.style_sha, "steps": self.step,
                 "training": {k: v for k, v in self.o.learned().items() if k not in ("style", "data")},
                 "training_digest": self.digest, "data_files": len(self.files),
                 "final_loss": self.history[-1] if self.history else None,
@@ -547,6 +497,11 @@ class Trainer:
                 "output_scale": 2 ** (self.levels - 1),
                 "toolkit": _version(),
             }
+            if self.o.arch == "multistyle":
+                before = self.base_meta.get("styles", [])
+                meta["styles"] = before + [{"name": Path(p).stem, "file": Path(p).name, "sha256": h}
+                                           for p, h in zip(self.style_files, self.style_shas, strict=True)]
+                meta["style"] = ", ".join(s["name"] for s in meta["styles"])
             save_model(self.output, self.model, self.o.arch, meta, half=self.half)
         if self.world > 1:
             import torch.distributed as dist
@@ -574,7 +529,11 @@ def add_train_parser(sub) -> None:
                        description="Train a feed-forward style network (Johnson or Multimodal) on a folder of "
                                    "photographs with the perceptual loss. Single process, or several with torchrun "
                                    "(DistributedDataParallel).")
-    p.add_argument("--style", required=True, help="the style image")
+    p.add_argument("--style", required=True, action="append",
+                   help="the style image (--arch multistyle: repeat it, one per style)")
+    p.add_argument("--add-to", dest="base", metavar="MODEL",
+                   help="multistyle: add the --style images to this trained multistyle model as new styles "
+                        "(only their instance-norm scales and shifts learn; the rest is kept)")
     p.add_argument("--data", required=True, help="folder of photographs (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="the model file to write (.pt)")
     p.add_argument("--arch", default=d.arch, help=f"network: {', '.join(list_models())} (default {d.arch})")
@@ -624,7 +583,8 @@ def cmd_train(args) -> int:
     except ValueError:
         raise NSTError(f"--level-weights '{args.level_weights}': expected numbers separated by commas") from None
     o = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions)
-                        if f.name not in ("level_weights",) and hasattr(args, f.name)}, level_weights=lw)
+                        if f.name not in ("level_weights", "style") and hasattr(args, f.name)}, level_weights=lw,
+                     style=args.style[0] if len(args.style) == 1 else list(args.style))
 
     out = Path(args.output)
     if out.suffix.lower() not in (".pt", ".pth"):

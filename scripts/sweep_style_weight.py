@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from nst_deploy.fsutil import atomic_write  # noqa: E402
 from nst_deploy.images import load_image  # noqa: E402
+from nst_deploy.photos import IMAGE_SUFFIXES  # noqa: E402
 from nst_deploy.quality import Judge  # noqa: E402
 from nst_deploy.runtime import Stylizer  # noqa: E402
-from nst_deploy.train import IMAGE_SUFFIXES, Trainer, TrainOptions  # noqa: E402
+from nst_deploy.train import Trainer, TrainOptions  # noqa: E402
 
 DATA = ROOT / "nst_deploy" / "data"
 PACKAGE_PHOTOS = [DATA / "chelsea.jpg", DATA / "coffee.jpg"]

@@ -57,5 +57,12 @@ def _multimodal(**kw) -> nn.Module:
     return MultimodalNet(**kw)
 
 
+def _multistyle(**kw) -> nn.Module:
+    from .multistyle import MultiStyleNet
+
+    return MultiStyleNet(**kw)
+
+
 register("johnson", _johnson)
+register("multistyle", _multistyle)
 register("multimodal", _multimodal)
