@@ -114,7 +114,7 @@ def _io_dtype(precision: str) -> torch.dtype:
 def _metadata(meta: dict, fmt: str) -> dict:
     from nst_deploy import __version__
 
-    keep = {k: meta.get(k) for k in ("arch", "config", "style", "style_sha256", "training_digest", "steps",
+    keep = {k: meta.get(k) for k in ("arch", "config", "style", "styles", "style_sha256", "training_digest", "steps",
                                      "input", "output", "output_scale", "precision", "static", "tiling")}
     precision = meta.get("precision") or "fp32"
     io = "float16" if precision == "fp16-io" else "float32"

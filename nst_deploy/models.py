@@ -20,7 +20,8 @@ def bundled_models() -> dict[str, Path]:
 
 def model_path(name: str | os.PathLike) -> Path:
     """A model file's path as given, or the file of a bundled model named ``starry_night`` or
-    ``johnson__starry_night`` (``-`` for ``_`` too)."""
+    ``johnson__starry_night`` (``-`` for ``_`` too), or by its architecture where one bundled model has it
+    (``multistyle``)."""
     path = Path(name)
     if path.is_dir():
         raise NSTError(f"model '{name}' is a folder: give a file in it (model.onnx, model.pt or an nst train .pt)")
@@ -31,6 +32,9 @@ def model_path(name: str | os.PathLike) -> Path:
     for stem, p in bundled.items():
         if key in (stem, stem.split("__", 1)[-1]):
             return p
+    by_arch = [p for stem, p in bundled.items() if stem.split("__", 1)[0] == key]
+    if len(by_arch) == 1:  # an architecture with one bundled model: `nst run multistyle`
+        return by_arch[0]
     names = ", ".join(stem.split("__", 1)[-1] for stem in bundled) or "none"
     raise NSTError(f"model '{name}' does not exist (bundled models: {names})")
 

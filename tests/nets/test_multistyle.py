@@ -167,6 +167,14 @@ def test_export_runtime_and_cli(trained, tmp_path):
                      "--style", bad, "-q"]) != 0
     assert not (tmp_path / "bad.png").exists()
     assert main(["run", "starry_night", str(photo), "-o", str(tmp_path / "bad.png"), "--style", "1", "-q"]) != 0
+    # a contact sheet shows every style of the network, each as the runtime gives it
+    from nst_deploy.sheet import GAP, LABEL_H, contact_sheet
+
+    sheet = contact_sheet(x, {"ms": tmp_path / "exp" / "model.onnx"})
+    assert sheet.shape == (2 * (48 + LABEL_H) + 3 * GAP, 2 * 60 + 3 * GAP, 3)  # photo + 3 styles, 2 x 2
+    cell = sheet[GAP + 48 + LABEL_H + GAP:][:48, GAP + 60 + GAP:][:, :60]  # row 1, column 1: style 2
+    want = np.clip(s(x, style=2), 0, 1)
+    assert np.abs(cell - np.round(want * 255) / 255).max() <= 1.01 / 255
 
 
 def test_triton_config_takes_the_style_vector(trained, tmp_path):
