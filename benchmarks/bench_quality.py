@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     ap.add_argument("--files", nargs="*", type=Path, default=[],
                     help="model files of nst train to score instead (their style image: --style)")
     ap.add_argument("--style", type=Path, help="the painting of --files")
+    ap.add_argument("--photos", nargs="*", type=Path, default=[],
+                    help="photographs to judge on besides chelsea and coffee (e.g. the training folder's "
+                         "held-out china.jpg, which scripts/fetch_training_photos.sh collects)")
     ap.add_argument("--out-dir")
     args = ap.parse_args(argv)
     from nst_deploy.images import load_image
@@ -61,8 +64,9 @@ def main(argv=None) -> int:
         for name, path, style_file in todo:
             judge = Judge(load_image(style_file), size=args.size)
             model = Stylizer.load(path, device="cpu")
-            for photo_name in PHOTOS:
-                photo = load_image(DATA / photo_name, size=args.size)
+            for photo_path in [DATA / p for p in PHOTOS] + list(args.photos):
+                photo_name = photo_path.name
+                photo = load_image(photo_path, size=args.size)
                 outputs = {f"model {name}": lambda m=model, p=photo: m(p)}
                 if args.optimize_steps:
                     outputs[f"optimization ({args.optimize_steps} L-BFGS steps)"] = (

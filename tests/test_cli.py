@@ -331,7 +331,7 @@ def test_stylize_all_black_mask_is_refused(tmp_path, capsys):
 def test_run_out_of_memory_is_advice(tmp_path, capsys, monkeypatch, error):
     from nst_deploy.runtime import Stylizer
 
-    def exhausted(self, x):
+    def exhausted(self, x, **controls):
         raise error
 
     monkeypatch.setattr(Stylizer, "__call__", exhausted)
