@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .cli_run import add_run
 from .errors import NSTError
 
 __all__ = ["build_parser", "main"]
@@ -211,137 +212,6 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run a feed-forward network on an image. An ONNX model runs without torch (numpy, Pillow and
-    onnxruntime alone): the image is decoded, resized and written by :mod:`nst_deploy.imageio`."""
-    if args.list:
-        from .nets.io import bundled_models, read_model
-
-        for stem, p in bundled_models().items():
-            meta = read_model(p)["meta"]
-            print(f"{stem.split('__', 1)[-1]:16s} {read_model(p)['arch']:10s} style {meta.get('style')}, "
-                  f"{meta.get('steps')} steps  ({p})")
-        return 0
-    if args.sheet is not None:
-        return _run_sheet(args)
-    if args.model is None or args.input is None:
-        raise NSTError("give a MODEL and an INPUT image (nst run --list shows the bundled models)")
-    from .contract import MIN_SIDE
-    from .devices import gpu_present, is_out_of_memory
-    from .imageio import check_output, read_rgb, resize_array, write_image
-    from .models import bundled_onnx, model_path
-    from .runtime import Stylizer
-
-    model = model_path(args.model)
-    # a bundled model runs from its ONNX copy on the CPU (no torch to import); the model file on a GPU
-    fast = bundled_onnx(model) if args.device == "cpu" or (args.device == "auto" and not gpu_present()) else None
-    output = Path(args.output or f"{Path(args.input).stem}-{model.stem.split('__', 1)[-1]}.png")
-    check_output(output, args.input, quality=args.quality)
-    if args.size is not None and args.size < MIN_SIDE:
-        raise NSTError(f"--size {args.size} is too small: use {MIN_SIDE} pixels or more")
-    if args.memory_mb is not None and not args.memory_mb > 0:
-        raise NSTError(f"--memory-mb must be positive, got {args.memory_mb:g}")
-    from .controls import check_strength, parse_style
-
-    try:
-        check_strength(args.strength)
-    except NSTError as e:
-        raise NSTError(f"--{e}") from None
-    style = None if args.style is None else parse_style(args.style)
-    # ONNX, verified TorchScript or a model file
-    stylizer = Stylizer.load(fast or model, device=args.device, memory_mb=args.memory_mb)
-    line_open = [False]
-    if not args.quiet:
-        def progress(done: int, total: int) -> None:
-            print(f"\rnst: tile {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
-            line_open[0] = done != total
-
-        stylizer.progress = progress
-    scale = int(stylizer.meta.get("output_scale", 1) or 1)
-    x = read_rgb(args.input, size=args.size)  # float32 (H, W, 3) in [0, 1]
-    h, w = x.shape[:2]
-    if scale > 1:  # the multimodal net's output is `scale` times its input
-        x = resize_array(x, (max(MIN_SIDE, round(h / scale)), max(MIN_SIDE, round(w / scale))))
-    if min(x.shape[:2]) < MIN_SIDE:
-        raise NSTError(f"input '{args.input}' is {w}x{h}: too small for the network ({MIN_SIDE} pixels at least)")
-    if fast is not None and stylizer.needs_tiles(1, *x.shape[:2]):  # the ONNX copy has no tiles graph
-        progress_fn = stylizer.progress
-        stylizer = Stylizer.load(model, device=args.device, memory_mb=args.memory_mb)
-        stylizer.progress = progress_fn
-    t0 = time.perf_counter()
-    try:
-        y = stylizer(x, style=style, strength=args.strength, preserve_color=args.preserve_color)
-    except KeyboardInterrupt:
-        if line_open[0]:  # end the tile counter's line before the interrupt message
-            print(file=sys.stderr)
-        raise
-    except (RuntimeError, MemoryError) as e:  # the Stylizer passes only running out of memory on unwrapped
-        if is_out_of_memory(e):
-            raise NSTError(f"not enough memory to run {w}x{h}: lower --memory-mb (tiles) or use --size") from None
-        raise
-    if y.shape[:2] != (h, w):
-        y = resize_array(y, (h, w))
-    write_image(y, output, quality=args.quality)
-    if not args.quiet:
-        print(f"nst: wrote {output} ({w}x{h}, {time.perf_counter() - t0:.2f} s)", file=sys.stderr)
-    return 0
-
-
-def _run_sheet(args: argparse.Namespace) -> int:
-    """``nst run --sheet PHOTO``: every bundled style on one photo, labelled (torch-free)."""
-    from .controls import check_strength
-    from .imageio import check_output, read_rgb, write_image
-    from .models import bundled_models
-    from .sheet import contact_sheet
-
-    if args.model is not None:
-        raise NSTError("--sheet takes the photo as its value and runs every bundled model: give no MODEL")
-    output = Path(args.output or f"{Path(args.sheet).stem}-sheet.png")
-    check_output(output, args.sheet, quality=args.quality)
-    check_strength(args.strength)
-    photo = read_rgb(args.sheet, size=args.size or 384)
-    models = {stem.split("__", 1)[-1]: p for stem, p in bundled_models().items()}
-    t0 = time.perf_counter()
-
-    def progress(done: int, total: int, name: str) -> None:
-        if not args.quiet:
-            print(f"\rnst: sheet {done}/{total} {name:<20s}", end="\n" if done == total else "", file=sys.stderr,
-                  flush=True)
-
-    sheet = contact_sheet(photo, models, strength=args.strength, preserve_color=args.preserve_color,
-                          device=args.device, progress=progress)
-    write_image(sheet, output, quality=args.quality)
-    if not args.quiet:
-        print(f"nst: wrote {output} ({len(models)} styles, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-    return 0
-
-
-def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="stylize an image with a trained network",
-                       description="Run a trained feed-forward network (a model file from nst train, an ONNX or "
-                                   "TorchScript file from nst-export, or a bundled model by name) on an image.")
-    p.add_argument("model", nargs="?", help="model file, or a bundled model's name (see --list)")
-    p.add_argument("input", nargs="?", help="the image to stylize")
-    p.add_argument("-o", "--output", help="output image (default INPUT-MODEL.png)")
-    p.add_argument("--size", type=int, help="resize the input's longest side first (default: keep)")
-    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-    p.add_argument("--memory-mb", type=float,
-                   help="working-memory budget; larger images run in tiles that agree (default: half the "
-                        "available memory)")
-    p.add_argument("--style", help="a multistyle model's style: an index (3) or a blend (0:0.5,3:0.5); default 0")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="0 (the photo) to 1 (the full style, the default): a blend that keeps local contrast")
-    p.add_argument("--preserve-color", action="store_true",
-                   help="keep the photo's colours (the network's luminance with the photo's chroma)")
-    p.add_argument("--list", action="store_true", help="list the bundled models")
-    p.add_argument("--sheet", metavar="PHOTO",
-                   help="a contact sheet: PHOTO through every bundled model, labelled (--size: each picture's "
-                        "long side, default 384)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no tile progress and no summary")
-    p.set_defaults(func=cmd_run)
-
-
 def _add_stylize(sub) -> None:
     from .lossnets import LOSSNETS
     from .optimize import INITS, OPTIMIZERS
@@ -473,7 +343,7 @@ class _Parser(argparse.ArgumentParser):
 
 #: The commands, in the order ``nst --help`` lists them, and what adds each one's parser.
 _COMMANDS = {"layers": _add_layers, "info": _add_info, "stylize": _add_stylize, "synth": _add_synth,
-             "train": _add_train, "run": _add_run}
+             "train": _add_train, "run": add_run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,8 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "SAVE_FORMATS",
     "check_output",
+    "decode_rgb",
+    "encode_image",
     "open_allowed",
     "open_checked",
     "pixel_limit",
@@ -84,18 +86,19 @@ def pixel_limit(max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int | None:
     return value
 
 
-def open_checked(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
-    """Open, check and fully decode an image file; EXIF orientation applied."""
+def open_checked(path: str | os.PathLike, max_pixels: int | None, data: bytes | None = None) -> Image.Image:
+    """Open, check and fully decode an image file (or the encoded image ``data``, ``path`` then only
+    naming it in messages); EXIF orientation applied."""
     path = Path(path)
     max_pixels = pixel_limit(max_pixels)
-    if path.is_dir():
+    if data is None and path.is_dir():
         raise ImageError(f"cannot read image '{path}': it is a folder")
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ImageError(f"cannot read image '{path}': no such file")
     try:
         with warnings.catch_warnings():  # Pillow warns about skipped corrupt tags; the pixels decide
             warnings.simplefilter("ignore", UserWarning)
-            img = open_allowed(path)
+            img = open_allowed(path if data is None else io.BytesIO(data))
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(
@@ -294,6 +297,45 @@ def read_rgb(path: str | os.PathLike, *, size: int | None = None, max_pixels: in
     return resize_array(arr, target_size(arr.shape[0], arr.shape[1], size)) if size is not None else arr
 
 
+def decode_rgb(data: bytes, name: str = "<stdin>", *, size: int | None = None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, background=(255, 255, 255)) -> np.ndarray:
+    """:func:`read_rgb` of an encoded image held in memory (``name`` for messages)."""
+    if not data:
+        raise ImageError(f"cannot read image '{name}': it is empty")
+    img = open_checked(name, max_pixels, data=data)
+    try:
+        arr = rgb_array(img, background)
+    except ImageError as e:
+        raise ImageError(f"cannot read image '{name}': {e}") from None
+    return resize_array(arr, target_size(arr.shape[0], arr.shape[1], size)) if size is not None else arr
+
+
+def encode_image(arr: np.ndarray, suffix: str = ".png", *, bits: int = 8, quality: int = 95) -> bytes:
+    """Float ``(H, W, 1 or 3)`` in ``[0, 1]`` encoded as the format of ``suffix`` (what :func:`write_image`
+    writes), in memory.
+
+    Raises:
+        ImageError: unknown suffix, NaN or infinite values, a bit depth not available for the format.
+    """
+    fmt = SAVE_FORMATS.get(suffix.lower())
+    if fmt is None:
+        raise ImageError(f"cannot encode '{suffix}' images: use .png, .jpg or .tif")
+    if bits not in (8, 16):
+        raise ImageError(f"bit depth must be 8 or 16, not {bits}")
+    if bits == 16 and fmt != "PNG":
+        raise ImageError("16-bit output is written as PNG only")
+    if not np.isfinite(arr).all():
+        raise ImageError("refusing to save: the image contains NaN or infinite values")
+    arr = np.clip(arr, 0.0, 1.0)
+    if bits == 16:
+        return encode_png16(arr)
+    px = np.rint(arr * 255.0).astype(np.uint8)
+    img = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px, "L" if px.shape[-1] == 1 else "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"quality": int(quality)} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
 def write_image(arr: np.ndarray, path: str | os.PathLike, *, bits: int = 8, quality: int = 95) -> Path:
     """Write float ``(H, W, 1 or 3)`` in ``[0, 1]`` to PNG (8 or 16 bit), JPEG or TIFF, atomically.
 
@@ -316,17 +358,7 @@ def write_image(arr: np.ndarray, path: str | os.PathLike, *, bits: int = 8, qual
         raise ImageError(f"cannot save '{path}': 16-bit output is written as PNG only")
     if not (path.parent if str(path.parent) else Path(".")).is_dir():
         raise ImageError(f"cannot save '{path}': folder '{path.parent}' does not exist")
-    if not np.isfinite(arr).all():
-        raise ImageError("refusing to save: the image contains NaN or infinite values")
-    arr = np.clip(arr, 0.0, 1.0)
-    if bits == 16:
-        data = encode_png16(arr)
-    else:
-        px = np.rint(arr * 255.0).astype(np.uint8)
-        img = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px, "L" if px.shape[-1] == 1 else "RGB")
-        buf = io.BytesIO()
-        img.save(buf, format=fmt, **({"quality": int(quality)} if fmt == "JPEG" else {}))
-        data = buf.getvalue()
+    data = encode_image(arr, path.suffix, bits=bits, quality=quality)
     try:
         with atomic_write(path) as fh:
             fh.write(data)

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-__all__ = ["Progress", "TrainProgress"]
+__all__ = ["CountProgress", "Progress", "TrainProgress"]
 
 
 class Progress:
@@ -108,3 +108,42 @@ class TrainProgress:
         self.stream.flush()
 
 
+
+
+class CountProgress:
+    """Items done out of a total, with items/s and the ETA (a live line on a terminal, a line every tenth
+    of the work otherwise): ``progress(done, total, rate)``; :meth:`clear` ends a live line."""
+
+    def __init__(self, total: int, what: str = "items", stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.total, self.what = total, what
+        self.last, self.last_done, self.open = 0.0, 0, False
+
+    def __call__(self, done: int, total: int, rate: float) -> None:
+        now = time.perf_counter()
+        final = done >= total
+        if self.tty and not final and now - self.last < 0.1:
+            return
+        if not self.tty and not final and done - self.last_done < max(1, total // 10):
+            return
+        self.last, self.last_done = now, done
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        width = 24
+        fill = round(width * done / max(total, 1))
+        line = (f"{done}/{total} {self.what} [{'#' * fill}{'.' * (width - fill)}] {rate:.2f} {self.what}/s"
+                f"{f' eta {eta:.0f}s' if eta != float('inf') and not final else ''}")
+        if self.tty:
+            cols = _columns(self.stream)
+            self.stream.write("\r" + (line[: cols - 1] if cols else line))
+            self.open = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """End a live line (before another message, or at the end)."""
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False

@@ -157,6 +157,12 @@ class Stylizer:
                 image = image.convert("RGB")
             arr = np.asarray(image)
             return "pil", (1, arr.shape[0], arr.shape[1]), arr
+        if isinstance(image, np.ndarray) and image.ndim == 4:  # a batch of same-size images, NxHxWx3
+            if image.shape[3] != 3 or image.dtype not in (np.uint8, np.float32):
+                raise NSTError(f"expected an NxHxWx3 uint8 or float32 batch, got {image.shape} {image.dtype}")
+            if image.dtype == np.float32 and not np.isfinite(image).all():
+                raise NSTError("the input array has NaN or Inf values")
+            return "batch", (image.shape[0], image.shape[1], image.shape[2]), image
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.float32):
                 raise NSTError(f"expected an HxWx3 uint8 or float32 array, got {image.shape} {image.dtype}")
@@ -290,9 +296,9 @@ class Stylizer:
         return run
 
     def __call__(self, image: Any, *, style=None, strength: float | None = None, preserve_color: bool | None = None):
-        """Stylize ``image`` (a file path, PIL image, ``HxWx3`` uint8 array or ``(N, 3, H, W)`` tensor);
-        returns the same kind (a PIL image for a path). ``style``, ``strength`` and ``preserve_color``
-        override the attributes of the same names for this call.
+        """Stylize ``image`` (a file path, PIL image, ``HxWx3`` uint8 or float32 array, ``NxHxWx3`` array batch of
+        one size, or ``(N, 3, H, W)`` tensor); returns the same kind (a PIL image for a path). ``style``,
+        ``strength`` and ``preserve_color`` override the attributes of the same names for this call.
 
         A tensor gives a tensor of the same dtype and device, ``(N, 3, H * s, W * s)`` for the model's
         ``output_scale`` ``s`` (1 but for multimodal networks). An empty batch (``N == 0``) of a valid
@@ -314,8 +320,12 @@ class Stylizer:
             raise NSTError(f"this model was exported for {self.static[1]}x{self.static[0]} images (--static); "
                            f"got {w}x{h}")
         s = self.scale
-        if n == 0:  # only a tensor batch can be empty
+        if n == 0:  # only a batch can be empty
+            if kind == "batch":
+                return np.empty((0, h * s, w * s, 3), image.dtype)
             return image.new_empty((0, 3, h * s, w * s))
+        if kind == "batch":
+            return self._batch(data, engine, controls)
         if not self.needs_tiles(n, h, w):
             if kind == "tensor":
                 y = self._infer(data.float(), engine)
@@ -326,6 +336,25 @@ class Stylizer:
             y = self._infer_array(x, engine)
             return self._to_image((y if controls is None else controls(y, x))[0], kind)
         return self._tiled(kind, n, h, w, data, image, engine, controls)
+
+    def _batch(self, data: np.ndarray, engine: Backend, controls):
+        """An NxHxWx3 array batch, the same dtype back: whole through the array path, or tiled (as tensors)."""
+        n, h, w = data.shape[:3]
+        x = np.ascontiguousarray(data.transpose(0, 3, 1, 2), dtype=np.float32)
+        if data.dtype == np.uint8:
+            x /= np.float32(255.0)
+        if self.needs_tiles(n, h, w):
+            import torch
+
+            xt = torch.from_numpy(x)
+            y = self._tiled("tensor", n, h, w, xt, xt, engine, controls).numpy()
+        else:
+            y = self._infer_array(x, engine)
+            y = np.asarray(y if controls is None else controls(y, x))
+        y = np.clip(y, 0.0, 1.0).transpose(0, 2, 3, 1)
+        if data.dtype == np.uint8:
+            return (y * 255.0 + 0.5).astype(np.uint8)
+        return np.ascontiguousarray(y, dtype=np.float32)
 
     @staticmethod
     def _to_image(y, kind: str):

@@ -1,0 +1,248 @@
+"""``nst run``: a feed-forward network on one image, many images (files, folders, globs, stdin), or
+every bundled style on one photo (``--sheet``). An ONNX model runs without torch: numpy, Pillow and
+onnxruntime alone (:mod:`nst_deploy.imageio` decodes, resizes and writes)."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from pathlib import Path
+
+from .errors import NSTError
+
+__all__ = ["add_run", "cmd_run"]
+
+
+def _single(args: argparse.Namespace) -> bool:
+    """One image file in, one image file out (the output named by -o or after the input)."""
+    if len(args.inputs) != 1 or args.inputs[0] == "-" or glob.has_magic(args.inputs[0]):
+        return False
+    src = Path(args.inputs[0])
+    if src.is_dir():
+        return False
+    out = args.output
+    return out is None or (Path(out).suffix != "" and not Path(out).is_dir())
+
+
+class _Runner:
+    """The Stylizer of a run: a bundled model from its ONNX copy on the CPU (no torch to import), switched to
+    the model file for an image that needs tiles (the copy holds no tiles graph) or on a GPU."""
+
+    def __init__(self, args: argparse.Namespace):
+        from .controls import check_strength, parse_style
+        from .devices import gpu_present
+        from .models import bundled_onnx, model_path
+        from .runtime import Stylizer
+
+        if args.memory_mb is not None and not args.memory_mb > 0:
+            raise NSTError(f"--memory-mb must be positive, got {args.memory_mb:g}")
+        try:
+            check_strength(args.strength)
+        except NSTError as e:
+            raise NSTError(f"--{e}") from None
+        self.style = None if args.style is None else parse_style(args.style)
+        self.args = args
+        self.model = model_path(args.model)
+        on_cpu = args.device == "cpu" or (args.device == "auto" and not gpu_present())
+        self.fast = bundled_onnx(self.model) if on_cpu else None
+        self.stylizer = Stylizer.load(self.fast or self.model, device=args.device, memory_mb=args.memory_mb)
+        self.scale = int(self.stylizer.meta.get("output_scale", 1) or 1)
+        if self.style is not None:  # checked before any image is read
+            self.stylizer._engine(self.style)
+
+    def _for(self, n: int, h: int, w: int):
+        from .runtime import Stylizer
+
+        if self.fast is not None and self.stylizer.needs_tiles(n, h, w):
+            progress = self.stylizer.progress
+            self.stylizer = Stylizer.load(self.model, device=self.args.device, memory_mb=self.args.memory_mb)
+            self.stylizer.progress = progress
+            self.fast = None
+        return self.stylizer
+
+    def __call__(self, x):
+        """An HxWx3 image or an NxHxWx3 batch (float32 in [0, 1])."""
+        n, h, w = (1, *x.shape[:2]) if x.ndim == 3 else x.shape[:3]
+        a = self.args
+        return self._for(n, h, w)(x, style=self.style, strength=a.strength, preserve_color=a.preserve_color)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a feed-forward network (see the module docstring)."""
+    if args.list:
+        from .nets.io import bundled_models, read_model
+
+        for stem, p in bundled_models().items():
+            meta = read_model(p)["meta"]
+            print(f"{stem.split('__', 1)[-1]:16s} {read_model(p)['arch']:10s} style {meta.get('style')}, "
+                  f"{meta.get('steps')} steps  ({p})")
+        return 0
+    if args.sheet is not None:
+        return _run_sheet(args)
+    if args.model is None or not args.inputs:
+        raise NSTError("give a MODEL and an INPUT image (nst run --list shows the bundled models)")
+    from .contract import MIN_SIDE
+
+    if args.size is not None and args.size < MIN_SIDE:
+        raise NSTError(f"--size {args.size} is too small: use {MIN_SIDE} pixels or more")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise NSTError(f"--quality must be between 1 and 100, not {args.quality}")
+    if _single(args):
+        return _run_one(args)
+    return _run_many(args)
+
+
+def _run_one(args: argparse.Namespace) -> int:
+    from .contract import MIN_SIDE
+    from .devices import is_out_of_memory
+    from .imageio import check_output, read_rgb, resize_array, write_image
+
+    src = args.inputs[0]
+    stem = Path(args.model).stem.split("__", 1)[-1]
+    output = Path(args.output or f"{Path(src).stem}-{stem}.png")
+    check_output(output, src, quality=args.quality)
+    runner = _Runner(args)
+    line_open = [False]
+    if not args.quiet:
+        def progress(done: int, total: int) -> None:
+            print(f"\rnst: tile {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+            line_open[0] = done != total
+
+        runner.stylizer.progress = progress
+    x = read_rgb(src, size=args.size)  # float32 (H, W, 3) in [0, 1]
+    h, w = x.shape[:2]
+    if runner.scale > 1:  # the multimodal net's output is `scale` times its input
+        x = resize_array(x, (max(MIN_SIDE, round(h / runner.scale)), max(MIN_SIDE, round(w / runner.scale))))
+    if min(x.shape[:2]) < MIN_SIDE:
+        raise NSTError(f"input '{src}' is {w}x{h}: too small for the network ({MIN_SIDE} pixels at least)")
+    t0 = time.perf_counter()
+    try:
+        y = runner(x)
+    except KeyboardInterrupt:
+        if line_open[0]:  # end the tile counter's line before the interrupt message
+            print(file=sys.stderr)
+        raise
+    except (RuntimeError, MemoryError) as e:  # the Stylizer passes only running out of memory on unwrapped
+        if is_out_of_memory(e):
+            raise NSTError(f"not enough memory to run {w}x{h}: lower --memory-mb (tiles) or use --size") from None
+        raise
+    if y.shape[:2] != (h, w):
+        y = resize_array(y, (h, w))
+    write_image(y, output, quality=args.quality)
+    if not args.quiet:
+        print(f"nst: wrote {output} ({w}x{h}, {time.perf_counter() - t0:.2f} s)", file=sys.stderr)
+    return 0
+
+
+def _run_many(args: argparse.Namespace) -> int:
+    """Files, folders, globs and stdin (module docstring of :mod:`nst_deploy.jobs`)."""
+    from .jobs import STDIO, expand_inputs, json_record, run_items
+    from .progress import CountProgress
+
+    if args.output is not None and args.output != STDIO and Path(args.output).suffix and \
+            not Path(args.output).is_dir() and args.inputs != [STDIO]:
+        raise NSTError(f"-o '{args.output}' names a file, but several images are written: give a folder")
+    if args.inputs == [STDIO]:
+        from .jobs import Item
+
+        items = [Item(STDIO, args.output or STDIO)]
+    else:
+        items = expand_inputs(args.inputs, args.output, args.ext)
+    runner = _Runner(args)
+    to_stdout = any(it.out == STDIO for it in items)
+    quiet = args.quiet or to_stdout and not args.json
+    bar = None if quiet else CountProgress(len(items), what="images")
+    record = json_record() if args.json and not to_stdout else None
+
+    def warn(msg: str) -> None:
+        if bar:
+            bar.clear()
+        print(f"nst: skipping {msg}", file=sys.stderr)
+
+    summary = run_items(runner, items, size=args.size, scale=runner.scale, batch=args.batch,
+                        workers=args.workers, skip_existing=args.skip_existing, quality=args.quality,
+                        progress=bar, record=record, warn=warn)
+    if bar:
+        bar.clear()
+    if not args.quiet and not to_stdout:
+        rate = summary.written / max(summary.seconds, 1e-9)
+        print(f"nst: {summary.written} written, {summary.skipped} skipped (existing), {len(summary.failed)} "
+              f"failed in {summary.seconds:.1f} s ({rate:.2f} images/s)", file=sys.stderr)
+        if summary.failed:
+            print(f"nst: failed: {', '.join(src for src, _ in summary.failed)}", file=sys.stderr)
+    if summary.interrupted:
+        print("nst: interrupted: the outputs written are complete; run again with --skip-existing to finish",
+              file=sys.stderr)
+        return 130
+    return 1 if summary.failed else 0
+
+
+def _run_sheet(args: argparse.Namespace) -> int:
+    """``nst run --sheet PHOTO``: every bundled style on one photo, labelled (torch-free)."""
+    from .controls import check_strength
+    from .imageio import check_output, read_rgb, write_image
+    from .models import bundled_models
+    from .sheet import contact_sheet
+
+    if args.model is not None:
+        raise NSTError("--sheet takes the photo as its value and runs every bundled model: give no MODEL")
+    output = Path(args.output or f"{Path(args.sheet).stem}-sheet.png")
+    check_output(output, args.sheet, quality=args.quality)
+    check_strength(args.strength)
+    photo = read_rgb(args.sheet, size=args.size or 384)
+    models = {stem.split("__", 1)[-1]: p for stem, p in bundled_models().items()}
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int, name: str) -> None:
+        if not args.quiet:
+            print(f"\rnst: sheet {done}/{total} {name:<20s}", end="\n" if done == total else "", file=sys.stderr,
+                  flush=True)
+
+    sheet = contact_sheet(photo, models, strength=args.strength, preserve_color=args.preserve_color,
+                          device=args.device, progress=progress)
+    write_image(sheet, output, quality=args.quality)
+    if not args.quiet:
+        print(f"nst: wrote {output} ({len(models)} styles, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def add_run(sub) -> None:
+    from .jobs import default_workers
+
+    p = sub.add_parser("run", help="stylize images with a trained network",
+                       description="Run a trained feed-forward network (a model file from nst train, an ONNX or "
+                                   "TorchScript file from nst-export, or a bundled model by name) on an image, on "
+                                   "many (files, folders, globs; outputs mirror the input tree under -o FOLDER) "
+                                   "or on stdin (-, written to stdout).")
+    p.add_argument("model", nargs="?", help="model file, or a bundled model's name (see --list)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="images, folders (recursive), glob patterns, or - for stdin")
+    p.add_argument("-o", "--output",
+                   help="output image (one input; default INPUT-MODEL.png) or folder (several); - for stdout")
+    p.add_argument("--size", type=int, help="resize the input's longest side first (default: keep)")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--memory-mb", type=float,
+                   help="working-memory budget; larger images run in tiles that agree (default: half the "
+                        "available memory)")
+    p.add_argument("--batch", type=int, default=4, help="images of one size run together, at most this many "
+                                                        "(default 4)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help=f"threads decoding and writing images beside the inference (default {default_workers()})")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave inputs whose output exists (finish an interrupted run)")
+    p.add_argument("--json", action="store_true", help="one JSON record per image on stdout")
+    p.add_argument("--ext", help="output format for many images: png, jpg or tif (default: the input's, else png)")
+    p.add_argument("--style", help="a multistyle model's style: an index (3) or a blend (0:0.5,3:0.5); default 0")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="0 (the photo) to 1 (the full style, the default): a blend that keeps local contrast")
+    p.add_argument("--preserve-color", action="store_true",
+                   help="keep the photo's colours (the network's luminance with the photo's chroma)")
+    p.add_argument("--list", action="store_true", help="list the bundled models")
+    p.add_argument("--sheet", metavar="PHOTO",
+                   help="a contact sheet: PHOTO through every bundled model, labelled (--size: each picture's "
+                        "long side, default 384)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary")
+    p.set_defaults(func=cmd_run)
