@@ -232,6 +232,21 @@ def quality_table(rows: list[dict], path: Path) -> str:
 LAYOUTS["quality"] = quality_table
 
 
+def batch_table(rows: list[dict], path: Path) -> str:
+    """Images per second over a folder (``benchmarks/bench_batch.py``), and each way's speed-up over the loop
+    of one ``nst run`` per image."""
+    base = next((r["images_per_s"] for r in rows if r["provider"] == "nst run per image"), None)
+    lines = ["| how | images | image | images/s | x per-image runs |", "| --- | ---: | --- | ---: | ---: |"]
+    for r in rows:
+        size = r["shape"][1]
+        ratio = f"{r['images_per_s'] / base:.1f}" if base else ""
+        lines.append(f"| {r['provider']} | {r['images']} | {size}x{size} | {r['images_per_s']:.2f} | {ratio} |")
+    return _head(rows, path) + "\n".join(lines) + "\n"
+
+
+LAYOUTS["batch"] = batch_table
+
+
 def table(path: Path) -> str:
     """A markdown table for one results file, laid out by its subject."""
     rows = json.loads(path.read_text())

@@ -1,0 +1,114 @@
+"""Benchmark: many images through one model (``nst run MODEL FOLDER -o OUT``), images per second.
+
+A folder of ``--count`` JPEG photographs at ``--size`` px (square crops of the bundled photographs,
+rotated), stylized by a bundled model (its ONNX copy, CPU) three ways:
+
+* ``nst run per image``: one ``nst run MODEL photo -o out`` process per image, as a shell loop does;
+* ``one at a time``: one process, the Stylizer loaded once, each image read, stylized and written in
+  turn (``read_rgb``, ``Stylizer``, ``write_image``);
+* ``pipeline``: ``nst_deploy.jobs.run_items`` (what ``nst run MODEL FOLDER -o OUT`` runs): batches of
+  ``--batch``, decoding and writing on ``--workers`` threads beside the inference.
+
+Each is run once after an unmeasured warm-up of the file cache; figures are images/s over the whole
+folder. Usage::
+
+    python benchmarks/bench_batch.py [--count 64] [--size 512] [--model starry_night] [--out-dir DIR]
+
+Results go to ``benchmarks/results/batch-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import harness  # noqa: E402
+
+PHOTOS = [ROOT / "nst_deploy" / "data" / n for n in ("chelsea.jpg", "coffee.jpg")]
+
+
+def make_folder(folder: Path, count: int, size: int) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(count):
+        img = Image.open(PHOTOS[i % len(PHOTOS)]).convert("RGB").rotate(7 * i, expand=False)
+        side = min(img.size)
+        img = img.crop((0, 0, side, side)).resize((size, size), Image.Resampling.BICUBIC)
+        p = folder / f"photo{i:03d}.jpg"
+        img.save(p, quality=92)
+        out.append(p)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=64)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--model", default="starry_night")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--per-image-count", type=int, default=16,
+                    help="images timed for the per-image process loop (its rate is per image)")
+    ap.add_argument("--out-dir")
+    args = ap.parse_args(argv)
+    from nst_deploy.imageio import read_rgb, write_image
+    from nst_deploy.jobs import expand_inputs, run_items
+    from nst_deploy.models import bundled_onnx, model_path
+    from nst_deploy.runtime import Stylizer
+
+    rows: list[dict] = []
+    tmp = Path(tempfile.mkdtemp(prefix="nst-bench-batch-"))
+    try:
+        files = make_folder(tmp / "in", args.count, args.size)
+        for p in files:  # warm the file cache
+            p.read_bytes()
+        shape = [args.count, args.size, args.size, 3]
+        model = bundled_onnx(model_path(args.model)) or model_path(args.model)
+
+        def record(provider: str, n: int, seconds: float, **more) -> None:
+            r = harness.row("batch", provider, shape, "float32", "fp32", None, device="cpu", images=n,
+                            seconds=round(seconds, 3), images_per_s=round(n / seconds, 3), model=args.model, **more)
+            harness.emit(r)
+            rows.append(r)
+
+        with harness.keep_partial("batch", rows, args.out_dir):
+            n = min(args.per_image_count, len(files))
+            (tmp / "cli").mkdir()
+            t0 = time.perf_counter()
+            for p in files[:n]:
+                subprocess.run([sys.executable, "-m", "nst_deploy.cli", "run", args.model, str(p), "-o",
+                                str(tmp / "cli" / (p.stem + ".jpg")), "-q", "--device", "cpu"], check=True)
+            record("nst run per image", n, time.perf_counter() - t0)
+
+            s = Stylizer.load(model, device="cpu")
+            (tmp / "seq").mkdir()
+            t0 = time.perf_counter()
+            for p in files:
+                write_image(s(read_rgb(p)), tmp / "seq" / p.name)
+            record("one at a time", len(files), time.perf_counter() - t0)
+
+            items = expand_inputs([str(tmp / "in")], str(tmp / "pipe"))
+            t0 = time.perf_counter()
+            summary = run_items(s, items, batch=args.batch, workers=args.workers)
+            assert summary.written == len(files), summary
+            record("pipeline", len(files), time.perf_counter() - t0, batch=args.batch, workers=args.workers)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    path = harness.write_results("batch", rows, args.out_dir)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
