@@ -89,9 +89,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise NSTError(f"--size {args.size} is too small: use {MIN_SIDE} pixels or more")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise NSTError(f"--quality must be between 1 and 100, not {args.quality}")
+    if len(args.inputs) == 1 and args.inputs[0] != "-" and Path(args.inputs[0]).is_file():
+        from .video import is_video
+
+        if is_video(args.inputs[0]):
+            return _run_video(args)
     if _single(args):
         return _run_one(args)
     return _run_many(args)
+
+
+def _run_video(args: argparse.Namespace) -> int:
+    from .progress import CountProgress
+    from .video import is_video, stylize_video
+
+    src = args.inputs[0]
+    stem = Path(args.model).stem.split("__", 1)[-1]
+    output = Path(args.output or f"{Path(src).stem}-{stem}{Path(src).suffix}")
+    if not is_video(output):
+        raise NSTError(f"-o '{output}': a video is written as .mp4, .mov, .mkv, .avi, .webm or .m4v")
+    if output.exists() and output.resolve() == Path(src).resolve():
+        raise NSTError(f"the output '{output}' is the input video: give another -o")
+    if args.size is not None:
+        raise NSTError("--size does not apply to video: the output has the input's size")
+    runner = _Runner(args)
+    if runner.scale != 1:
+        raise NSTError("an upscaling (multimodal) network cannot keep a video's size: use a Johnson model")
+    bar = None if args.quiet else CountProgress(0, what="frames")
+    summary = stylize_video(runner, src, output, start=args.start, duration=args.duration, batch=args.batch,
+                            stabilize=args.stabilize, lossless=args.lossless, progress=bar)
+    if bar:
+        bar.clear()
+    if not args.quiet:
+        print(f"nst: wrote {output} ({summary.frames} frames, {summary.width}x{summary.height} at "
+              f"{summary.fps:g} fps{', audio copied' if summary.audio else ''}, {summary.seconds:.1f} s, "
+              f"{summary.frames / max(summary.seconds, 1e-9):.1f} frames/s)", file=sys.stderr)
+    return 0
 
 
 def _run_one(args: argparse.Namespace) -> int:
@@ -235,6 +268,11 @@ def add_run(sub) -> None:
                    help="leave inputs whose output exists (finish an interrupted run)")
     p.add_argument("--json", action="store_true", help="one JSON record per image on stdout")
     p.add_argument("--ext", help="output format for many images: png, jpg or tif (default: the input's, else png)")
+    p.add_argument("--start", type=float, help="video: the first second to stylize (default 0)")
+    p.add_argument("--duration", type=float, help="video: seconds to stylize from --start (default: to the end)")
+    p.add_argument("--stabilize", type=float, default=0.0,
+                   help="video: 0 to 1, hold the output still where the input does not move (less flicker)")
+    p.add_argument("--lossless", action="store_true", help="video: lossless RGB H.264 (large files)")
     p.add_argument("--style", help="a multistyle model's style: an index (3) or a blend (0:0.5,3:0.5); default 0")
     p.add_argument("--strength", type=float, default=1.0,
                    help="0 (the photo) to 1 (the full style, the default): a blend that keeps local contrast")

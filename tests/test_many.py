@@ -138,3 +138,11 @@ def test_bad_arguments(folder, tmp_path):
     assert main(["run", "starry_night", str(folder), "-o", str(tmp_path / "o"), "--ext", "gif"]) != 0
     assert not (tmp_path / "o").exists() and not (tmp_path / "file.png").exists()
     assert os.listdir(tmp_path / "x") == ["a0.png"]
+
+
+def test_video_without_pyav_names_the_extra(monkeypatch, tmp_path):
+    from nst_deploy.video import import_av
+
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+    with pytest.raises(NSTError, match=r"pip install 'nst-deploy\[video\]'"):
+        import_av()
