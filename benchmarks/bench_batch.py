@@ -7,7 +7,9 @@ rotated), stylized by a bundled model (its ONNX copy, CPU) three ways:
 * ``one at a time``: one process, the Stylizer loaded once, each image read, stylized and written in
   turn (``read_rgb``, ``Stylizer``, ``write_image``);
 * ``pipeline``: ``nst_deploy.jobs.run_items`` (what ``nst run MODEL FOLDER -o OUT`` runs): batches of
-  ``--batch``, decoding and writing on ``--workers`` threads beside the inference.
+  ``--batch``, decoding and writing on ``--workers`` threads beside the inference;
+* ``ray``: ``nst_deploy.batch.run_on_ray`` on a local Ray cluster of ``--workers`` CPUs (started
+  before the clock, as a running cluster would be), one actor per worker.
 
 Each is run once after an unmeasured warm-up of the file cache; figures are images/s over the whole
 folder. Usage::
@@ -60,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--per-image-count", type=int, default=16,
                     help="images timed for the per-image process loop (its rate is per image)")
+    ap.add_argument("--no-ray", action="store_true", help="leave out the Ray row")
     ap.add_argument("--out-dir")
     args = ap.parse_args(argv)
     from nst_deploy.imageio import read_rgb, write_image
@@ -103,6 +106,24 @@ def main(argv=None) -> int:
             summary = run_items(s, items, batch=args.batch, workers=args.workers)
             assert summary.written == len(files), summary
             record("pipeline", len(files), time.perf_counter() - t0, batch=args.batch, workers=args.workers)
+
+            try:
+                from nst_deploy.batch import run_on_ray
+            except ImportError:
+                run_on_ray = None
+            if run_on_ray is not None and not args.no_ray:
+                import ray
+
+                ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+                try:  # the cluster's start is not counted: a running cluster is what --ray ADDRESS uses
+                    t0 = time.perf_counter()
+                    recs = run_on_ray(model, [(str(p), str(tmp / "ray" / p.name)) for p in files],
+                                      workers=args.workers, batch=args.batch)
+                    assert all(r["status"] == "written" for r in recs)
+                    record(f"ray ({args.workers} workers)", len(files), time.perf_counter() - t0,
+                           batch=args.batch, workers=args.workers)
+                finally:
+                    ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     path = harness.write_results("batch", rows, args.out_dir)

@@ -34,10 +34,12 @@ class StylizeActor:
     """One per Ray worker: the model loaded once; ``__call__`` takes a batch of ``src``/``out`` columns."""
 
     def __init__(self, model: str, device: str = "cpu", size: int | None = None, quality: int = 95,
-                 controls: dict | None = None, memory_mb: float | None = None):
+                 controls: dict | None = None, memory_mb: float | None = None, fallback: str | None = None):
         from .runtime import Stylizer
 
         self.stylizer = Stylizer.load(model, device=device, memory_mb=memory_mb)
+        # a bundled model's ONNX copy holds no tiles graph: an image over the budget runs from the model file
+        self.fallback, self.device, self.memory_mb = fallback, device, memory_mb
         self.size, self.quality = size, quality
         self.controls = dict(controls or {})
         self.pid = os.getpid()
@@ -57,6 +59,12 @@ class StylizeActor:
         for i, x in images.items():
             by_shape.setdefault(x.shape, []).append(i)
         for idx in by_shape.values():
+            h, w = images[idx[0]].shape[:2]
+            if self.fallback and self.stylizer.needs_tiles(len(idx), h, w):
+                from .runtime import Stylizer
+
+                self.stylizer = Stylizer.load(self.fallback, device=self.device, memory_mb=self.memory_mb)
+                self.fallback = None
             try:
                 ys = self.stylizer(np.stack([images[i] for i in idx]), **self.controls)
             except NSTError as e:
@@ -77,7 +85,7 @@ class StylizeActor:
 def run_on_ray(model: str | os.PathLike, pairs: list[tuple[str, str]], *, address: str | None = None,
                workers: int = 2, batch: int = 4, device: str = "cpu", num_gpus: float = 0.0,
                size: int | None = None, quality: int = 95, controls: dict | None = None,
-               num_cpus: int | None = None, memory_mb: float | None = None) -> list[dict]:
+               num_cpus: int | None = None, memory_mb: float | None = None, fallback: str | None = None) -> list[dict]:
     """Stylize every ``(input, output)`` pair on Ray; returns one record per pair (``src``, ``out``,
     ``status``, ``error``, ``pid`` of the worker), in input order."""
     ray = import_ray()
@@ -92,20 +100,27 @@ def run_on_ray(model: str | os.PathLike, pairs: list[tuple[str, str]], *, addres
             raise NSTError(f"cannot reach the Ray cluster{f' at {address}' if address else ''}: "
                            f"{str(e).splitlines()[0][:160]}") from None
         started = True
+    import logging
+
+    quiet = [logging.getLogger(n) for n in ("ray.data", "ray")]
+    levels = [lg.level for lg in quiet]
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
+        for lg in quiet:  # Ray Data's execution notices: the command prints its own summary
+            lg.setLevel(logging.ERROR)
         ds = ray.data.from_items([{"src": s, "out": o, "n": i} for i, (s, o) in enumerate(pairs)],
                                  override_num_blocks=max(1, min(len(pairs), 4 * workers)))
         gpu = num_gpus > 0
         out = ds.map_batches(
             StylizeActor, fn_constructor_kwargs={"model": str(model), "device": "cuda" if gpu else device,
                                                  "size": size, "quality": quality, "controls": controls,
-                                                 "memory_mb": memory_mb},
-            batch_size=batch, concurrency=workers, num_cpus=1, num_gpus=num_gpus or None,
-            batch_format="numpy", max_restarts=-1, max_task_retries=-1)
+                                                 "memory_mb": memory_mb, "fallback": fallback},
+            # an actor that dies is restarted and its batch retried (Ray Data's defaults for actor pools)
+            batch_size=batch, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+            num_gpus=num_gpus or None, batch_format="numpy")
         rows = out.take_all()
     finally:
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
         if started:
             ray.shutdown()
     order = {s: i for i, (s, _) in enumerate(pairs)}

@@ -183,6 +183,8 @@ def _run_many(args: argparse.Namespace) -> int:
         items = [Item(STDIO, args.output or STDIO)]
     else:
         items = expand_inputs(args.inputs, args.output, args.ext)
+    if args.ray is not None:
+        return _run_ray(args, items)
     runner = _Runner(args)
     to_stdout = any(it.out == STDIO for it in items)
     quiet = args.quiet or to_stdout and not args.json
@@ -210,6 +212,48 @@ def _run_many(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     return 1 if summary.failed else 0
+
+
+def _run_ray(args: argparse.Namespace, items) -> int:
+    """The many-images job as a Ray Data pipeline (:mod:`nst_deploy.batch`)."""
+    import json
+
+    from .batch import import_ray, run_on_ray
+    from .controls import check_strength, parse_style
+    from .devices import gpu_present
+    from .models import bundled_onnx, model_path
+
+    import_ray()
+    if any(it.src == "-" or it.out == "-" for it in items):
+        raise NSTError("--ray runs files: stdin and stdout ('-') are not for a cluster")
+    check_strength(args.strength)
+    model = model_path(args.model)
+    gpu = args.device.startswith("cuda") or (args.device == "auto" and gpu_present())
+    fast = None if gpu else bundled_onnx(model)
+    todo = [it for it in items if not (args.skip_existing and Path(it.out).exists())]
+    controls = {"strength": args.strength, "preserve_color": args.preserve_color}
+    if args.style is not None:
+        controls["style"] = parse_style(args.style)
+    t0 = time.perf_counter()
+    recs = run_on_ray(fast or model, [(it.src, it.out) for it in todo], address=args.ray or None,
+                      workers=args.workers, batch=args.batch, device="cuda" if gpu else "cpu",
+                      num_gpus=1.0 if gpu else 0.0, size=args.size, quality=args.quality, controls=controls,
+                      memory_mb=args.memory_mb, fallback=str(model) if fast else None)
+    seconds = time.perf_counter() - t0
+    failed = [r for r in recs if r["status"] != "written"]
+    if args.json:
+        for it in items:
+            if it not in todo:
+                print(json.dumps({"input": it.src, "output": it.out, "status": "skipped"}))
+        for r in recs:
+            print(json.dumps({"input": r["src"], "output": r["out"], "status": r["status"],
+                              **({"error": r["error"]} if r["error"] else {})}))
+    if not args.quiet:
+        for r in failed:
+            print(f"nst: failed: {r['src']}: {r['error']}", file=sys.stderr)
+        print(f"nst: {len(recs) - len(failed)} written, {len(items) - len(todo)} skipped (existing), {len(failed)} "
+              f"failed in {seconds:.1f} s on Ray ({len({r['pid'] for r in recs})} workers)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _run_sheet(args: argparse.Namespace) -> int:
@@ -267,6 +311,9 @@ def add_run(sub) -> None:
     p.add_argument("--skip-existing", action="store_true",
                    help="leave inputs whose output exists (finish an interrupted run)")
     p.add_argument("--json", action="store_true", help="one JSON record per image on stdout")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on a Ray cluster (Ray Data, one model per worker; --workers workers; a local cluster "
+                        "without ADDRESS); needs the ray extra")
     p.add_argument("--ext", help="output format for many images: png, jpg or tif (default: the input's, else png)")
     p.add_argument("--start", type=float, help="video: the first second to stylize (default 0)")
     p.add_argument("--duration", type=float, help="video: seconds to stylize from --start (default: to the end)")

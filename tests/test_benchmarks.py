@@ -241,7 +241,7 @@ def test_bench_cli_times_the_commands(tmp_path):
 def test_bench_batch_times_the_three_ways(tmp_path):
     import bench_batch
 
-    assert bench_batch.main(["--count", "6", "--size", "64", "--per-image-count", "1", "--out-dir",
+    assert bench_batch.main(["--count", "6", "--size", "64", "--per-image-count", "1", "--no-ray", "--out-dir",
                              str(tmp_path)]) == 0
     (path,) = tmp_path.glob("batch-*.json")
     rows = json.loads(path.read_text())
