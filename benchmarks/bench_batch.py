@@ -12,7 +12,8 @@ rotated), stylized by a bundled model (its ONNX copy, CPU) three ways:
   before the clock, as a running cluster would be), one actor per worker.
 
 Each is run once after an unmeasured warm-up of the file cache; figures are images/s over the whole
-folder. Usage::
+folder. Then video: ``nst_deploy.video.stylize_video`` (H.264 out) on ``--video-frames`` frames at
+480p and 720p made here (frames/s). Usage::
 
     python benchmarks/bench_batch.py [--count 64] [--size 512] [--model starry_night] [--out-dir DIR]
 
@@ -28,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,6 +56,38 @@ def make_folder(folder: Path, count: int, size: int) -> list[Path]:
     return out
 
 
+def video_rows(stylizer, tmp: Path, args, record) -> None:
+    """Frames/s of ``nst_deploy.video.stylize_video`` (H.264 out) on clips made here at 480p and 720p."""
+    try:
+        import av
+    except ImportError:
+        return
+    from fractions import Fraction
+
+    from PIL import Image
+
+    from nst_deploy.video import stylize_video
+
+    photo = Image.open(PHOTOS[0]).convert("RGB")
+    for w, h in ((854, 480), (1280, 720)):
+        clip = tmp / f"clip{h}.mp4"
+        frame = np.asarray(photo.resize((w, h)))
+        with av.open(str(clip), "w") as out:
+            v = out.add_stream("libx264", rate=24, options={"crf": "18"})
+            v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+            for i in range(args.video_frames):
+                f = av.VideoFrame.from_ndarray(np.roll(frame, 4 * i, axis=1), format="rgb24")
+                f.pts, f.time_base = i, Fraction(1, 24)
+                for p in v.encode(f):
+                    out.mux(p)
+            for p in v.encode():
+                out.mux(p)
+        t0 = time.perf_counter()
+        summary = stylize_video(stylizer, clip, tmp / f"out{h}.mp4", batch=args.batch)
+        seconds = time.perf_counter() - t0
+        record(f"video {w}x{h}", summary.frames, seconds, frames_per_s=round(summary.frames / seconds, 3))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=64)
@@ -63,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--per-image-count", type=int, default=16,
                     help="images timed for the per-image process loop (its rate is per image)")
     ap.add_argument("--no-ray", action="store_true", help="leave out the Ray row")
+    ap.add_argument("--video-frames", type=int, default=24, help="frames of the 480p and 720p clips (0: none)")
     ap.add_argument("--out-dir")
     args = ap.parse_args(argv)
     from nst_deploy.imageio import read_rgb, write_image
@@ -124,6 +160,8 @@ def main(argv=None) -> int:
                            batch=args.batch, workers=args.workers)
                 finally:
                     ray.shutdown()
+            if args.video_frames:
+                video_rows(s, tmp, args, record)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     path = harness.write_results("batch", rows, args.out_dir)

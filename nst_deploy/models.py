@@ -19,11 +19,15 @@ def bundled_models() -> dict[str, Path]:
 
 
 def model_path(name: str | os.PathLike) -> Path:
-    """A model file's path as given, or the file of a bundled model named ``starry_night`` or
-    ``johnson__starry_night`` (``-`` for ``_`` too), or by its architecture where one bundled model has it
-    (``multistyle``)."""
+    """A model file's path as given (an nst-export folder: its ``model.onnx``), or the file of a bundled
+    model named ``starry_night`` or ``johnson__starry_night`` (``-`` for ``_`` too), or by its architecture
+    where one bundled model has it (``multistyle``)."""
     path = Path(name)
-    if path.is_dir():
+    if path.is_dir():  # an nst-export folder: its ONNX model (else its TorchScript one)
+        if (path / "manifest.json").is_file():
+            for f in ("model.onnx", "model.pt"):
+                if (path / f).is_file():
+                    return path / f
         raise NSTError(f"model '{name}' is a folder: give a file in it (model.onnx, model.pt or an nst train .pt)")
     if path.exists():
         return path

@@ -241,12 +241,14 @@ def test_bench_cli_times_the_commands(tmp_path):
 def test_bench_batch_times_the_three_ways(tmp_path):
     import bench_batch
 
-    assert bench_batch.main(["--count", "6", "--size", "64", "--per-image-count", "1", "--no-ray", "--out-dir",
+    assert bench_batch.main(["--count", "6", "--size", "64", "--per-image-count", "1", "--no-ray",
+                             "--video-frames", "2", "--out-dir",
                              str(tmp_path)]) == 0
     (path,) = tmp_path.glob("batch-*.json")
     rows = json.loads(path.read_text())
-    assert [r["provider"] for r in rows] == ["nst run per image", "one at a time", "pipeline"]
-    assert [r["images"] for r in rows] == [1, 6, 6] and all(r["images_per_s"] > 0 for r in rows)
+    assert [r["provider"] for r in rows] == ["nst run per image", "one at a time", "pipeline", "video 854x480",
+                                             "video 1280x720"]
+    assert [r["images"] for r in rows] == [1, 6, 6, 2, 2] and all(r["images_per_s"] > 0 for r in rows)
     assert "| pipeline | 6 | 64x64 |" in report.batch_table(rows, path)
 
 

@@ -146,3 +146,15 @@ def test_video_without_pyav_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
     with pytest.raises(NSTError, match=r"pip install 'nst-deploy\[video\]'"):
         import_av()
+
+
+def test_an_export_folder_as_the_model(folder, tmp_path, stylizer):
+    from nst_deploy.export import export_model
+
+    export_model(bundled_models()["johnson__starry_night"], tmp_path / "exp", formats=("onnx",), check=False)
+    (folder / "broken.jpg").unlink()
+    out = tmp_path / "o"
+    assert main(["run", str(tmp_path / "exp"), str(folder / "sub"), "-o", str(out), "-q"]) == 0
+    want = write_image(Stylizer.load(tmp_path / "exp" / "model.onnx")(read_rgb(folder / "sub" / "b0.png")),
+                       tmp_path / "want.png")
+    assert (out / "b0.png").read_bytes() == want.read_bytes()
