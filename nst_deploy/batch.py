@@ -87,7 +87,8 @@ def run_on_ray(model: str | os.PathLike, pairs: list[tuple[str, str]], *, addres
                size: int | None = None, quality: int = 95, controls: dict | None = None,
                num_cpus: int | None = None, memory_mb: float | None = None, fallback: str | None = None) -> list[dict]:
     """Stylize every ``(input, output)`` pair on Ray; returns one record per pair (``src``, ``out``,
-    ``status``, ``error``, ``pid`` of the worker), in input order."""
+    ``status``, ``error``, ``pid`` of the worker), in input order. ``num_gpus`` > 0: GPU actors, each given
+    at most that much of a GPU and no more than the cluster's GPUs divided among ``workers``."""
     ray = import_ray()
     if workers < 1 or batch < 1:
         raise NSTError("--workers and --batch must be at least 1")
@@ -110,6 +111,11 @@ def run_on_ray(model: str | os.PathLike, pairs: list[tuple[str, str]], *, addres
         ds = ray.data.from_items([{"src": s, "out": o, "n": i} for i, (s, o) in enumerate(pairs)],
                                  override_num_blocks=max(1, min(len(pairs), 4 * workers)))
         gpu = num_gpus > 0
+        if gpu:  # the cluster's GPUs shared among the workers, at most one each
+            have = float(ray.cluster_resources().get("GPU", 0))
+            if have <= 0:
+                raise NSTError("the run is on CUDA but the Ray cluster has no GPUs: use --device cpu")
+            num_gpus = min(num_gpus, have / workers)
         out = ds.map_batches(
             StylizeActor, fn_constructor_kwargs={"model": str(model), "device": "cuda" if gpu else device,
                                                  "size": size, "quality": quality, "controls": controls,
