@@ -105,6 +105,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, help="the training photographs' folder")
     ap.add_argument("--command-file", type=Path, help="a file holding the exact training commands, one per model")
     ap.add_argument("--onnx-only", action="store_true", help="write the ONNX copies of bundled models only")
+    ap.add_argument("--workdir", type=Path, help="the training work folder (one model; default MODEL.pt.train)")
+    ap.add_argument("--sweep", type=Path, help="the sweep.json of scripts/sweep_style_weight.py that chose the "
+                                               "style weight (kept in the model's record)")
     args = ap.parse_args(argv)
     if args.onnx_only:
         for m in args.models:
@@ -125,7 +128,8 @@ def main(argv=None) -> int:
     for m in args.models:
         name = m.stem
         state = read_model(m)
-        log = json.loads((m.with_name(m.name + ".train") / "loss.json").read_text())
+        work = args.workdir if args.workdir else m.with_name(m.name + ".train")
+        log = json.loads((work / "loss.json").read_text())
         hist = log["history"]
         record = {
             "model": f"{name}.pt", "arch": state["arch"], "config": state["config"],
@@ -136,7 +140,17 @@ def main(argv=None) -> int:
             "options": log["options"], "images_per_s_last": hist[-1]["images_per_s"] if hist else None,
             "loss_curve": hist,
         }
-        shutil.copyfile(m, MODELS / f"{name}.pt")
+        if args.sweep:
+            record["style_weight_sweep"] = json.loads(args.sweep.read_text())
+        net, meta = load_model(m)
+        fp16 = all(v.dtype == torch.float16 for v in state["state_dict"].values() if v.is_floating_point())
+        if fp16:
+            shutil.copyfile(m, MODELS / f"{name}.pt")
+        else:  # bundled weights are stored in fp16 (half the size; the tests check the outputs)
+            from nst_deploy.nets.io import save_model
+
+            save_model(MODELS / f"{name}.pt", net, state["arch"], {k: v for k, v in meta.items()
+                                                                   if k not in ("arch", "config")}, half=True)
         onnx_copy(MODELS / f"{name}.pt")
         with atomic_write(MODELS / f"{name}.json", "w") as fh:
             json.dump(record, fh, indent=1)

@@ -43,7 +43,9 @@ def test_bundled_models_are_listed_and_small():
         state = read_model(path)
         assert all(v.dtype == torch.float16 for v in state["state_dict"].values() if v.is_floating_point())
         record = json.loads(path.with_suffix(".json").read_text())
-        assert record["command"].startswith("nst train") and record["data"]["files"]
+        # nst train, or the style-weight sweep that runs it (scripts/sweep_style_weight.py)
+        assert record["command"].startswith(("nst train", "python scripts/sweep_style_weight.py"))
+        assert record["data"]["files"]
         assert record["loss_curve"][-1]["step"] == state["meta"]["steps"]
         # chelsea is held out of the training photographs
         assert not any("chelsea" in f["file"] or "coffee" in f["file"] for f in record["data"]["files"]), name
@@ -83,17 +85,18 @@ def test_nst_run_with_a_bundled_name(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_no_border_fringe(name):
-    """The outermost 2 px of an output are no busier than the photo's own borders (plus 0.3); without the
-    networks' mirrored margin the bundled Starry Night draws a fringe there (measured 1.87 and 2.2)."""
+    """The outermost 2 px of an output are no busier than its interior (a flat grey input: within 20 %) and
+    than the photo's own borders allow (at most 0.15 over the larger of 1 and the photo's ratio: a style
+    adds texture everywhere, the borders included). Without the networks' mirrored margin the bundled
+    Starry Night of the 128-px training drew a fringe there (measured 1.87 and 2.2)."""
     from nst_deploy.quality import border_ratio
 
     net, _ = load_model(bundled_models()[name])
-    for photo in ("chelsea", "coffee"):
-        x = load_image(DATA / f"{photo}.jpg", size=384)
-        with torch.no_grad():
+    torch.manual_seed(0)
+    flat = 0.5 + 0.02 * torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        assert border_ratio(net(flat), 2) < 1.2
+        for photo in ("chelsea", "coffee"):
+            x = load_image(DATA / f"{photo}.jpg", size=384)
             own, out = border_ratio(x, 2), border_ratio(net(x), 2)
-            assert out <= own + 0.3, (photo, out, own)
-            if name == "johnson__starry_night":
-                net.margin = 0
-                assert border_ratio(net(x), 2) > own + 0.5  # the fringe the margin crops
-                net.margin = 16
+            assert out <= max(own, 1.0) + 0.15, (photo, out, own)
