@@ -76,17 +76,19 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ms")
     photos = tmp / "photos"
     photos.mkdir()
-    for name in ("astronaut.png", "chelsea.png", "coffee.png"):
-        Image.open(Path(__file__).resolve().parents[3] / "shared" / "assets" / "content" / name).convert(
-            "RGB").resize((96, 64)).save(photos / name)
+    for i, name in enumerate(("chelsea.jpg", "coffee.jpg", "chelsea.jpg")):
+        Image.open(DATA / name).convert("RGB").rotate(20 * i).resize((96, 64)).save(photos / f"p{i}.png")
+    third = tmp / "stripes.png"  # a third "painting": diagonal colour stripes
+    yy, xx = np.mgrid[0:128, 0:128]
+    Image.fromarray(np.stack([(np.sin((xx + yy) / 5) * 127 + 128), (np.cos(xx / 7) * 127 + 128),
+                              np.full_like(xx, 60)], -1).astype(np.uint8)).save(third)
     common = ["--data", str(photos), "--size", "32", "--width", "0.25", "--style-size", "64", "--lr", "5e-3",
               "--log-every", "2", "-q"]
     two = tmp / "two.pt"
     assert main(["train", "--arch", "multistyle", "--style", str(STYLES[0]), "--style", str(STYLES[1]),
                  "-o", str(two), "--steps", "8", *common]) == 0
     three = tmp / "three.pt"
-    assert main(["train", "--arch", "multistyle", "--add-to", str(two), "--style",
-                 str(Path(__file__).resolve().parents[3] / "shared" / "assets" / "styles" / "shipwreck.jpg"),
+    assert main(["train", "--arch", "multistyle", "--add-to", str(two), "--style", str(third),
                  "-o", str(three), "--steps", "4", *common]) == 0
     return tmp, two, three
 
@@ -100,7 +102,7 @@ def test_training_learns_each_style_and_adding_one_changes_only_its_rows(trained
             assert not torch.equal(norm.gamma[i], init.gamma[i].detach())
     assert [s["name"] for s in meta2["styles"]] == ["starry_night", "the_scream"] and meta2["steps"] == 8
     net3, meta3 = load_model(three)
-    assert net3.n_styles == 3 and [s["name"] for s in meta3["styles"]][-1] == "shipwreck"
+    assert net3.n_styles == 3 and [s["name"] for s in meta3["styles"]][-1] == "stripes"
     s2, s3 = net2.state_dict(), net3.state_dict()
     for k, v in s2.items():
         if k.endswith((".gamma", ".beta")):
