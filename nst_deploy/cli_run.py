@@ -50,7 +50,7 @@ class _Runner:
         self.stylizer = Stylizer.load(self.fast or self.model, device=args.device, memory_mb=args.memory_mb)
         self.scale = int(self.stylizer.meta.get("output_scale", 1) or 1)
         if self.style is not None:  # checked before any image is read
-            self.stylizer._engine(self.style)
+            self.stylizer.engine_for(self.style)
 
     def _for(self, n: int, h: int, w: int):
         from .runtime import Stylizer

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import MIN_SIDE
 from .errors import ImageError, NSTError
 from .imageio import SAVE_FORMATS, decode_rgb, encode_image, read_rgb, resize_array, write_image
 from .interrupts import DeferredInterrupt
@@ -123,7 +124,7 @@ def _read(item: Item, size: int | None, scale: int) -> tuple[np.ndarray, tuple[i
     x = decode_rgb(sys.stdin.buffer.read(), size=size) if item.src == STDIO else read_rgb(item.src, size=size)
     hw = x.shape[:2]
     if scale > 1:  # an upscaling network: its output is `scale` times its input
-        x = resize_array(x, (max(8, round(hw[0] / scale)), max(8, round(hw[1] / scale))))
+        x = resize_array(x, (max(MIN_SIDE, round(hw[0] / scale)), max(MIN_SIDE, round(hw[1] / scale))))
     return x, hw
 
 

@@ -139,7 +139,7 @@ class Stylizer:
         st = cls(open_backend(path, device, providers, precision), memory_mb=memory_mb)
         if warmup:
             h, w = st.static or (64, 64)
-            st._infer_array(np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32), st._engine(None))
+            st._infer_array(np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32), st.engine_for(None))
         return st
 
     # -- inputs
@@ -252,7 +252,7 @@ class Stylizer:
             raise NSTError(f"{self.engine.label} returned NaN or Inf values for a {n}x3x{h}x{w} input")
         return y
 
-    def _engine(self, style):
+    def engine_for(self, style):
         """The backend to run a call on: for a multistyle network, a view bound to the call's style vector."""
         if not self.n_styles:
             if style is not None:
@@ -311,7 +311,7 @@ class Stylizer:
                 model failing on it or returning something else than the stylized batch.
         """
         controls = self._controls(strength, preserve_color)
-        engine = self._engine(style)
+        engine = self.engine_for(style)
         kind, (n, h, w), data = self._source(image)
         if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE:
             empty = " (it has no pixels)" if min(h, w) == 0 else ""
