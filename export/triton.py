@@ -9,6 +9,10 @@
       NAME_torchscript/          TorchScript model (LibTorch backend, platform "pytorch_libtorch")
         config.pbtxt
         1/model.pt
+      NAME_python/               with python=True: the ONNX model run by ONNX Runtime in Triton's Python
+        config.pbtxt             backend (backend "python"; 1/model.py is export/triton_model.py), which
+        1/model.py               any Triton build with the Python backend loads, the CPU-only server
+        1/model.onnx             binary of ``nst serve`` included
 
 Each ``config.pbtxt`` is an ``inference.ModelConfig`` message in protobuf text format (Triton's
 ``model_config.proto``): the tensors with their data type and shape, the batch size, the instance
@@ -33,11 +37,11 @@ import re
 import shutil
 from pathlib import Path
 
-from nst_deploy.contract import ONNX_INPUT, ONNX_OUTPUT, ONNX_STYLE
+from nst_deploy.contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, ONNX_STYLE
 from nst_deploy.errors import NSTError
 from nst_deploy.fsutil import atomic_write, check_folder
 
-__all__ = ["check_triton_repo", "write_triton_repo"]
+__all__ = ["MAX_PIXELS", "check_triton_repo", "write_serve_model", "write_triton_repo"]
 
 #: Triton platform, model file name and tensor names per export format. The LibTorch backend cannot
 #: read tensor names from a TorchScript file, so its configuration names them ``<name>__<index>``
@@ -49,14 +53,21 @@ _FORMATS = {
              "input": ONNX_INPUT, "output": ONNX_OUTPUT, "style": ONNX_STYLE},
     "torchscript": {"platform": "pytorch_libtorch", "file": "model.pt", "suffix": "_torchscript",
                     "input": "INPUT__0", "output": "OUTPUT__0", "style": "INPUT__1"},
+    # The Python backend running the ONNX file through ONNX Runtime (model.py: triton_model.py beside this file).
+    "python": {"backend": "python", "file": "model.onnx", "suffix": "_python",
+               "input": ONNX_INPUT, "output": ONNX_OUTPUT, "style": ONNX_STYLE},
 }
+#: The Python-backend model, copied as ``1/model.py``.
+MODEL_PY = Path(__file__).with_name("triton_model.py")
+#: Default most pixels (images x height x width) of one request to a Python-backend model: one 4K frame.
+MAX_PIXELS = 3840 * 2160
 _DTYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16"}
 _KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 #: The metadata keys copied into ``parameters`` (as ``nst_<key>``), when present in ``meta``.
 _META_KEYS = ("style", "arch", "toolkit", "toolkit_version", "style_sha256", "training_digest")
 #: Temporary names left by an interrupted ``atomic_write`` of one of our files: tolerated, never deleted.
-_OUR_TMP = re.compile(r"\.(config\.pbtxt|model\.onnx|model\.pt)\..+\.tmp")
+_OUR_TMP = re.compile(r"\.(config\.pbtxt|model\.onnx|model\.pt|model\.py)\..+\.tmp")
 
 
 def _quote(value: str) -> str:
@@ -136,11 +147,16 @@ def check_triton_repo(repo_dir, name: str, formats) -> None:
     check_folder(repo, "Triton repository")
     for fmt in _FORMATS:
         if fmt in formats:
-            _check_model_dir(repo / (name + _FORMATS[fmt]["suffix"]), _FORMATS[fmt]["file"])
+            _check_model_dir(repo / (name + _FORMATS[fmt]["suffix"]), _files(_FORMATS[fmt]))
 
 
-def _check_model_dir(model_dir: Path, model_file: str) -> None:
-    """Refuse a model folder holding anything but what we write (``config.pbtxt``, ``1/<model_file>``)."""
+def _files(spec: dict) -> set[str]:
+    """The files nst-export writes in a model's ``1/`` folder."""
+    return {spec["file"], "model.py"} if spec.get("backend") == "python" else {spec["file"]}
+
+
+def _check_model_dir(model_dir: Path, model_files: set[str]) -> None:
+    """Refuse a model folder holding anything but what we write (``config.pbtxt``, ``1/<model_files>``)."""
     if not os.path.lexists(model_dir):
         return
     if model_dir.is_symlink() or not model_dir.is_dir():
@@ -150,7 +166,7 @@ def _check_model_dir(model_dir: Path, model_file: str) -> None:
         _check_entry(entry, allowed, model_dir)
         if entry.name == "1":
             for inner in entry.iterdir():
-                _check_entry(inner, {model_file: "file"}, model_dir)
+                _check_entry(inner, dict.fromkeys(model_files, "file"), model_dir)
 
 
 def _check_entry(entry: Path, allowed: dict[str, str], model_dir: Path) -> None:
@@ -165,7 +181,7 @@ def _check_entry(entry: Path, allowed: dict[str, str], model_dir: Path) -> None:
 
 def _config(model_name: str, spec: dict, *, io_dtype: str, hw: tuple[int, int] | None, output_scale: int,
             max_batch_size: int, instances: int, kind: str, tensorrt_fp16: bool, params: dict[str, str],
-            n_styles: int = 0) -> str:
+            n_styles: int = 0, max_queue_delay_us: int = 0, timeout_us: int = 0, dynamic_batching: bool = True) -> str:
     if hw is None:
         in_dims, out_dims = [3, -1, -1], [3, -1, -1]
     else:
@@ -178,7 +194,7 @@ def _config(model_name: str, spec: dict, *, io_dtype: str, hw: tuple[int, int] |
     lines = [
         f"# Written by nst-export. Serve with: tritonserver --model-repository <the folder holding {model_name}/>",
         f"name: {_quote(model_name)}",
-        f"platform: {_quote(spec['platform'])}",
+        (f"backend: {_quote(spec['backend'])}" if spec.get("backend") else f"platform: {_quote(spec['platform'])}"),
         f"max_batch_size: {max_batch_size}",
         "input [",
         "  {",
@@ -191,6 +207,8 @@ def _config(model_name: str, spec: dict, *, io_dtype: str, hw: tuple[int, int] |
             f"    name: {_quote(spec['style'])}",
             "    data_type: TYPE_FP32",
             f"    dims: {_dims([n_styles] if max_batch_size else [-1, n_styles])}",
+            # the Python-backend model takes style 0 when a request has no style vector
+            *(["    optional: true"] if spec.get("backend") == "python" else []),
             "  }"]),
         "]",
         "output [",
@@ -208,16 +226,22 @@ def _config(model_name: str, spec: dict, *, io_dtype: str, hw: tuple[int, int] |
         "]",
         "version_policy: { latest: { num_versions: 1 } }",
     ]
-    if max_batch_size > 0:
+    if max_batch_size > 0 and dynamic_batching:
         # Dynamic batching whenever Triton may batch (max_batch_size > 0), static or dynamic image size.
         # Triton's dynamic batcher only puts requests together when every input has the same shape in all
         # of them (unless an input sets allow_ragged_batch, which we do not; see Triton's ragged batching
         # docs), so images of different sizes are never mixed in one batch: requests of one size are batched
         # together, which is what a service receiving fixed-size images (the common case) gains from, and a
         # request of another size simply runs in a batch of its own. So the rule is not "static shapes only".
-        # max_queue_delay_microseconds stays 0 (Triton's default): no request waits for others to arrive.
+        # max_queue_delay_microseconds defaults to 0 (Triton's default): no request waits for others to arrive.
         # With max_batch_size 0 Triton does no batching at all, and a batcher would be pointless.
-        lines.append("dynamic_batching { }")
+        batcher = []
+        if max_queue_delay_us:  # wait this long for more requests of the same shape to batch with
+            batcher.append(f"  max_queue_delay_microseconds: {max_queue_delay_us}")
+        if timeout_us:  # a request still queued after this long is refused (clients may ask for less)
+            batcher += ["  default_queue_policy {", "    timeout_action: REJECT",
+                        f"    default_timeout_microseconds: {timeout_us}", "    allow_timeout_override: true", "  }"]
+        lines += ["dynamic_batching {", *batcher, "}"] if batcher else ["dynamic_batching { }"]
     if tensorrt_fp16 and spec["platform"] == "onnxruntime_onnx" and kind == "gpu":
         # The ONNX Runtime backend's TensorRT execution provider, building FP16 engines (Accelerator.parameters
         # is a map<string, string>). With dynamic image sizes TensorRT builds an engine per new shape.
@@ -238,16 +262,32 @@ def _config(model_name: str, spec: dict, *, io_dtype: str, hw: tuple[int, int] |
     return "\n".join(lines) + "\n"
 
 
+def _python_params(runtime: str, model: str, *, n_styles: int, output_scale: int, max_pixels: int,
+                   memory_mb: float | None = None, threads: int = 0) -> dict[str, str]:
+    """The ``parameters`` that tell ``triton_model.py`` what to run and what to accept."""
+    params = {"nst_runtime": runtime, "nst_model": model, "nst_max_pixels": str(max_pixels),
+              "nst_min_side": str(MIN_SIDE), "nst_max_side": str(MAX_SIDE), "nst_n_styles": str(n_styles),
+              "nst_output_scale": str(output_scale)}
+    if memory_mb:
+        params["nst_memory_mb"] = f"{memory_mb:g}"
+    if threads:
+        params["nst_threads"] = str(threads)
+    return params
+
+
 def write_triton_repo(repo_dir, name: str, artifacts: dict, *, io_dtype: str = "fp32",
                       static_hw: tuple[int, int] | None = None, output_scale: int = 1, max_batch_size: int = 8,
                       instances: int = 1, kind: str = "gpu", meta: dict | None = None,
-                      tensorrt_fp16: bool = False, n_styles: int = 0) -> dict:
+                      tensorrt_fp16: bool = False, n_styles: int = 0, python: bool = False,
+                      max_pixels: int = MAX_PIXELS) -> dict:
     """Write a Triton model repository (``config.pbtxt`` and version ``1``) for exported networks.
 
     The ONNX model goes to ``repo_dir/<name>/`` (platform ``onnxruntime_onnx``, tensors ``image`` and
     ``stylized``); the TorchScript model to ``repo_dir/<name>_torchscript/`` (platform
     ``pytorch_libtorch``, tensors ``INPUT__0`` and ``OUTPUT__0`` per the LibTorch backend's naming
-    convention). Our own ``config.pbtxt`` and ``1/model.*`` are overwritten; a model folder holding
+    convention); with ``python``, the ONNX model also to ``repo_dir/<name>_python/`` (Python backend,
+    ``model.py`` running it through ONNX Runtime, float32 ``image`` and ``stylized`` whatever the export's
+    precision). Our own ``config.pbtxt`` and ``1/model.*`` are overwritten; a model folder holding
     anything else is refused, and nothing is deleted. Every argument is checked before anything is written.
 
     Args:
@@ -267,6 +307,8 @@ def write_triton_repo(repo_dir, name: str, artifacts: dict, *, io_dtype: str = "
             in FP16 precision.
         n_styles: A multistyle network's style count: a second input, the style vector (``style`` for
             ONNX, ``INPUT__1`` for TorchScript), float32, ``n_styles`` wide.
+        python: Also write the Python-backend model ``<name>_python`` (needs the onnx artifact).
+        max_pixels: The Python-backend model's most pixels (images x height x width) per request.
 
     Returns:
         ``{"repo": ..., "models": {format: {"name", "dir", "config", "model"}}}``, paths as strings.
@@ -277,6 +319,11 @@ def write_triton_repo(repo_dir, name: str, artifacts: dict, *, io_dtype: str = "
     """
     files, hw = _check_args(name, artifacts, io_dtype, static_hw, output_scale, max_batch_size, instances, kind,
                             tensorrt_fp16)
+    if python:
+        if "onnx" not in files:
+            raise NSTError("the Python-backend Triton model runs the ONNX export, and no onnx artifact was given")
+        files["python"] = files["onnx"]
+    _check_int(max_pixels, "max_pixels", 1)
     repo = Path(repo_dir)
     if os.path.lexists(repo) and not repo.is_dir():
         raise NSTError(f"'{repo}' exists and is not a folder")
@@ -288,31 +335,80 @@ def write_triton_repo(repo_dir, name: str, artifacts: dict, *, io_dtype: str = "
     params["nst_io_dtype"] = io_dtype
     params["nst_output_scale"] = str(output_scale)
     plan = []
-    for fmt in _FORMATS:  # a fixed order: onnx, then torchscript
+    for fmt in _FORMATS:  # a fixed order: onnx, torchscript, python
         if fmt not in files:
             continue
         spec = _FORMATS[fmt]
         model_name = name + spec["suffix"]
         model_dir = repo / model_name
-        _check_model_dir(model_dir, spec["file"])
+        _check_model_dir(model_dir, _files(spec))
         plan.append((fmt, spec, model_name, model_dir))
     written: dict[str, dict[str, str]] = {}
     for fmt, spec, model_name, model_dir in plan:
         extra = {"INFERENCE_MODE": "true"} if fmt == "torchscript" else {}  # LibTorch backend: no autograd
-        text = _config(model_name, spec, io_dtype=io_dtype, hw=hw, output_scale=output_scale,
-                       max_batch_size=max_batch_size, instances=instances, kind=kind, tensorrt_fp16=tensorrt_fp16,
-                       params={**extra, **params}, n_styles=n_styles)
+        if fmt == "python":
+            extra = _python_params("onnxruntime", spec["file"], n_styles=n_styles, output_scale=output_scale,
+                                   max_pixels=max_pixels)
+        text = _config(model_name, spec, io_dtype="fp32" if fmt == "python" else io_dtype, hw=hw,
+                       output_scale=output_scale, max_batch_size=max_batch_size, instances=instances, kind=kind,
+                       tensorrt_fp16=tensorrt_fp16 and fmt == "onnx", params={**params, **extra},
+                       n_styles=n_styles)
         version_dir = model_dir / "1"
+        copies = [(files[fmt], version_dir / spec["file"])]
+        if fmt == "python":
+            copies.append((MODEL_PY, version_dir / "model.py"))
         try:
             version_dir.mkdir(parents=True, exist_ok=True)
-            model_path = version_dir / spec["file"]
-            with open(files[fmt], "rb") as src, atomic_write(model_path, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            for src_path, dst_path in copies:
+                with open(src_path, "rb") as src, atomic_write(dst_path, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
             config_path = model_dir / "config.pbtxt"
             with atomic_write(config_path, "w") as fh:
                 fh.write(text)
         except OSError as e:
             raise NSTError(f"cannot write the Triton model '{model_dir}': {e.strerror or e}") from None
         written[fmt] = {"name": model_name, "dir": str(model_dir), "config": str(config_path),
-                        "model": str(model_path)}
+                        "model": str(copies[0][1])}
     return {"repo": str(repo), "models": written}
+
+
+def write_serve_model(repo_dir, name: str, model: str | os.PathLike, *, fallback: str | os.PathLike | None = None,
+                      n_styles: int = 0, output_scale: int = 1, static_hw: tuple[int, int] | None = None,
+                      max_batch_size: int = 8, dynamic_batching: bool = True, max_queue_delay_us: int = 0,
+                      timeout_us: int = 0, instances: int = 1, kind: str = "cpu", max_pixels: int = MAX_PIXELS,
+                      memory_mb: float | None = None, threads: int = 0, meta: dict | None = None) -> str:
+    """Write the Python-backend model ``repo_dir/<name>/`` that serves ``model`` (any file the runtime loads,
+    referenced by its absolute path, not copied) through ``nst_deploy.Stylizer``: what ``nst serve`` runs.
+
+    ``fallback`` is the runtime's model file for images that need tiles when ``model`` cannot tile (see
+    ``Stylizer.load``). ``dynamic_batching`` turns Triton's batcher on; ``max_queue_delay_us`` is its wait for
+    more same-shape requests; ``timeout_us`` (0: none) refuses a request still queued after that long (both
+    need the batcher). ``memory_mb`` and ``threads`` are each instance's working-memory budget (larger
+    images run in tiles) and CPU threads. Returns the model folder.
+    """
+    spec = dict(_FORMATS["python"], file="model.py")
+    files, hw = _check_args(name, {"python": model}, "fp32", static_hw, output_scale, max_batch_size, instances,
+                            kind, False)
+    for value, what in ((max_queue_delay_us, "max_queue_delay_us"), (timeout_us, "timeout_us"), (threads, "threads")):
+        _check_int(value, what, 0)
+    _check_int(max_pixels, "max_pixels", 1)
+    params = {f"nst_{k}": str(v) for k, v in (meta or {}).items()
+              if k in _META_KEYS and v is not None and not isinstance(v, (dict, list, tuple))}
+    params.update(_python_params("stylizer", str(files["python"].resolve()), n_styles=n_styles,
+                                 output_scale=output_scale, max_pixels=max_pixels, memory_mb=memory_mb,
+                                 threads=threads))
+    if fallback is not None:
+        params["nst_fallback"] = str(Path(fallback).resolve())
+    text = _config(name, spec, io_dtype="fp32", hw=hw, output_scale=output_scale, max_batch_size=max_batch_size,
+                   instances=instances, kind=kind, tensorrt_fp16=False, params=params, n_styles=n_styles,
+                   max_queue_delay_us=max_queue_delay_us, timeout_us=timeout_us, dynamic_batching=dynamic_batching)
+    model_dir = Path(repo_dir) / name
+    try:
+        (model_dir / "1").mkdir(parents=True, exist_ok=True)
+        with open(MODEL_PY, "rb") as src, atomic_write(model_dir / "1" / "model.py", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        with atomic_write(model_dir / "config.pbtxt", "w") as fh:
+            fh.write(text)
+    except OSError as e:
+        raise NSTError(f"cannot write the Triton model '{model_dir}': {e.strerror or e}") from None
+    return str(model_dir)

@@ -37,9 +37,7 @@ class StylizeActor:
                  controls: dict | None = None, memory_mb: float | None = None, fallback: str | None = None):
         from .runtime import Stylizer
 
-        self.stylizer = Stylizer.load(model, device=device, memory_mb=memory_mb)
-        # a bundled model's ONNX copy holds no tiles graph: an image over the budget runs from the model file
-        self.fallback, self.device, self.memory_mb = fallback, device, memory_mb
+        self.stylizer = Stylizer.load(model, device=device, memory_mb=memory_mb, fallback=fallback)
         self.size, self.quality = size, quality
         self.controls = dict(controls or {})
         self.pid = os.getpid()
@@ -59,12 +57,6 @@ class StylizeActor:
         for i, x in images.items():
             by_shape.setdefault(x.shape, []).append(i)
         for idx in by_shape.values():
-            h, w = images[idx[0]].shape[:2]
-            if self.fallback and self.stylizer.needs_tiles(len(idx), h, w):
-                from .runtime import Stylizer
-
-                self.stylizer = Stylizer.load(self.fallback, device=self.device, memory_mb=self.memory_mb)
-                self.fallback = None
             try:
                 ys = self.stylizer(np.stack([images[i] for i in idx]), **self.controls)
             except NSTError as e:

@@ -33,7 +33,7 @@ class _Runner:
     def __init__(self, args: argparse.Namespace):
         from .controls import check_strength, parse_style
         from .devices import gpu_present
-        from .models import bundled_onnx, model_path
+        from .models import load_paths, model_path
         from .runtime import Stylizer
 
         if args.memory_mb is not None and not args.memory_mb > 0:
@@ -46,27 +46,16 @@ class _Runner:
         self.args = args
         self.model = model_path(args.model)
         on_cpu = args.device == "cpu" or (args.device == "auto" and not gpu_present())
-        self.fast = bundled_onnx(self.model) if on_cpu else None
-        self.stylizer = Stylizer.load(self.fast or self.model, device=args.device, memory_mb=args.memory_mb)
+        path, fallback = load_paths(self.model, on_cpu)
+        self.stylizer = Stylizer.load(path, device=args.device, memory_mb=args.memory_mb, fallback=fallback)
         self.scale = int(self.stylizer.meta.get("output_scale", 1) or 1)
         if self.style is not None:  # checked before any image is read
             self.stylizer.engine_for(self.style)
 
-    def _for(self, n: int, h: int, w: int):
-        from .runtime import Stylizer
-
-        if self.fast is not None and self.stylizer.needs_tiles(n, h, w):
-            progress = self.stylizer.progress
-            self.stylizer = Stylizer.load(self.model, device=self.args.device, memory_mb=self.args.memory_mb)
-            self.stylizer.progress = progress
-            self.fast = None
-        return self.stylizer
-
     def __call__(self, x):
         """An HxWx3 image or an NxHxWx3 batch (float32 in [0, 1])."""
-        n, h, w = (1, *x.shape[:2]) if x.ndim == 3 else x.shape[:3]
         a = self.args
-        return self._for(n, h, w)(x, style=self.style, strength=a.strength, preserve_color=a.preserve_color)
+        return self.stylizer(x, style=self.style, strength=a.strength, preserve_color=a.preserve_color)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -221,7 +210,7 @@ def _run_ray(args: argparse.Namespace, items) -> int:
     from .batch import import_ray, run_on_ray
     from .controls import check_strength, parse_style
     from .devices import gpu_present
-    from .models import bundled_onnx, model_path
+    from .models import load_paths, model_path
 
     import_ray()
     if any(it.src == "-" or it.out == "-" for it in items):
@@ -229,16 +218,16 @@ def _run_ray(args: argparse.Namespace, items) -> int:
     check_strength(args.strength)
     model = model_path(args.model)
     gpu = args.device.startswith("cuda") or (args.device == "auto" and gpu_present())
-    fast = None if gpu else bundled_onnx(model)
+    path, fallback = load_paths(model, not gpu)
     todo = [it for it in items if not (args.skip_existing and Path(it.out).exists())]
     controls = {"strength": args.strength, "preserve_color": args.preserve_color}
     if args.style is not None:
         controls["style"] = parse_style(args.style)
     t0 = time.perf_counter()
-    recs = run_on_ray(fast or model, [(it.src, it.out) for it in todo], address=args.ray or None,
+    recs = run_on_ray(path, [(it.src, it.out) for it in todo], address=args.ray or None,
                       workers=args.workers, batch=args.batch, device="cuda" if gpu else "cpu",
                       num_gpus=1.0 if gpu else 0.0, size=args.size, quality=args.quality, controls=controls,
-                      memory_mb=args.memory_mb, fallback=str(model) if fast else None)
+                      memory_mb=args.memory_mb, fallback=fallback and str(fallback))
     seconds = time.perf_counter() - t0
     failed = [r for r in recs if r["status"] != "written"]
     if args.json:

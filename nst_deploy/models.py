@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import NSTError
 
-__all__ = ["MODELS_DIR", "bundled_models", "bundled_onnx", "model_path"]
+__all__ = ["MODELS_DIR", "bundled_models", "bundled_onnx", "load_paths", "model_path"]
 
 #: Where the bundled models live: ``<arch>__<style>.pt``.
 MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
@@ -41,6 +41,14 @@ def model_path(name: str | os.PathLike) -> Path:
         return by_arch[0]
     names = ", ".join(stem.split("__", 1)[-1] for stem in bundled) or "none"
     raise NSTError(f"model '{name}' does not exist (bundled models: {names})")
+
+
+def load_paths(model: Path, on_cpu: bool) -> tuple[Path, Path | None]:
+    """``(path, fallback)`` for ``Stylizer.load``: on the CPU a bundled model runs from its ONNX copy (no torch
+    to import, ONNX Runtime's speed) with the model file as the fallback for images that need tiles (the
+    copy holds no tiles graph); anything else from its own file."""
+    fast = bundled_onnx(model) if on_cpu else None
+    return (fast, Path(model)) if fast is not None else (Path(model), None)
 
 
 def bundled_onnx(model: Path) -> Path | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,8 @@ class Stylizer:
         self.n_styles = engine.n_styles
         self.scale = engine.scale
         self.static = tuple(self.meta["static"]) if self.meta.get("static") else None
+        self.fallback: tuple | None = None  # (path, device, precision) of a model that tiles; see load()
+        self._swap = threading.Lock()
 
     @property
     def device(self):
@@ -108,7 +111,8 @@ class Stylizer:
     # -- loading
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", providers: list[str] | None = None,
-             precision: str | None = None, memory_mb: float | None = None, warmup: bool = True) -> Stylizer:
+             precision: str | None = None, memory_mb: float | None = None, warmup: bool = True,
+             fallback: str | os.PathLike | None = None) -> Stylizer:
         """Load an ONNX file, a verified TorchScript file or an ``nst train`` model file.
 
         Args:
@@ -120,6 +124,9 @@ class Stylizer:
             memory_mb: working-memory budget of one call; larger images run in tiles (default: half
                 the memory available at load, on the GPU for CUDA).
             warmup: run once on a small image at load, so the first real call does not pay the setup.
+            fallback: a model file of the same network that can run in tiles, for a ``path`` that cannot (the
+                ONNX copy of a bundled model, which has no tiles graph): loaded in its place by the first
+                call whose images need tiles.
 
         Raises:
             NSTError: missing, truncated or malformed file; TorchScript not matching its manifest; a
@@ -137,6 +144,10 @@ class Stylizer:
         if memory_mb is not None and not memory_mb > 0:
             raise NSTError(f"memory_mb must be positive, got {memory_mb}")
         st = cls(open_backend(path, device, providers, precision), memory_mb=memory_mb)
+        if fallback is not None:
+            if not Path(fallback).is_file():
+                raise NSTError(f"model '{fallback}' does not exist")
+            st.fallback = (Path(fallback), device, precision)
         if warmup:
             h, w = st.static or (64, 64)
             st._infer_array(np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32), st.engine_for(None))
@@ -319,6 +330,9 @@ class Stylizer:
         if self.static and (h, w) != self.static:
             raise NSTError(f"this model was exported for {self.static[1]}x{self.static[0]} images (--static); "
                            f"got {w}x{h}")
+        if self.fallback is not None and self.needs_tiles(n, h, w):
+            self._load_fallback()
+            engine = self.engine_for(style)
         s = self.scale
         if n == 0:  # only a batch can be empty
             if kind == "batch":
@@ -336,6 +350,16 @@ class Stylizer:
             y = self._infer_array(x, engine)
             return self._to_image((y if controls is None else controls(y, x))[0], kind)
         return self._tiled(kind, n, h, w, data, image, engine, controls)
+
+    def _load_fallback(self) -> None:
+        """Run on the ``fallback`` model from now on (once, whichever thread gets here first)."""
+        with self._swap:
+            if self.fallback is None:
+                return
+            path, device, precision = self.fallback
+            engine = open_backend(path, device, None, precision)
+            self.engine, self.backend, self.meta = engine, engine.name, engine.meta
+            self.fallback = None
 
     def _batch(self, data: np.ndarray, engine: Backend, controls):
         """An NxHxWx3 array batch, the same dtype back: whole through the array path, or tiled (as tensors)."""

@@ -1,0 +1,186 @@
+"""The Triton Python-backend model of an nst-deploy style network: copied as ``1/model.py`` into a model
+repository by ``nst serve`` and by ``nst-export --triton-repo ... --triton-backend python``.
+
+This file is self-contained (numpy, and onnxruntime or nst-deploy, nothing of the package at import) so
+that it runs in any Triton server with the Python backend, the NGC container included. Its config's
+``parameters`` say what to run:
+
+- ``nst_runtime``: ``stylizer`` (``nst_deploy.Stylizer.load(nst_model)``: any model file nst-deploy loads,
+  tiled when large) or ``onnxruntime`` (the ONNX file ``nst_model`` beside this file, run by ONNX Runtime);
+- ``nst_max_pixels``: the most pixels (images x height x width) one request may carry;
+- ``nst_min_side`` / ``nst_max_side``: the image side limits; ``nst_n_styles``: a multistyle network's style
+  count (its optional ``style`` input); ``nst_memory_mb``, ``nst_threads``: per-instance budgets;
+  ``nst_fallback``: the runtime's model file for images that need tiles (see ``Stylizer.load``).
+
+Requests carry ``image``, float32 ``[N, 3, H, W]`` RGB in [0, 1]; the response ``stylized`` is float32
+``[N, 3, H*s, W*s]`` in [0, 1]. Triton itself refuses a wrong data type, rank or channel count. This model
+refuses, with one line each and without stopping the others of a batch: NaN/Inf, a side out of limits
+(an empty image included), more pixels than the limit, a malformed style vector. Requests of one image size
+(and style) that Triton's dynamic batcher hands over together run as one batch.
+"""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+INPUT, OUTPUT, STYLE = "image", "stylized", "style"
+
+
+def _error(message: str, code: str = "INVALID_ARG"):
+    """A TritonError with an error code where this backend version has codes (HTTP 400 for INVALID_ARG)."""
+    value = getattr(pb_utils.TritonError, code, None)
+    return pb_utils.TritonError(message) if value is None else pb_utils.TritonError(message, value)
+
+
+#: numpy 2 changed the buffer protocol this backend's ``as_numpy()`` and ``Tensor(name, array)`` rely on
+#: (they misread or refuse arrays under it), while its DLPack path breaks the stub under numpy 1.
+_DLPACK = int(np.__version__.split(".")[0]) >= 2
+
+
+def _array(tensor) -> np.ndarray:
+    """A request tensor as a numpy array."""
+    return np.from_dlpack(tensor) if _DLPACK else tensor.as_numpy()
+
+
+def _tensor(name: str, array: np.ndarray):
+    """A response tensor from a float32 array."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return pb_utils.Tensor.from_dlpack(name, array) if _DLPACK else pb_utils.Tensor(name, array)
+
+
+def _param(config: dict, key: str, default=None):
+    value = (config.get("parameters") or {}).get(key, {}).get("string_value")
+    return default if value in (None, "") else value
+
+
+class BadRequest(ValueError):
+    """A request this model refuses (its message goes back to the client)."""
+
+
+class TritonPythonModel:
+    """Triton's Python-backend entry points: ``initialize``, ``execute``, ``finalize``."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.name = config.get("name", "model")
+        self.runtime = _param(config, "nst_runtime", "onnxruntime")
+        self.max_pixels = int(_param(config, "nst_max_pixels", 3840 * 2160))
+        self.min_side = int(_param(config, "nst_min_side", 8))
+        self.max_side = int(_param(config, "nst_max_side", 16384))
+        self.n_styles = int(_param(config, "nst_n_styles", 0))
+        self.scale = int(_param(config, "nst_output_scale", 1))
+        threads = int(_param(config, "nst_threads", 0))
+        gpu = args.get("model_instance_kind") == "GPU"
+        device = f"cuda:{args.get('model_instance_device_id', 0)}" if gpu else "cpu"
+        model = _param(config, "nst_model", "model.onnx")
+        if not os.path.isabs(model):
+            model = os.path.join(args["model_repository"], args["model_version"], model)
+        if self.runtime == "stylizer":
+            if threads:  # each instance is its own process: the runtime reads its thread count from here
+                os.environ["OMP_NUM_THREADS"] = str(threads)
+            from nst_deploy import Stylizer
+
+            memory = _param(config, "nst_memory_mb")
+            self.stylizer = Stylizer.load(model, device=device, memory_mb=float(memory) if memory else None,
+                                          fallback=_param(config, "nst_fallback"))
+            self.session = None
+        elif self.runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            providers = ["CPUExecutionProvider"]
+            if gpu:
+                providers = [("CUDAExecutionProvider", {"device_id": int(args.get("model_instance_device_id", 0))}),
+                             *providers]
+            self.session = ort.InferenceSession(model, options, providers=providers)
+            # an fp16 export (nst-export --fp16) takes and gives float16: the wire stays float32
+            self.half = self.session.get_inputs()[0].type == "tensor(float16)"
+            self.stylizer = None
+        else:
+            raise ValueError(f"nst_runtime must be 'stylizer' or 'onnxruntime', not {self.runtime!r}")
+
+    # -- one request's inputs, checked
+    def _inputs(self, request) -> tuple[np.ndarray, np.ndarray | None]:
+        x = _array(pb_utils.get_input_tensor_by_name(request, INPUT))
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise BadRequest(f"'{INPUT}' must be [N, 3, H, W], got {list(x.shape)}")
+        n, _, h, w = x.shape
+        if min(h, w) < self.min_side or max(h, w) > self.max_side:
+            empty = " (it has no pixels)" if min(h, w) == 0 else ""
+            raise BadRequest(f"image is {w}x{h}{empty}: sides must be between {self.min_side} and "
+                             f"{self.max_side} pixels")
+        if n * h * w > self.max_pixels:
+            raise BadRequest(f"the request holds {n} image(s) of {w}x{h}, {n * h * w} pixels: this server takes "
+                             f"at most {self.max_pixels} pixels per request")
+        if x.dtype != np.float32:
+            raise BadRequest(f"'{INPUT}' must be FP32, got {x.dtype}")
+        if not np.isfinite(x).all():
+            raise BadRequest(f"'{INPUT}' has NaN or Inf values")
+        style = None
+        if self.n_styles:
+            t = pb_utils.get_input_tensor_by_name(request, STYLE)
+            style = np.zeros(self.n_styles, np.float32) if t is None else _array(t).astype(np.float32)
+            if t is None:
+                style[0] = 1.0
+            style = style.reshape(-1, self.n_styles)[0] if style.size == n * self.n_styles else style
+            if style.shape != (self.n_styles,) or not np.isfinite(style).all() or (style < 0).any() \
+                    or not style.sum() > 0:
+                raise BadRequest(f"'{STYLE}' must be {self.n_styles} finite weights >= 0 with a positive sum")
+            style = style / style.sum()
+        return x, style
+
+    # -- running
+    def _run(self, x: np.ndarray, style: np.ndarray | None) -> np.ndarray:
+        if self.stylizer is not None:
+            kwargs = {} if style is None else {"style": [float(v) for v in style]}
+            y = self.stylizer(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), **kwargs)
+            return y.transpose(0, 3, 1, 2)
+        feeds = {INPUT: x.astype(np.float16) if self.half else x}
+        if style is not None:
+            feeds[STYLE] = np.tile(style, (x.shape[0], 1))
+        y = self.session.run([OUTPUT], feeds)[0].astype(np.float32, copy=False)
+        if y.shape != (x.shape[0], 3, x.shape[2] * self.scale, x.shape[3] * self.scale):
+            raise RuntimeError(f"the network returned {list(y.shape)} for {list(x.shape)}")
+        if not np.isfinite(y).all():
+            raise RuntimeError("the network returned NaN or Inf values")
+        return np.clip(y, 0.0, 1.0)
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        groups: dict = {}  # requests of one image size and style run as one batch
+        for i, request in enumerate(requests):
+            cancelled = getattr(request, "is_cancelled", None)
+            if cancelled is not None and cancelled():  # the client went away while it waited
+                responses[i] = pb_utils.InferenceResponse(error=_error("request cancelled", "CANCELLED"))
+                continue
+            try:
+                x, style = self._inputs(request)
+            except BadRequest as e:
+                responses[i] = pb_utils.InferenceResponse(error=_error(str(e)))
+                continue
+            key = (x.shape[1:], None if style is None else style.tobytes())
+            groups.setdefault(key, []).append((i, x, style))
+        for items in groups.values():
+            xs = items[0][1] if len(items) == 1 else np.concatenate([x for _, x, _ in items])
+            try:
+                ys = self._run(xs, items[0][2])
+            except Exception as e:  # noqa: BLE001 - the model's failure is the client's error line
+                message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                bad = type(e).__name__ == "NSTError"  # the runtime refusing this input (e.g. a static size)
+                for i, _, _ in items:
+                    responses[i] = pb_utils.InferenceResponse(
+                        error=_error(f"{self.name}: {message}", "INVALID_ARG" if bad else "INTERNAL"))
+                continue
+            start = 0
+            for i, x, _ in items:
+                n = x.shape[0]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[_tensor(OUTPUT, ys[start:start + n])])
+                start += n
+        return responses
+
+    def finalize(self):
+        self.stylizer = self.session = None
