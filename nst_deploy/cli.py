@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .cli_run import add_run
+from .cli_serve import add_serve
 from .errors import NSTError
 
 __all__ = ["build_parser", "main"]
@@ -343,7 +344,7 @@ class _Parser(argparse.ArgumentParser):
 
 #: The commands, in the order ``nst --help`` lists them, and what adds each one's parser.
 _COMMANDS = {"layers": _add_layers, "info": _add_info, "stylize": _add_stylize, "synth": _add_synth,
-             "train": _add_train, "run": add_run}
+             "train": _add_train, "run": add_run, "serve": add_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

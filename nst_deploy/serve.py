@@ -47,7 +47,7 @@ from pathlib import Path
 
 from .errors import NSTError
 
-__all__ = ["DEFAULT_PORTS", "Server", "model_names", "server_files"]
+__all__ = ["DEFAULT_PORTS", "Server", "free_port", "model_names", "repository_models", "server_files"]
 
 SERVE_EXTRA = "nst serve needs the serve extra: pip install 'nst-deploy[serve]'"
 #: Triton's own default ports: HTTP, gRPC, metrics.
@@ -161,6 +161,34 @@ def model_names(specs: list[str]) -> dict[str, Path]:
     return out
 
 
+def repository_models(repo: Path, names: list[str]) -> dict[str, Path]:
+    """The models of a repository this server can load (``backend: "python"``), by name: ``names`` (each
+    checked), or all of them.
+
+    Raises:
+        NSTError: no such folder, a named model missing or not a Python-backend model, or none to load.
+    """
+    if not repo.is_dir():
+        raise NSTError(f"model repository '{repo}' is not a folder")
+    found: dict[str, str] = {}
+    for config in sorted(repo.glob("*/config.pbtxt")):
+        text = config.read_text(errors="replace")
+        m = re.search(r'^\s*(backend|platform)\s*:\s*"([^"]*)"', text, re.M)
+        found[config.parent.name] = f"{m.group(1)} {m.group(2)}" if m else "no backend"
+    for name in names:
+        if name not in found:
+            raise NSTError(f"model repository '{repo}' has no model '{name}' (it has: {', '.join(found) or 'none'})")
+    chosen = names or [n for n, kind in found.items() if kind == "backend python"]
+    for name in chosen:
+        if found[name] != "backend python":
+            raise NSTError(f"model '{name}' in '{repo}' is for {found[name]}: this server build runs Python-backend "
+                           f"models only (nst-export --triton-python writes '<name>_python')")
+    if not chosen:
+        raise NSTError(f"model repository '{repo}' has no Python-backend model to serve (nst-export --triton-python "
+                       f"writes one)")
+    return {name: repo / name for name in chosen}
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -195,7 +223,11 @@ class Server:
     model of output scale ``s``). A multistyle model also takes an optional ``style`` vector.
 
     Args:
-        models: ``NAME=PATH`` or ``PATH`` strings (see :func:`model_names`), or a ``{name: path}`` dict.
+        models: ``NAME=PATH`` or ``PATH`` strings (see :func:`model_names`), or a ``{name: path}`` dict; with
+            ``repository``, the names of its models to load (default: every Python-backend model in it).
+        repository: an existing model repository to serve as it is, e.g. one written by
+            ``nst-export --triton-repo DIR --triton-python`` (its ``*_python`` models: this server build has
+            only the Python backend); the batching and limit arguments then come from its configs.
         host: the address the three endpoints listen on (``0.0.0.0`` for every interface).
         http_port, grpc_port, metrics_port: the ports (Triton's defaults 8000, 8001, 8002).
         max_batch_size: the most images a batch holds (a request's and the batcher's).
@@ -212,15 +244,20 @@ class Server:
         exit_timeout_s: how long a stop waits for requests in flight.
     """
 
-    def __init__(self, models, *, host: str = "127.0.0.1", http_port: int = DEFAULT_PORTS[0],
-                 grpc_port: int = DEFAULT_PORTS[1], metrics_port: int = DEFAULT_PORTS[2], max_batch_size: int = 8,
+    def __init__(self, models=(), *, repository: str | os.PathLike | None = None, host: str = "127.0.0.1",
+                 http_port: int = DEFAULT_PORTS[0], grpc_port: int = DEFAULT_PORTS[1],
+                 metrics_port: int = DEFAULT_PORTS[2], max_batch_size: int = 8,
                  max_queue_delay_ms: float = 0.0, batching: bool = True, instances: int = 1,
                  max_pixels: int | None = None, request_timeout_s: float = 0.0, device: str = "cpu",
                  threads: int | None = None, memory_mb: float | None = None, log: str | os.PathLike | None = None,
                  verbose: bool = False, exit_timeout_s: int = 30):
         from .export.triton import MAX_PIXELS
 
-        self.models = dict(models) if isinstance(models, dict) else model_names(list(models))
+        self.repository = Path(repository) if repository is not None else None
+        if self.repository is not None:
+            self.models = repository_models(self.repository, list(models))
+        else:
+            self.models = dict(models) if isinstance(models, dict) else model_names(list(models))
         self.host = host
         self.ports = {"http": int(http_port), "grpc": int(grpc_port), "metrics": int(metrics_port)}
         self.max_batch_size = int(max_batch_size)
@@ -330,8 +367,9 @@ class Server:
                                f"--{what}-port")
         self.work = Path(tempfile.mkdtemp(prefix="nst-serve-"))
         try:
-            repo = self.work / "models"
-            self._write_repository(repo)
+            repo = self.repository.resolve() if self.repository is not None else self.work / "models"
+            if self.repository is None:
+                self._write_repository(repo)
             backends = _backends_dir(self.work, files)
             self.process = subprocess.Popen(
                 self._command(files, repo, backends), env=server_environment(files), cwd=self.work,
