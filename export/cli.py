@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size (default 8)")
     t.add_argument("--instances", type=int, default=1, help="Triton model instances per device (default 1)")
     t.add_argument("--triton-kind", choices=("gpu", "cpu"), default="gpu", help="Triton instance kind (default gpu)")
+    t.add_argument("--triton-python", action="store_true",
+                   help="also write NAME_python: the ONNX model run by ONNX Runtime in Triton's Python backend, "
+                        "which nst serve --repository (and any Triton with the Python backend) loads")
     t.add_argument("--tensorrt-fp16", action="store_true",
                    help="ask Triton's onnxruntime backend for the TensorRT accelerator in FP16")
     return p
@@ -59,7 +62,7 @@ def _main(argv: list[str] | None) -> int:
 
     precision = "fp16-io" if args.fp16_io else "fp16" if args.fp16 else "fp32"
     triton = {"max_batch_size": args.max_batch_size, "instances": args.instances, "kind": args.triton_kind,
-              "tensorrt_fp16": args.tensorrt_fp16}
+              "tensorrt_fp16": args.tensorrt_fp16, "python": args.triton_python}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

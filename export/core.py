@@ -444,7 +444,9 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
             raise NSTError(f"Triton: kind must be gpu or cpu, not {t.get('kind')!r}")
         if t.get("tensorrt_fp16") and ("onnx" not in formats or t.get("kind", "gpu") != "gpu"):
             raise NSTError("Triton: the TensorRT fp16 accelerator needs the onnx format and GPU instances")
-        check_triton_repo(triton_repo, _name(Path(model_path)), formats)
+        if t.get("python") and "onnx" not in formats:
+            raise NSTError("Triton: the Python-backend model runs the ONNX export: add the onnx format")
+        check_triton_repo(triton_repo, _name(Path(model_path)), [*formats, *(["python"] if t.get("python") else [])])
     out = Path(out_dir)
     check_folder(out, "output folder")
     stale = _previous_export(out)

@@ -12,13 +12,15 @@ that it runs in any Triton server with the Python backend, the NGC container inc
   count (its optional ``style`` input); ``nst_memory_mb``, ``nst_threads``: per-instance budgets;
   ``nst_fallback``: the runtime's model file for images that need tiles (see ``Stylizer.load``).
 
-Requests carry ``image``, float32 ``[N, 3, H, W]`` RGB in [0, 1]; the response ``stylized`` is float32
+Requests carry ``image``, float32 ``[N, 3, H, W]`` RGB in [0, 1] (and for a multistyle network optionally
+``style``, float32 ``[N, n_styles]``: each image's style weights); the response ``stylized`` is float32
 ``[N, 3, H*s, W*s]`` in [0, 1]. Triton itself refuses a wrong data type, rank or channel count. This model
 refuses, with one line each and without stopping the others of a batch: NaN/Inf, a side out of limits
 (an empty image included), more pixels than the limit, a malformed style vector. Requests of one image size
-(and style) that Triton's dynamic batcher hands over together run as one batch.
+that Triton's dynamic batcher hands over together run as one batch (per style, for the runtime).
 """
 
+import contextlib
 import json
 import os
 
@@ -102,6 +104,30 @@ class TritonPythonModel:
             self.stylizer = None
         else:
             raise ValueError(f"nst_runtime must be 'stylizer' or 'onnxruntime', not {self.runtime!r}")
+        self._metrics()
+
+    def _metrics(self) -> None:
+        """Counters on the server's Prometheus endpoint beside Triton's own, which count a request this model
+        answers with an error as a success: refused requests by reason, and images stylized."""
+        self.refused = self.images = None
+        family = getattr(pb_utils, "MetricFamily", None)
+        if family is None:  # a backend older than custom metrics (Triton 23.05)
+            return
+        # the families must outlive their metrics: kept here, released after them in finalize()
+        self.families = (
+            family(name="nst_requests_refused", description="Requests an nst-deploy model refused, by reason",
+                   kind=family.COUNTER),
+            family(name="nst_images_stylized", description="Images an nst-deploy model stylized",
+                   kind=family.COUNTER))
+        self.refused = {r: self.families[0].Metric(labels={"model": self.name, "reason": r})
+                        for r in ("bad_input", "failed", "cancelled")}
+        self.images = self.families[1].Metric(labels={"model": self.name})
+
+    def _count(self, what: str, n: int = 1) -> None:
+        if self.refused is None:
+            return
+        with contextlib.suppress(Exception):  # a metric never fails a request
+            (self.images if what == "images" else self.refused[what]).increment(n)
 
     # -- one request's inputs, checked
     def _inputs(self, request) -> tuple[np.ndarray, np.ndarray | None]:
@@ -121,33 +147,47 @@ class TritonPythonModel:
         if not np.isfinite(x).all():
             raise BadRequest(f"'{INPUT}' has NaN or Inf values")
         style = None
-        if self.n_styles:
+        if self.n_styles:  # one weight vector per image, [N, n_styles]; style 0 when the request has none
             t = pb_utils.get_input_tensor_by_name(request, STYLE)
-            style = np.zeros(self.n_styles, np.float32) if t is None else _array(t).astype(np.float32)
             if t is None:
-                style[0] = 1.0
-            style = style.reshape(-1, self.n_styles)[0] if style.size == n * self.n_styles else style
-            if style.shape != (self.n_styles,) or not np.isfinite(style).all() or (style < 0).any() \
-                    or not style.sum() > 0:
-                raise BadRequest(f"'{STYLE}' must be {self.n_styles} finite weights >= 0 with a positive sum")
-            style = style / style.sum()
+                style = np.zeros((n, self.n_styles), np.float32)
+                style[:, 0] = 1.0
+            else:
+                style = _array(t).astype(np.float32)
+                if style.shape != (n, self.n_styles) or not np.isfinite(style).all() or (style < 0).any() \
+                        or not (style.sum(1) > 0).all():
+                    raise BadRequest(f"'{STYLE}' must be [N, {self.n_styles}]: per image, {self.n_styles} finite "
+                                     f"weights >= 0 with a positive sum; got {list(style.shape)}")
+                style = style / style.sum(1, keepdims=True)
         return x, style
 
     # -- running
     def _run(self, x: np.ndarray, style: np.ndarray | None) -> np.ndarray:
+        """The network on ``x`` [N, 3, H, W] with ``style`` [N, n_styles] (or None): [N, 3, H*s, W*s]."""
         if self.stylizer is not None:
-            kwargs = {} if style is None else {"style": [float(v) for v in style]}
-            y = self.stylizer(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), **kwargs)
-            return y.transpose(0, 3, 1, 2)
+            if style is None:
+                return self._stylize(x, None)
+            rows, which = np.unique(style, axis=0, return_inverse=True)
+            which = which.reshape(-1)
+            if len(rows) == 1:
+                return self._stylize(x, rows[0])
+            y = np.empty((x.shape[0], 3, x.shape[2] * self.scale, x.shape[3] * self.scale), np.float32)
+            for k, row in enumerate(rows):  # the runtime takes one style per call
+                y[which == k] = self._stylize(x[which == k], row)
+            return y
         feeds = {INPUT: x.astype(np.float16) if self.half else x}
         if style is not None:
-            feeds[STYLE] = np.tile(style, (x.shape[0], 1))
+            feeds[STYLE] = style
         y = self.session.run([OUTPUT], feeds)[0].astype(np.float32, copy=False)
         if y.shape != (x.shape[0], 3, x.shape[2] * self.scale, x.shape[3] * self.scale):
             raise RuntimeError(f"the network returned {list(y.shape)} for {list(x.shape)}")
         if not np.isfinite(y).all():
             raise RuntimeError("the network returned NaN or Inf values")
         return np.clip(y, 0.0, 1.0)
+
+    def _stylize(self, x: np.ndarray, style: np.ndarray | None) -> np.ndarray:
+        kwargs = {} if style is None else {"style": [float(v) for v in style]}
+        return self.stylizer(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), **kwargs).transpose(0, 3, 1, 2)
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -156,25 +196,29 @@ class TritonPythonModel:
             cancelled = getattr(request, "is_cancelled", None)
             if cancelled is not None and cancelled():  # the client went away while it waited
                 responses[i] = pb_utils.InferenceResponse(error=_error("request cancelled", "CANCELLED"))
+                self._count("cancelled")
                 continue
             try:
                 x, style = self._inputs(request)
             except BadRequest as e:
                 responses[i] = pb_utils.InferenceResponse(error=_error(str(e)))
+                self._count("bad_input")
                 continue
-            key = (x.shape[1:], None if style is None else style.tobytes())
-            groups.setdefault(key, []).append((i, x, style))
+            groups.setdefault(x.shape[1:], []).append((i, x, style))
         for items in groups.values():
             xs = items[0][1] if len(items) == 1 else np.concatenate([x for _, x, _ in items])
+            styles = None if items[0][2] is None else np.concatenate([s for _, _, s in items])
             try:
-                ys = self._run(xs, items[0][2])
+                ys = self._run(xs, styles)
             except Exception as e:  # noqa: BLE001 - the model's failure is the client's error line
                 message = str(e).splitlines()[0] if str(e) else type(e).__name__
                 bad = type(e).__name__ == "NSTError"  # the runtime refusing this input (e.g. a static size)
                 for i, _, _ in items:
                     responses[i] = pb_utils.InferenceResponse(
                         error=_error(f"{self.name}: {message}", "INVALID_ARG" if bad else "INTERNAL"))
+                self._count("bad_input" if bad else "failed", len(items))
                 continue
+            self._count("images", xs.shape[0])
             start = 0
             for i, x, _ in items:
                 n = x.shape[0]
@@ -184,3 +228,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.stylizer = self.session = None
+        self.refused = self.images = None
+        self.families = None
