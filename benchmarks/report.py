@@ -247,6 +247,23 @@ def batch_table(rows: list[dict], path: Path) -> str:
 LAYOUTS["batch"] = batch_table
 
 
+def serve_table(rows: list[dict], path: Path) -> str:
+    """``nst serve`` against direct ``Stylizer`` calls (``benchmarks/bench_serve.py``): latency per request,
+    throughput, and for one client the serving overhead (served p50 over direct p50)."""
+    lines = ["| image | how | clients | requests | p50 ms | p99 ms | images/s | p50 / direct | server MB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(rows, key=lambda r: (r["shape"][2] * r["shape"][3], r["provider"] != "direct Stylizer")):
+        over = r.get("overhead_vs_direct")
+        mem = r.get("server_rss_mb")
+        lines.append(f"| {r['shape'][3]}x{r['shape'][2]} | {r['provider']} | {r['clients']} | {r['requests']} | "
+                     f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['images_per_s']:.2f} | "
+                     f"{f'{over:.2f}x' if over else ''} | {f'{mem:.0f}' if mem else ''} |")
+    return _head(rows, path) + "\n".join(lines) + "\n"
+
+
+LAYOUTS["serve"] = serve_table
+
+
 def table(path: Path) -> str:
     """A markdown table for one results file, laid out by its subject."""
     rows = json.loads(path.read_text())

@@ -187,7 +187,13 @@ class TritonPythonModel:
 
     def _stylize(self, x: np.ndarray, style: np.ndarray | None) -> np.ndarray:
         kwargs = {} if style is None else {"style": [float(v) for v in style]}
-        return self.stylizer(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), **kwargs).transpose(0, 3, 1, 2)
+        n, _, h, w = x.shape
+        k = n  # a batch the runtime would tile runs in chunks that it does not: batching must not cost tiles
+        while k > 1 and self.stylizer.needs_tiles(k, h, w):
+            k = (k + 1) // 2
+        parts = [self.stylizer(np.ascontiguousarray(x[i:i + k].transpose(0, 2, 3, 1)), **kwargs)
+                 for i in range(0, n, k)]
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)).transpose(0, 3, 1, 2)
 
     def execute(self, requests):
         responses = [None] * len(requests)

@@ -206,6 +206,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants, in MB."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):  # gone meanwhile
+                children.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError, StopIteration):
+            total += next(int(ln.split()[1]) for ln in Path(f"/proc/{p}/status").read_text().splitlines()
+                          if ln.startswith("VmRSS:")) / 1024
+        todo += children.get(p, [])
+    return total
+
+
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
     """The child gets SIGTERM when this process dies, however it dies (Linux prctl)."""
     import ctypes
@@ -441,6 +458,10 @@ class Server:
     def ready(self) -> bool:
         """Whether the server answers and every model is ready."""
         return self.process is not None and self.process.poll() is None and self._get("/v2/health/ready") == 200
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its model processes (Linux ``/proc``), in MB; 0 when stopped."""
+        return _tree_rss_mb(self.pid) if self.pid is not None else 0.0
 
     def log_tail(self, n: int = 50) -> list[str]:
         """The last ``n`` lines of the server's log."""

@@ -262,3 +262,19 @@ def test_bench_quality_scores_the_bundled_models(tmp_path):
                                                           ("model starry_night", "coffee.jpg")]
     assert all(0 < r["style_ratio"] < 1 and 0 < r["content_ratio"] < 1.5 for r in rows)
     assert "| starry_night.jpg | chelsea.jpg | model starry_night |" in report.quality_table(rows, path)
+
+
+def test_bench_serve_times_direct_and_served(tmp_path):
+    pytest.importorskip("pytriton", reason="needs the serve extra")
+    import bench_serve
+
+    assert bench_serve.main(["--sizes", "64x48", "--clients", "1,2", "--requests", "1", "--out-dir",
+                             str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("serve-*.json")
+    rows = json.loads(path.read_text())
+    assert [(r["provider"], r["clients"]) for r in rows] == [
+        ("direct Stylizer", 1), ("HTTP, dynamic batching (2 ms)", 1), ("HTTP, dynamic batching (2 ms)", 2),
+        ("GRPC, dynamic batching (2 ms)", 1), ("HTTP, no batching", 1), ("HTTP, no batching", 2)]
+    assert all(r["p50_ms"] > 0 and r["images_per_s"] > 0 for r in rows)
+    assert all(r["overhead_vs_direct"] > 0 for r in rows if r["clients"] == 1 and r["provider"] != "direct Stylizer")
+    assert "| 64x48 | HTTP, no batching | 2 |" in report.serve_table(rows, path)

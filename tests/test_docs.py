@@ -34,7 +34,7 @@ def test_cli_reference_covers_every_command_and_option():
             for flag in action.option_strings:
                 if flag not in ("-h", "--help"):
                     assert f"`{flag}`" in text, (name, flag)
-    for command in ("stylize", "synth", "train", "run", "layers", "info"):
+    for command in ("stylize", "synth", "train", "run", "serve", "layers", "info"):
         assert f"## nst {command}\n" in text
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from nst_deploy.export import export_model
 from PIL import Image
 
@@ -73,6 +74,24 @@ def test_an_image_that_needs_tiles_falls_back_to_the_model_file(tmp_path):
     want = np.asarray(s(np.asarray(Image.open(photo)).astype(np.float32) / 255))
     got = np.asarray(Image.open(tmp_path / "out.png")).astype(np.float32) / 255
     assert np.abs(got - want).max() <= 1 / 255 + 1e-6
+
+
+def test_stylizer_fallback_takes_over_for_images_that_need_tiles(tmp_path):
+    from nst_deploy.errors import NSTError
+    from nst_deploy.models import bundled_onnx
+
+    pt = bundled_models()["johnson__starry_night"]
+    s = Stylizer.load(bundled_onnx(pt), device="cpu", memory_mb=40, fallback=pt)
+    small = np.random.default_rng(0).random((48, 64, 3), dtype=np.float32)
+    s(small)
+    assert s.fallback is not None and s.backend == "onnx"  # small images stay on the ONNX copy
+    big = np.random.default_rng(1).random((300, 460, 3), dtype=np.float32)
+    got = s(big)
+    assert s.fallback is None and s.backend == "eager"
+    want = Stylizer.load(pt, device="cpu", memory_mb=40)(big)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(NSTError, match="does not exist"):
+        Stylizer.load(bundled_onnx(pt), fallback=tmp_path / "gone.pt")
 
 
 def test_exact_fp16_weights_are_stored_as_fp16(tmp_path):

@@ -66,29 +66,6 @@ def _http_infer(client, model: str, x: np.ndarray, style: np.ndarray | None = No
     return client.infer(model, inputs, outputs=[out], timeout=timeout).as_numpy("stylized")
 
 
-def _rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (the model instances are child processes)."""
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        todo += children.get(p, [])
-    return total
-
-
 @pytest.fixture(scope="module")
 def multistyle(tmp_path_factory) -> Path:
     """A three-style network whose styles differ (random scales and shifts), saved as nst train saves."""
@@ -264,7 +241,6 @@ def test_clients_that_disconnect_mid_request(server, http):
 def test_load_eight_clients_mixed_sizes_no_errors_and_bounded_memory(server):
     sizes = [(64, 64), (96, 128), (128, 96), (160, 120), (64, 64), (128, 128)]
     url = server.urls["http"].split("//", 1)[1]
-    pid = server.pid
 
     def client(k: int, n: int) -> list[float]:
         c = httpclient.InferenceServerClient(url)
@@ -283,10 +259,10 @@ def test_load_eight_clients_mixed_sizes_no_errors_and_bounded_memory(server):
 
     with ThreadPoolExecutor(8) as pool:  # warm-up: the arenas reach their working size
         list(pool.map(lambda k: client(k, 3), range(8)))
-    before = _rss_mb(pid)
+    before = server.rss_mb()
     with ThreadPoolExecutor(8) as pool:
         times = sorted(t for ts in pool.map(lambda k: client(k, 26), range(8)) for t in ts)
-    after = _rss_mb(pid)
+    after = server.rss_mb()
     assert len(times) == 208
     print(f"\nload: 208 requests, 8 clients, p50 {1e3 * times[104]:.0f} ms, p99 {1e3 * times[205]:.0f} ms, "
           f"server memory {before:.0f} -> {after:.0f} MB")

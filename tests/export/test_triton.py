@@ -116,12 +116,20 @@ def _schema_file() -> descriptor_pb2.FileDescriptorProto:
     _field(m, "execution_accelerators", 4, _MSG,
            type_name=".inference.ModelOptimizationPolicy.ExecutionAccelerators")
 
+    m = fd.message_type.add(name="ModelQueuePolicy")
+    _enum(m.enum_type, "TimeoutAction", [(0, "REJECT"), (1, "DELAY")])
+    _field(m, "timeout_action", 1, _ENUM, type_name=".inference.ModelQueuePolicy.TimeoutAction")
+    _field(m, "default_timeout_microseconds", 2, _UINT64)
+    _field(m, "allow_timeout_override", 3, _BOOL)
+    _field(m, "max_queue_size", 4, _UINT32)
+
     m = fd.message_type.add(name="ModelDynamicBatching")
     _field(m, "preferred_batch_size", 1, _INT32, _REP)
     _field(m, "max_queue_delay_microseconds", 2, _UINT64)
     _field(m, "preserve_ordering", 3, _BOOL)
     _field(m, "priority_levels", 4, _UINT64)
     _field(m, "default_priority_level", 5, _UINT64)
+    _field(m, "default_queue_policy", 6, _MSG, type_name=".inference.ModelQueuePolicy")
 
     m = fd.message_type.add(name="ModelParameter")
     _field(m, "string_value", 1, _STRING)
@@ -325,3 +333,41 @@ def test_bad_artifacts(tmp_path):
         write_triton_repo(tmp_path / "repo", "m", {"tflite": tmp_path / "m.tflite"})
     with pytest.raises(NSTError, match="does not exist"):
         write_triton_repo(tmp_path / "repo", "m", {"onnx": tmp_path / "missing.onnx"})
+
+
+def test_python_backend_models_for_nst_serve_and_nst_export(schema, tmp_path):
+    from nst_deploy.export.triton import write_serve_model
+
+    config_cls, pool = schema
+    arts = _artifacts(tmp_path, "onnx")
+    out = write_triton_repo(tmp_path / "repo", "starry", arts, python=True, kind="cpu", n_styles=3, max_pixels=4096)
+    py = out["models"]["python"]
+    assert py["name"] == "starry_python" and (tmp_path / "repo" / "starry_python" / "1" / "model.py").is_file()
+    assert (tmp_path / "repo" / "starry_python" / "1" / "model.onnx").read_bytes() == arts["onnx"].read_bytes()
+    cfg = _parse(schema, tmp_path / "repo" / "starry_python" / "config.pbtxt")
+    assert cfg.backend == "python" and not cfg.platform
+    assert [i.name for i in cfg.input] == ["image", "style"] and cfg.input[1].optional
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["nst_runtime"] == "onnxruntime" and params["nst_model"] == "model.onnx"
+    assert params["nst_max_pixels"] == "4096" and params["nst_n_styles"] == "3"
+    with pytest.raises(NSTError, match="onnx artifact"):
+        write_triton_repo(tmp_path / "r2", "m", _artifacts(tmp_path, "torchscript"), python=True)
+
+    model = tmp_path / "export" / "model.onnx"
+    d = write_serve_model(tmp_path / "serve", "starry", model, fallback=model, max_batch_size=4,
+                          max_queue_delay_us=2000, timeout_us=5_000_000, instances=2, max_pixels=10_000,
+                          memory_mb=512.0, threads=1)
+    cfg = _parse(schema, tmp_path / "serve" / "starry" / "config.pbtxt")
+    assert d.endswith("starry") and cfg.backend == "python" and cfg.max_batch_size == 4
+    assert cfg.instance_group[0].count == 2 and _enum_name(pool, "inference.ModelInstanceGroup.Kind",
+                                                           cfg.instance_group[0].kind) == "KIND_CPU"
+    q = cfg.dynamic_batching
+    assert q.max_queue_delay_microseconds == 2000 and q.default_queue_policy.default_timeout_microseconds == 5_000_000
+    assert q.default_queue_policy.allow_timeout_override
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["nst_runtime"] == "stylizer" and params["nst_model"] == str(model.resolve())
+    assert params["nst_fallback"] == str(model.resolve()) and params["nst_threads"] == "1"
+    write_serve_model(tmp_path / "serve", "plain", model, dynamic_batching=False)
+    assert not _parse(schema, tmp_path / "serve" / "plain" / "config.pbtxt").HasField("dynamic_batching")
+    with pytest.raises(NSTError, match="does not exist"):
+        write_serve_model(tmp_path / "serve", "gone", tmp_path / "nothing.onnx")
