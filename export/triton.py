@@ -226,7 +226,7 @@ def _config(model_name: str, spec: dict, *, io_dtype: str, hw: tuple[int, int] |
         "]",
         "version_policy: { latest: { num_versions: 1 } }",
     ]
-    if max_batch_size > 0 and dynamic_batching:
+    if max_batch_size > 0:
         # Dynamic batching whenever Triton may batch (max_batch_size > 0), static or dynamic image size.
         # Triton's dynamic batcher only puts requests together when every input has the same shape in all
         # of them (unless an input sets allow_ragged_batch, which we do not; see Triton's ragged batching
@@ -236,7 +236,9 @@ def _config(model_name: str, spec: dict, *, io_dtype: str, hw: tuple[int, int] |
         # max_queue_delay_microseconds defaults to 0 (Triton's default): no request waits for others to arrive.
         # With max_batch_size 0 Triton does no batching at all, and a batcher would be pointless.
         batcher = []
-        if max_queue_delay_us:  # wait this long for more requests of the same shape to batch with
+        if not dynamic_batching:  # requests still queue here (for the timeout) but run one by one
+            batcher.append("  preferred_batch_size: [ 1 ]")
+        elif max_queue_delay_us:  # wait this long for more requests of the same shape to batch with
             batcher.append(f"  max_queue_delay_microseconds: {max_queue_delay_us}")
         if timeout_us:  # a request still queued after this long is refused (clients may ask for less)
             batcher += ["  default_queue_policy {", "    timeout_action: REJECT",
@@ -381,9 +383,10 @@ def write_serve_model(repo_dir, name: str, model: str | os.PathLike, *, fallback
     referenced by its absolute path, not copied) through ``nst_deploy.Stylizer``: what ``nst serve`` runs.
 
     ``fallback`` is the runtime's model file for images that need tiles when ``model`` cannot tile (see
-    ``Stylizer.load``). ``dynamic_batching`` turns Triton's batcher on; ``max_queue_delay_us`` is its wait for
-    more same-shape requests; ``timeout_us`` (0: none) refuses a request still queued after that long (both
-    need the batcher). ``memory_mb`` and ``threads`` are each instance's working-memory budget (larger
+    ``Stylizer.load``). ``dynamic_batching`` lets Triton's batcher put queued same-shape requests together
+    (off: it hands them over one by one, ``preferred_batch_size: [1]``, so that the queue and its timeout
+    stay); ``max_queue_delay_us`` is its wait for more requests; ``timeout_us`` (0: none) refuses a request
+    still queued after that long. ``memory_mb`` and ``threads`` are each instance's working-memory budget (larger
     images run in tiles) and CPU threads. Returns the model folder.
     """
     spec = dict(_FORMATS["python"], file="model.py")

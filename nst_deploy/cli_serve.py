@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        "or --repository DIR")
     server = Server(args.models, repository=args.repository, host=args.host, http_port=args.http_port,
                     grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch_size=args.max_batch_size,
-                    max_queue_delay_ms=args.max_queue_delay_ms, batching=not args.no_batching,
+                    max_queue_delay_ms=args.max_queue_delay_ms, batching={"on": True, "off": False}.get(args.batching),
                     instances=args.instances, max_pixels=args.max_pixels, request_timeout_s=args.request_timeout,
                     device=args.device, threads=args.threads, memory_mb=args.memory_mb, log=args.log,
                     verbose=args.verbose, exit_timeout_s=args.exit_timeout)
@@ -84,7 +84,9 @@ def add_serve(sub) -> None:
     p.add_argument("--max-batch-size", type=int, default=8, help="most images per batch (default 8)")
     p.add_argument("--max-queue-delay-ms", type=float, default=0.0,
                    help="how long the batcher waits for more requests of the same size (default 0)")
-    p.add_argument("--no-batching", action="store_true", help="turn Triton's dynamic batcher off")
+    p.add_argument("--batching", choices=("auto", "on", "off"), default="auto",
+                   help="run queued requests of one size together (auto: on a GPU; on the CPU it gains nothing "
+                        "and costs memory)")
     p.add_argument("--instances", type=int, default=1, help="model instances (processes) per model (default 1)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"most pixels (images x height x width) per request (default {MAX_PIXELS}, one 4K frame)")

@@ -249,7 +249,9 @@ class Server:
         http_port, grpc_port, metrics_port: the ports (Triton's defaults 8000, 8001, 8002).
         max_batch_size: the most images a batch holds (a request's and the batcher's).
         max_queue_delay_ms: how long the dynamic batcher waits for more same-shape requests (0: never waits).
-        batching: False turns Triton's dynamic batcher off (each request runs alone).
+        batching: whether queued requests of one size run together (a request's own batch always does);
+            default: on a GPU yes, on the CPU no (measured on the CPU: no faster, and several times the
+            memory; ``benchmarks/bench_serve.py``).
         instances: model instances (processes) per model, each running one batch at a time.
         max_pixels: the most pixels (images x height x width) one request may carry.
         request_timeout_s: a request still queued after this long is refused (0: no limit).
@@ -264,7 +266,7 @@ class Server:
     def __init__(self, models=(), *, repository: str | os.PathLike | None = None, host: str = "127.0.0.1",
                  http_port: int = DEFAULT_PORTS[0], grpc_port: int = DEFAULT_PORTS[1],
                  metrics_port: int = DEFAULT_PORTS[2], max_batch_size: int = 8,
-                 max_queue_delay_ms: float = 0.0, batching: bool = True, instances: int = 1,
+                 max_queue_delay_ms: float = 0.0, batching: bool | None = None, instances: int = 1,
                  max_pixels: int | None = None, request_timeout_s: float = 0.0, device: str = "cpu",
                  threads: int | None = None, memory_mb: float | None = None, log: str | os.PathLike | None = None,
                  verbose: bool = False, exit_timeout_s: int = 30):
@@ -279,7 +281,7 @@ class Server:
         self.ports = {"http": int(http_port), "grpc": int(grpc_port), "metrics": int(metrics_port)}
         self.max_batch_size = int(max_batch_size)
         self.max_queue_delay_ms = float(max_queue_delay_ms)
-        self.batching = bool(batching)
+        self.batching = (device == "gpu") if batching is None else bool(batching)
         self.instances = int(instances)
         self.max_pixels = int(max_pixels if max_pixels is not None else MAX_PIXELS)
         self.request_timeout_s = float(request_timeout_s)

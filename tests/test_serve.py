@@ -86,7 +86,7 @@ def multistyle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(multistyle):
     with Server(["starry_night", "the_scream", f"multi={multistyle}"], max_batch_size=8, max_queue_delay_ms=2,
-                max_pixels=MAX_PIXELS, **_ports()) as srv:
+                batching=True, max_pixels=MAX_PIXELS, **_ports()) as srv:
         yield srv
 
 
@@ -268,6 +268,12 @@ def test_load_eight_clients_mixed_sizes_no_errors_and_bounded_memory(server):
           f"server memory {before:.0f} -> {after:.0f} MB")
     assert after - before < 150, f"server memory grew from {before:.0f} to {after:.0f} MB"
     assert server.ready()
+    text = urllib.request.urlopen(server.urls["metrics"], timeout=10).read().decode()
+    counts = {ln.split("{")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+              if ln.startswith(("nv_inference_request_success{", "nv_inference_exec_count{"))
+              and 'model="starry_night"' in ln}
+    # fewer model executions than requests: the batcher put requests together
+    assert counts["nv_inference_exec_count"] < counts["nv_inference_request_success"], counts
 
 
 # -- lifecycle: each its own server
@@ -322,6 +328,32 @@ def test_sigkill_then_restart_serves_again():
         client = httpclient.InferenceServerClient(again.urls["http"].split("//", 1)[1])
         assert _http_infer(client, "starry_night", _image(1, 32, 32)).shape == (1, 3, 32, 32)
         client.close()
+
+
+def test_request_timeout_refuses_what_waited_too_long_and_instances_share_the_queue():
+    with Server(["starry_night"], max_batch_size=1, instances=2, request_timeout_s=0.25, **_ports()) as srv:
+        assert len(_stubs_of(srv.pid)) == 2  # two model processes
+        url = srv.urls["http"].split("//", 1)[1]
+        x = _image(1, 384, 384)
+
+        def send(_):
+            c = httpclient.InferenceServerClient(url)
+            try:
+                return _http_infer(c, "starry_night", x)
+            except InferenceServerException as e:
+                return e
+            finally:
+                c.close()
+
+        with ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(send, range(10)))
+        done = [r for r in results if isinstance(r, np.ndarray)]
+        refused = [r for r in results if not isinstance(r, np.ndarray)]
+        assert len(done) >= 2 and refused, results  # the first two run at once; the last waited > 0.25 s
+        assert all("timeout" in str(e).lower() for e in refused), refused
+        c = httpclient.InferenceServerClient(url)  # and it keeps serving
+        assert _http_infer(c, "starry_night", _image(1, 32, 32)).shape == (1, 3, 32, 32)
+        c.close()
 
 
 def _serve_cli(*args: str) -> tuple[subprocess.Popen, list[str]]:

@@ -367,7 +367,8 @@ def test_python_backend_models_for_nst_serve_and_nst_export(schema, tmp_path):
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["nst_runtime"] == "stylizer" and params["nst_model"] == str(model.resolve())
     assert params["nst_fallback"] == str(model.resolve()) and params["nst_threads"] == "1"
-    write_serve_model(tmp_path / "serve", "plain", model, dynamic_batching=False)
-    assert not _parse(schema, tmp_path / "serve" / "plain" / "config.pbtxt").HasField("dynamic_batching")
+    write_serve_model(tmp_path / "serve", "plain", model, dynamic_batching=False, timeout_us=1000)
+    q = _parse(schema, tmp_path / "serve" / "plain" / "config.pbtxt").dynamic_batching
+    assert list(q.preferred_batch_size) == [1] and q.default_queue_policy.default_timeout_microseconds == 1000
     with pytest.raises(NSTError, match="does not exist"):
         write_serve_model(tmp_path / "serve", "gone", tmp_path / "nothing.onnx")
