@@ -138,7 +138,7 @@ def stylize_video(stylize: Callable[[np.ndarray], np.ndarray], src: str | os.Pat
                 streams = [vin] + ([ain] if ain is not None else [])
                 pending: list[tuple[int, np.ndarray, np.ndarray]] = []
                 stab = _Stabilizer(stabilize)
-                first_pts = [None]
+                first_pts: int | None = None  # the output starts at 0
                 done = 0
 
                 def flush() -> None:
@@ -183,10 +183,10 @@ def stylize_video(stylize: Callable[[np.ndarray], np.ndarray], src: str | os.Pat
                             continue
                         if t_end is not None and t >= t_end - 1e-6:
                             break
-                        if first_pts[0] is None:
-                            first_pts[0] = frame.pts or 0
+                        if first_pts is None:
+                            first_pts = frame.pts or 0
                         raw = frame.to_ndarray(format="rgb24")
-                        pending.append(((frame.pts or 0) - first_pts[0], raw.astype(np.float32) / 255.0, raw))
+                        pending.append(((frame.pts or 0) - first_pts, raw.astype(np.float32) / 255.0, raw))
                         if len(pending) >= batch:
                             flush()
                 flush()

@@ -436,15 +436,16 @@ def test_the_nst_export_repository_loads(tmp_path):
     from nst_deploy.export.cli import main as export_main
 
     repo = tmp_path / "repo"
-    assert export_main([str(MODELS_DIR / "johnson__starry_night.pt"), "-o", str(tmp_path / "out"), "--format",
-                        "onnx", "--triton-repo", str(repo), "--triton-python", "--triton-kind", "cpu"]) == 0
+    out = tmp_path / "out"
+    assert export_main([str(MODELS_DIR / "johnson__starry_night.pt"), "-o", str(out), "--format",
+                        "onnx,torchscript", "--triton-repo", str(repo), "--triton-python", "--triton-kind", "cpu"]) == 0
     assert (repo / "johnson__starry_night_python" / "1" / "model.py").is_file()
     with pytest.raises(NSTError, match="Python-backend models only"):
         Server(["johnson__starry_night"], repository=repo, **_ports())
     x = _image(2, 64, 48)
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     want = np.clip(sess.run(["stylized"], {"image": x})[0], 0, 1)
     with Server(repository=repo, **_ports()) as srv:
         assert list(srv.models) == ["johnson__starry_night_python"]
@@ -454,3 +455,22 @@ def test_the_nst_export_repository_loads(tmp_path):
         with pytest.raises(InferenceServerException, match="NaN or Inf"):
             _http_infer(client, "johnson__starry_night_python", np.full_like(x, np.inf))
         client.close()
+    # the same export served by nst serve: the folder (its ONNX model) and its TorchScript file
+    with Server([str(out), f"ts={out / 'model.pt'}"], **_ports()) as srv:
+        assert list(srv.models) == ["out", "ts"]
+        client = httpclient.InferenceServerClient(srv.urls["http"].split("//", 1)[1])
+        np.testing.assert_allclose(_http_infer(client, "out", x), want, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(_http_infer(client, "ts", x), want, atol=1e-4, rtol=0)
+        client.close()
+
+
+def test_ctrl_c_stops_cleanly():
+    ports = _ports()
+    proc, lines = _serve_cli("the_scream", *[f"--{k.replace('_', '-')}={v}" for k, v in ports.items()])
+    _wait_for(lines, "ready:", proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0, lines
+    time.sleep(0.1)
+    assert any("SIGINT" in ln for ln in lines) and any("stopped (server exit code 0)" in ln for ln in lines), lines
+    with socket.socket() as s:  # the ports are free again
+        s.bind(("127.0.0.1", ports["http_port"]))
