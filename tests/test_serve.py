@@ -472,5 +472,6 @@ def test_ctrl_c_stops_cleanly():
     assert proc.wait(60) == 0, lines
     time.sleep(0.1)
     assert any("SIGINT" in ln for ln in lines) and any("stopped (server exit code 0)" in ln for ln in lines), lines
-    with socket.socket() as s:  # the ports are free again
+    with socket.socket() as s:  # nothing listens there any more (connections closing may linger: REUSEADDR)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", ports["http_port"]))
