@@ -26,7 +26,7 @@ import torch
 from .images import cover_crop, resize_longest
 from .lossnets import LossNetwork, load_lossnet
 
-__all__ = ["STYLE_LAYERS", "CONTENT_LAYER", "Judge", "Scores", "lab", "sliced_wasserstein"]
+__all__ = ["STYLE_LAYERS", "CONTENT_LAYER", "Judge", "Scores", "drift", "lab", "sliced_wasserstein"]
 
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 CONTENT_LAYER = "relu4_2"
@@ -133,3 +133,25 @@ class Judge:
         palette_ratio = (sliced_wasserstein(lab(_pixels(output)), self.painting_lab)
                          / max(sliced_wasserstein(lab(_pixels(photo)), self.painting_lab), 1e-12))
         return Scores(style_ratio, content_ratio, palette_ratio, border_ratio(output), border_ratio(photo))
+
+
+def drift(reference: torch.Tensor, other: torch.Tensor, photo: torch.Tensor, size: int = 512,
+          net: LossNetwork | None = None) -> dict[str, float]:
+    """How much of a stylization ``other`` loses against ``reference`` (two outputs for one ``photo``, e.g. an
+    int8 network's and its fp32 original's), with the measures above and no painting needed:
+
+    * ``style_drift``: the Gram distance of ``other`` to ``reference`` over the photo's own (0: the same
+      style statistics; 1: as far from them as the unstyled photo);
+    * ``content_drift``: the relu4_2 distance of ``other`` to ``reference`` over the photo's;
+    * ``psnr_db``: the pixel PSNR of ``other`` against ``reference`` (in [0, 1]).
+    """
+    judge = Judge(reference, size=size, net=net)
+    ref = judge.painting
+    o = cover_crop(resize_longest(other.float(), size), tuple(ref.shape[-2:]))
+    p = cover_crop(resize_longest(photo.float(), size), tuple(ref.shape[-2:]))
+    style = judge.style_distance(o) / max(judge.style_distance(p), 1e-12)
+    with torch.no_grad():
+        fr, fo, fp = (judge.net(t, [CONTENT_LAYER])[CONTENT_LAYER] for t in (ref, o, p))
+    content = float(torch.linalg.norm(fo - fr) / torch.linalg.norm(fp - fr).clamp_min(1e-12))
+    mse = float(((other.float().clamp(0, 1) - reference.float().clamp(0, 1)) ** 2).mean())
+    return {"style_drift": style, "content_drift": content, "psnr_db": 10 * np.log10(1 / max(mse, 1e-12))}
