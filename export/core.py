@@ -54,7 +54,8 @@ RTOL = {"fp32": 1e-3, "fp16": 1e-2, "fp16-io": 1e-2}
 #: written model's ``opset_import`` against the opset asked for.
 OPSETS = (18, 23)
 #: The file names an export writes; the only ones it ever replaces or removes in an output folder.
-ARTIFACT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx_tiles": "model.tiles.onnx"}
+ARTIFACT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx_tiles": "model.tiles.onnx",
+                  "onnx_int8": "model.int8.onnx"}
 MANIFEST = "manifest.json"
 
 
@@ -160,8 +161,9 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, s
 
     ``static=(H, W)`` fixes height and width (the batch stays dynamic). ``tiles=True`` exports ``net``
     as a :class:`~nst_deploy.tiling.StatsGraph` (inputs ``image``, ``stats``, ``mix``; outputs
-    ``stylized``, ``stats``). The graph is checked by ``onnx.checker`` (full check) and strict shape
-    inference; the metadata goes into ``metadata_props``.
+    ``stylized``, ``stats``). Convolutions with few output channels are rewritten in space-to-depth form
+    (:mod:`~nst_deploy.export.graph_opt`: exact, faster on the CPU). The graph is checked by ``onnx.checker``
+    (full check) and strict shape inference; the metadata goes into ``metadata_props``.
     """
     import onnx
 
@@ -208,6 +210,10 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, s
     for key, value in _metadata(meta, "onnx_tiles" if tiles else "onnx").items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
+    if int(meta.get("tiling", {}).get("multiple", 4)) % 2 == 0:  # its inputs have even sides: see graph_opt
+        from .graph_opt import space_to_depth_convs
+
+        space_to_depth_convs(model)
     store_exact_fp16(model)
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -404,7 +410,8 @@ def _commit(stage: Path, out: Path, written: list[str], stale: set[str]) -> None
 
 def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, formats=FORMATS, opset: int = 18,
                  check: bool = True, precision: str = "fp32", static: tuple[int, int] | None = None,
-                 triton_repo: str | os.PathLike | None = None, triton: dict | None = None, log=None) -> dict:
+                 triton_repo: str | os.PathLike | None = None, triton: dict | None = None, log=None,
+                 int8: bool = False, calibration: str | os.PathLike | None = None) -> dict:
     """Export a model file to ``out_dir``, verify, write the manifest (and a Triton model repository).
 
     Writes ``model.pt`` (TorchScript), ``model.onnx`` and ``model.tiles.onnx`` (ONNX; the tiles graph
@@ -412,6 +419,9 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
     :data:`PRECISIONS`; ``static=(H, W)`` fixes the ONNX height and width; ``triton_repo`` also writes
     an NVIDIA Triton model repository (``triton``: keyword arguments of
     :func:`~nst_deploy.export.triton.write_triton_repo`, e.g. ``max_batch_size``, ``instances``).
+    ``int8`` also writes ``model.int8.onnx`` (:mod:`~nst_deploy.export.quantize`: calibrated on the photographs
+    of the ``calibration`` folder, else the bundled ones), refused if its quality drop passes
+    :data:`~nst_deploy.export.quantize.BOUNDS`; the drop is recorded in the manifest (``int8``).
 
     Every argument, the output folder and the Triton repository are checked before any work. The files are
     built in a staging folder and moved into ``out_dir`` only when all of them, verification included,
@@ -436,6 +446,12 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
     if precision not in PRECISIONS:
         raise NSTError(f"unknown precision '{precision}': choose from {', '.join(PRECISIONS)}")
     _check_opset(opset)
+    if int8 and ("onnx" not in formats or precision != "fp32"):
+        raise NSTError("--int8 quantizes the float32 ONNX export: keep the onnx format and leave out --fp16")
+    if calibration is not None and not int8:
+        raise NSTError("--calibration is for --int8")
+    if calibration is not None and not Path(calibration).is_dir():
+        raise NSTError(f"calibration folder '{calibration}' is not a folder")
     if triton_repo is not None:  # the Triton arguments and repository are checked before anything is exported
         t = dict(triton or {})
         if int(t.get("max_batch_size", 8)) < 0 or int(t.get("instances", 1)) < 1:
@@ -471,7 +487,7 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
         raise NSTError(f"cannot write the output folder '{out}': {e.strerror or e}") from None
     try:
         spec = _ExportSpec(Path(model_path), net, meta, formats, opset, check, precision, static, multiple,
-                           triton_repo, triton, log)
+                           triton_repo, triton, log, int8, calibration)
         manifest = _export_into(stage, out, spec)
         written = [a["file"] for a in manifest["artifacts"].values()]
         # an interrupt while the finished export is moved into place (milliseconds) would leave a
@@ -491,6 +507,35 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
     return manifest
 
 
+def _int8(stage: Path, artifacts: dict[str, Path], spec: _ExportSpec, n_styles: int) -> dict:
+    """``model.int8.onnx`` from the staged ``model.onnx``, its quality drop measured and bounded."""
+    import numpy as np
+
+    from nst_deploy.imageio import read_rgb
+
+    from .quantize import BOUNDS, calibration_images, int8_drift, quantize_int8
+
+    source = str(spec.calibration) if spec.calibration is not None else "the bundled photographs"
+    spec.log(f"ONNX: int8 quantization, calibrated on {source}")
+    images = calibration_images(spec.calibration)
+    path = quantize_int8(artifacts["onnx"], stage / ARTIFACT_FILES["onnx_int8"], images, n_styles)
+    spec.log("measuring the int8 model's quality drop")
+    data = Path(__file__).resolve().parents[1] / "nst_deploy" / "data"
+    photos = [np.ascontiguousarray((read_rgb(data / n, size=384)).transpose(2, 0, 1)[None], dtype=np.float32)
+              for n in ("chelsea.jpg", "coffee.jpg")]
+    drift = int8_drift(artifacts["onnx"], path, photos, n_styles)
+    worst = drift["worst"]
+    bad = [f"{k} {worst[k]:.3g} (bound {b:g})" for k, b in BOUNDS.items()
+           if (worst[k] < b if k == "psnr_db" else worst[k] > b)]
+    if bad:
+        raise NSTError(f"the int8 model loses too much against the float32 one: {', '.join(bad)}; export without "
+                       f"--int8, or calibrate on photographs like yours with --calibration DIR")
+    artifacts["onnx_int8"] = path
+    return {"calibration": source, "calibration_images": len(images), "bounds": BOUNDS, "worst": worst,
+            "photos": [dict(name=n, **{k: round(v, 4) for k, v in r.items()})
+                       for n, r in zip(("chelsea.jpg", "coffee.jpg"), drift["photos"], strict=True)]}
+
+
 @dataclass(frozen=True)
 class _ExportSpec:
     """One export, its arguments checked: the model file and its loaded network and metadata, what to
@@ -508,6 +553,8 @@ class _ExportSpec:
     triton_repo: str | os.PathLike | None
     triton: dict | None
     log: Callable[[str], None]
+    int8: bool = False
+    calibration: str | os.PathLike | None = None
 
 
 def _export_into(stage: Path, out: Path, spec: _ExportSpec) -> dict:
@@ -548,6 +595,7 @@ def _export_into(stage: Path, out: Path, spec: _ExportSpec) -> dict:
         shapes = VERIFY_SHAPES if static is None else ((1, *static), (2, *static))
         report = verify(module, artifacts, shapes=shapes, rtol=RTOL[precision], io_dtype=_io_dtype(precision),
                         reference=None if precision == "fp32" else net, n_styles=n_styles)
+    quantized = _int8(stage, artifacts, spec, n_styles) if spec.int8 else None
     manifest = {
         "model": Path(spec.model_path).name, "arch": meta.get("arch"), "config": meta.get("config"),
         "style": meta.get("style"), "precision": precision, "static": meta["static"],
@@ -557,6 +605,8 @@ def _export_into(stage: Path, out: Path, spec: _ExportSpec) -> dict:
                       for fmt, p in artifacts.items()},
         "verification": report or None,
     }
+    if quantized is not None:
+        manifest["int8"] = quantized
     if spec.triton_repo is not None:
         from .triton import write_triton_repo
 

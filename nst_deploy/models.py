@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from .errors import NSTError
 
-__all__ = ["MODELS_DIR", "bundled_models", "bundled_onnx", "load_paths", "model_path"]
+__all__ = ["MODELS_DIR", "bundled_int8", "bundled_models", "bundled_onnx", "int8_beside", "load_paths", "model_path"]
 
 #: Where the bundled models live: ``<arch>__<style>.pt``.
 MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
@@ -45,10 +46,33 @@ def model_path(name: str | os.PathLike) -> Path:
 
 def load_paths(model: Path, on_cpu: bool) -> tuple[Path, Path | None]:
     """``(path, fallback)`` for ``Stylizer.load``: on the CPU a bundled model runs from its ONNX copy (no torch
-    to import, ONNX Runtime's speed) with the model file as the fallback for images that need tiles (the
-    copy holds no tiles graph); anything else from its own file."""
-    fast = bundled_onnx(model) if on_cpu else None
+    to import, ONNX Runtime's speed; the int8 one where bundled) with the model file as the fallback for
+    images that need tiles (the copies hold no tiles graph); anything else from its own file."""
+    fast = (bundled_int8(model) or bundled_onnx(model)) if on_cpu else None
     return (fast, Path(model)) if fast is not None else (Path(model), None)
+
+
+def int8_beside(onnx: Path) -> Path | None:
+    """The int8 model an nst-export folder holds beside its ``model.onnx`` (``nst-export --int8``: listed in
+    the manifest, its quality drop checked at export), or None."""
+    onnx = Path(onnx)
+    int8 = onnx.with_name("model.int8.onnx")
+    if onnx.name != "model.onnx" or not int8.is_file():
+        return None
+    try:
+        manifest = json.loads((onnx.parent / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    listed = isinstance(manifest, dict) and isinstance(manifest.get("artifacts"), dict) and \
+        (manifest["artifacts"].get("onnx_int8") or {}).get("file") == int8.name
+    return int8 if listed else None
+
+
+def bundled_int8(model: Path) -> Path | None:
+    """The int8 ONNX copy of a bundled model file (``<name>.int8.onnx`` beside it), or None."""
+    onnx = bundled_onnx(model)
+    int8 = onnx.with_suffix(".int8.onnx") if onnx is not None else None
+    return int8 if int8 is not None and int8.is_file() else None
 
 
 def bundled_onnx(model: Path) -> Path | None:

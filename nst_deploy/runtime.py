@@ -119,7 +119,9 @@ class Stylizer:
             path: ``model.onnx``, ``model.pt`` (TorchScript, with its ``manifest.json``) or a model file.
             device: ``auto``, ``cpu``, ``cuda[:N]`` (for ONNX: picks the execution providers).
             providers: ONNX Runtime execution providers, in order (default: TensorRT, CUDA, CPU as available).
-            precision: ``None`` (the file's), ``fp32`` or ``fp16``. Eager models and float32
+            precision: ``None`` (the file's; on the CPU, the ``model.int8.onnx`` of an nst-export folder when
+                ``path`` is its ``model.onnx`` and it has one), ``fp32``, ``fp16`` or ``int8`` (that file, which must
+                exist; images that need tiles run on ``model.onnx``). Eager models and float32
                 TorchScript cast to fp16; ONNX files must have been exported in it (``nst-export --fp16``).
             memory_mb: working-memory budget of one call; larger images run in tiles (default: half
                 the memory available at load, on the GPU for CUDA).
@@ -139,8 +141,18 @@ class Stylizer:
         path = Path(path)
         if not path.is_file():
             raise NSTError(f"model '{path}' does not exist")
-        if precision not in (None, "fp32", "fp16"):
-            raise NSTError(f"precision must be fp32 or fp16, not '{precision}'")
+        if precision not in (None, "fp32", "fp16", "int8"):
+            raise NSTError(f"precision must be fp32, fp16 or int8, not '{precision}'")
+        if precision == "int8" or (precision is None and path.suffix == ".onnx" and fallback is None):
+            from .devices import gpu_present
+            from .models import int8_beside
+
+            int8 = int8_beside(path)
+            if precision == "int8" and int8 is None:
+                raise NSTError(f"'{path}' has no int8 model beside it: export with nst-export --int8")
+            on_cpu = device == "cpu" or (device == "auto" and not gpu_present() and not providers)
+            if int8 is not None and (precision == "int8" or on_cpu):
+                path, fallback, precision = int8, path, None
         if memory_mb is not None and not memory_mb > 0:
             raise NSTError(f"memory_mb must be positive, got {memory_mb}")
         st = cls(open_backend(path, device, providers, precision), memory_mb=memory_mb)

@@ -27,7 +27,11 @@ ONNX = bundled_models()["johnson__starry_night"].with_suffix(".onnx")
 
 @pytest.fixture(scope="module")
 def stylizer():
-    return Stylizer.load(ONNX, device="cpu")
+    """What nst run starry_night runs on the CPU (its int8 copy, the model file for tiles)."""
+    from nst_deploy.models import load_paths
+
+    path, fallback = load_paths(bundled_models()["johnson__starry_night"], on_cpu=True)
+    return Stylizer.load(path, device="cpu", fallback=fallback)
 
 
 @pytest.fixture()
