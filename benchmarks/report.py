@@ -163,10 +163,13 @@ def runtime_table(rows: list[dict], path: Path) -> str:
             lines.append(f"| {shape} | {r['provider']} | {r['precision']} | failed: {r['error'][:60]} | | | | |")
             continue
         err = r.get("max_error_vs_eager")
+        err = "" if err is None else f"{err:.1e}"
+        q = r.get("int8_quality")
+        if q:  # the export's measured quality drop on photographs
+            err += f" (photos: {100 * q['style_drift']:.1f}% of the style lost, {q['psnr_db']:.0f} dB)"
         lines.append(
             f"| {shape} | {r['provider']} | {r['precision']} | {_fmt(r.get('p50_ms'))} | {_fmt(r.get('p99_ms'))} | "
-            f"{_fmt(r.get('images_per_s'), 2)} | {_fmt(r.get('peak_mb'), 0)} | "
-            f"{'' if err is None else f'{err:.1e}'} |"
+            f"{_fmt(r.get('images_per_s'), 2)} | {_fmt(r.get('peak_mb'), 0)} | {err} |"
         )
     return _head(rows, path) + "\n".join(lines) + "\n"
 

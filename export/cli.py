@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="also write model.int8.onnx (ONNX Runtime static quantization, faster on the CPU), its "
                         "quality drop against float32 measured and bounded")
+    p.add_argument("--no-graph-opt", action="store_true",
+                   help="leave out the exact graph rewrites that speed up ONNX Runtime (space-to-depth of the last "
+                        "convolution)")
     p.add_argument("--calibration", metavar="DIR",
                    help="photographs to calibrate --int8 on (default: the bundled ones)")
     t = p.add_argument_group("serving with NVIDIA Triton Inference Server")
@@ -75,7 +78,7 @@ def _main(argv: list[str] | None) -> int:
                                     [f.strip() for f in args.format.split(",") if f.strip()], args.opset,
                                     check=not args.no_verify, precision=precision, static=args.static,
                                     triton_repo=args.triton_repo, triton=triton, int8=args.int8,
-                                    calibration=args.calibration,
+                                    calibration=args.calibration, graph_opt=not args.no_graph_opt,
                                     log=lambda msg: print(f"nst-export: {msg}", file=sys.stderr))
     except NSTError as e:
         print(f"nst-export: error: {e}", file=sys.stderr)

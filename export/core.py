@@ -156,14 +156,15 @@ def _dims(static: tuple[int, int] | None) -> dict:
 
 
 def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, static: tuple[int, int] | None = None,
-                tiles: bool = False) -> Path:
+                tiles: bool = False, graph_opt: bool = True) -> Path:
     """ONNX via ``torch.onnx.export(dynamo=True)`` with dynamic batch, height and width; checked.
 
     ``static=(H, W)`` fixes height and width (the batch stays dynamic). ``tiles=True`` exports ``net``
     as a :class:`~nst_deploy.tiling.StatsGraph` (inputs ``image``, ``stats``, ``mix``; outputs
     ``stylized``, ``stats``). Convolutions with few output channels are rewritten in space-to-depth form
-    (:mod:`~nst_deploy.export.graph_opt`: exact, faster on the CPU). The graph is checked by ``onnx.checker``
-    (full check) and strict shape inference; the metadata goes into ``metadata_props``.
+    (:mod:`~nst_deploy.export.graph_opt`: exact, faster on the CPU; ``graph_opt=False`` leaves them). The
+    graph is checked by ``onnx.checker`` (full check) and strict shape inference; the metadata goes into
+    ``metadata_props``.
     """
     import onnx
 
@@ -210,7 +211,7 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, s
     for key, value in _metadata(meta, "onnx_tiles" if tiles else "onnx").items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
-    if int(meta.get("tiling", {}).get("multiple", 4)) % 2 == 0:  # its inputs have even sides: see graph_opt
+    if graph_opt and int(meta.get("tiling", {}).get("multiple", 4)) % 2 == 0:  # even sides inside: see graph_opt
         from .graph_opt import space_to_depth_convs
 
         space_to_depth_convs(model)
@@ -411,7 +412,7 @@ def _commit(stage: Path, out: Path, written: list[str], stale: set[str]) -> None
 def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, formats=FORMATS, opset: int = 18,
                  check: bool = True, precision: str = "fp32", static: tuple[int, int] | None = None,
                  triton_repo: str | os.PathLike | None = None, triton: dict | None = None, log=None,
-                 int8: bool = False, calibration: str | os.PathLike | None = None) -> dict:
+                 int8: bool = False, calibration: str | os.PathLike | None = None, graph_opt: bool = True) -> dict:
     """Export a model file to ``out_dir``, verify, write the manifest (and a Triton model repository).
 
     Writes ``model.pt`` (TorchScript), ``model.onnx`` and ``model.tiles.onnx`` (ONNX; the tiles graph
@@ -422,6 +423,7 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
     ``int8`` also writes ``model.int8.onnx`` (:mod:`~nst_deploy.export.quantize`: calibrated on the photographs
     of the ``calibration`` folder, else the bundled ones), refused if its quality drop passes
     :data:`~nst_deploy.export.quantize.BOUNDS`; the drop is recorded in the manifest (``int8``).
+    ``graph_opt=False`` leaves out the exact graph rewrites of :mod:`~nst_deploy.export.graph_opt`.
 
     Every argument, the output folder and the Triton repository are checked before any work. The files are
     built in a staging folder and moved into ``out_dir`` only when all of them, verification included,
@@ -487,7 +489,7 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, form
         raise NSTError(f"cannot write the output folder '{out}': {e.strerror or e}") from None
     try:
         spec = _ExportSpec(Path(model_path), net, meta, formats, opset, check, precision, static, multiple,
-                           triton_repo, triton, log, int8, calibration)
+                           triton_repo, triton, log, int8, calibration, graph_opt)
         manifest = _export_into(stage, out, spec)
         written = [a["file"] for a in manifest["artifacts"].values()]
         # an interrupt while the finished export is moved into place (milliseconds) would leave a
@@ -555,6 +557,7 @@ class _ExportSpec:
     log: Callable[[str], None]
     int8: bool = False
     calibration: str | os.PathLike | None = None
+    graph_opt: bool = True
 
 
 def _export_into(stage: Path, out: Path, spec: _ExportSpec) -> dict:
@@ -579,14 +582,15 @@ def _export_into(stage: Path, out: Path, spec: _ExportSpec) -> dict:
             artifacts["torchscript"] = export_torchscript(module, meta, stage / ARTIFACT_FILES["torchscript"])
         if "onnx" in spec.formats:
             log("ONNX: exporting the network")
-            artifacts["onnx"] = export_onnx(module, meta, stage / ARTIFACT_FILES["onnx"], spec.opset, static=static)
+            artifacts["onnx"] = export_onnx(module, meta, stage / ARTIFACT_FILES["onnx"], spec.opset, static=static,
+                                            graph_opt=spec.graph_opt)
             if static is None:
                 from nst_deploy.tiling import StatsGraph
 
                 log("ONNX: exporting the tiles graph (instance-norm statistics as an input)")
                 graph = _TilesPrecision(StatsGraph(net), precision).eval()
                 artifacts["onnx_tiles"] = export_onnx(graph, meta, stage / ARTIFACT_FILES["onnx_tiles"], spec.opset,
-                                                      tiles=True)
+                                                      tiles=True, graph_opt=spec.graph_opt)
     except OSError as e:
         raise NSTError(f"cannot write the output folder '{out}': {e.strerror or e}") from None
     report = {}
@@ -604,6 +608,7 @@ def _export_into(stage: Path, out: Path, spec: _ExportSpec) -> dict:
         "artifacts": {fmt: {"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
                       for fmt, p in artifacts.items()},
         "verification": report or None,
+        "graph_opt": spec.graph_opt,
     }
     if quantized is not None:
         manifest["int8"] = quantized

@@ -278,3 +278,18 @@ def test_bench_serve_times_direct_and_served(tmp_path):
     assert all(r["p50_ms"] > 0 and r["images_per_s"] > 0 for r in rows)
     assert all(r["overhead_vs_direct"] > 0 for r in rows if r["clients"] == 1 and r["provider"] != "direct Stylizer")
     assert "| 64x48 | HTTP, no batching | 2 |" in report.serve_table(rows, path)
+
+
+def test_bench_runtime_times_the_cpu_variants(tmp_path):
+    import bench_runtime
+
+    assert bench_runtime.main(["--sizes", "64x48", "--runs", "1", "--seconds", "0", "--out-dir", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("runtime-*.json")
+    rows = json.loads(path.read_text())
+    got = {r["provider"]: r for r in rows}
+    assert {"eager", "torchscript", "onnxruntime-CPUExecutionProvider", "onnxruntime-int8",
+            "onnxruntime-no-graph-opt"} <= set(got)
+    assert all(r.get("error") is None and r["p50_ms"] > 0 for r in rows), [r.get("error") for r in rows]
+    assert got["onnxruntime-int8"]["precision"] == "int8" and got["onnxruntime-int8"]["int8_quality"]["psnr_db"] > 28
+    assert got["onnxruntime-no-graph-opt"]["max_error_vs_eager"] < 1e-4
+    assert "% of the style lost" in report.runtime_table(rows, path)
