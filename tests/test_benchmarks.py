@@ -231,7 +231,8 @@ def test_bench_cli_times_the_commands(tmp_path):
     (path,) = tmp_path.glob("cli-*.json")
     rows = json.loads(path.read_text())
     names = [r["provider"] for r in rows]
-    assert names[:3] == ["nst run NAME (bundled, ONNX copy)", "nst run model.onnx", "nst run model.pt (TorchScript)"]
+    assert names[:4] == ["nst run NAME (bundled, int8 copy)", "nst run model.onnx",
+                         "nst run model.onnx (--int8 export)", "nst run model.pt (TorchScript)"]
     assert all(r["error"] is None and r["wall_s"] > 0 for r in rows), [r["error"] for r in rows]
     assert any("no torch" in n for n in names)
     table = report.cli_table(rows, path)

@@ -13,7 +13,7 @@ from PIL import Image
 from nst_deploy.controls import RGB_TO_YIQ, apply_controls, local_contrast
 from nst_deploy.errors import NSTError
 from nst_deploy.images import load_image
-from nst_deploy.models import bundled_models
+from nst_deploy.models import bundled_models, load_paths
 from nst_deploy.quality import Judge
 from nst_deploy.runtime import Stylizer
 
@@ -119,7 +119,8 @@ def test_nst_run_controls_without_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.stdout.split() == ["0", "False"], proc.stdout + proc.stderr
     got = np.asarray(Image.open(tmp_path / "o.png")).astype(int)
-    s = Stylizer.load(bundled_models()["johnson__starry_night"].with_suffix(".onnx"), device="cpu")
+    path, fallback = load_paths(bundled_models()["johnson__starry_night"], on_cpu=True)  # what nst run loads
+    s = Stylizer.load(path, device="cpu", fallback=fallback)
     want = np.asarray(s(Image.open(photo), strength=0.5, preserve_color=True)).astype(int)
     assert np.abs(got - want).max() <= 1
     bad = subprocess.run([sys.executable, "-m", "nst_deploy.cli", "run", "starry_night", str(photo), "-o",
