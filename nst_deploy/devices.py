@@ -13,8 +13,8 @@ import sys
 
 from .errors import NSTError
 
-__all__ = ["DEVICE_TYPES", "available_memory", "cpu_threads", "deterministic", "gpu_present", "is_out_of_memory",
-           "resolve_device"]
+__all__ = ["DEVICE_TYPES", "available_memory", "cache_dir", "cpu_threads", "deterministic", "gpu_present",
+           "is_out_of_memory", "resolve_device"]
 
 #: Device types the package runs on.
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
@@ -65,6 +65,15 @@ def cpu_threads() -> int | None:
     except ValueError:
         return None
     return n if n > 0 else None
+
+
+def cache_dir(kind: str) -> str:
+    """Where built artefacts of ``kind`` (e.g. ``tensorrt``: engines built for one GPU) are kept between runs:
+    ``$NST_CACHE_DIR/kind``, else ``$XDG_CACHE_HOME/nst-deploy/kind``, else ``~/.cache/nst-deploy/kind``.
+    Not created here."""
+    root = os.environ.get("NST_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "nst-deploy")
+    return os.path.join(root, kind)
 
 
 def available_memory(device) -> int | None:

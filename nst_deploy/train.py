@@ -36,7 +36,7 @@ from .errors import NSTError
 from .fsutil import atomic_write, check_folder, check_writable, load_torch, sha256_file
 from .images import load_image, save_image, source_size
 from .interrupts import DeferredInterrupt
-from .losses import LossTerms, PerceptualLoss
+from .losses import LossTerms, PerceptualLoss, balanced_style_layers
 from .lossnets import LOSSNETS, load_lossnet
 from .nets import create, list_models
 from .nets.io import load_model, save_model
@@ -76,6 +76,7 @@ class TrainOptions:
     style_layers: str = "relu1_2,relu2_2,relu3_3,relu4_3"
     content_weight: float = 1.0
     style_weight: float = 5e-6
+    balance_style: bool = False
     tv_weight: float = 1e4
     level_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
     min_crop: float = 0.35
@@ -158,7 +159,10 @@ class TrainOptions:
 
     def learned(self) -> dict:
         """The options that decide what is learned (the resume check and the model's metadata)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUN_CONTROL}
+        learned = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUN_CONTROL}
+        if not self.balance_style:  # absent when off: the digests of runs from before the option stay valid
+            del learned["balance_style"]
+        return learned
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -295,11 +299,14 @@ class Trainer:
         with torch.no_grad():
             probe = self.lossnet(torch.zeros(1, 3, size, size, device=self.device), list(content)) if content else {}
         content = {name: w / probe[name][0].numel() for name, w in content.items()}
-        loss = PerceptualLoss(self.lossnet, content, parse_layers(o.style_layers, "style layers"),
-                              content_weight=o.content_weight, style_weight=o.style_weight, tv_weight=o.tv_weight)
         style = (self.style_images[style_index] if k == 0
-                 else load_image(self.style_files[0], size=o.style_side(self.style_native) * 2 ** k))
-        loss.set_style(style.to(self.device))
+                 else load_image(self.style_files[0], size=o.style_side(self.style_native) * 2 ** k)).to(self.device)
+        style_layers = parse_layers(o.style_layers, "style layers")
+        if o.balance_style:
+            style_layers = balanced_style_layers(self.lossnet, style, style_layers)
+        loss = PerceptualLoss(self.lossnet, content, style_layers,
+                              content_weight=o.content_weight, style_weight=o.style_weight, tv_weight=o.tv_weight)
+        loss.set_style(style)
         return loss
 
     def _config_digest(self) -> str:
@@ -549,6 +556,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--style-layers", default=d.style_layers, help=f"default {d.style_layers}")
     p.add_argument("--content-weight", type=float, default=d.content_weight, help="alpha (default 1)")
     p.add_argument("--style-weight", type=float, default=d.style_weight, help=f"beta (default {d.style_weight})")
+    p.add_argument("--balance-style", action="store_true",
+                   help="weigh each style layer by the painting's own Gram norm, so that every layer counts alike "
+                        "(its squared relative Gram error); style weights of about 1e5 then, not 1e-5")
     p.add_argument("--tv-weight", type=float, default=d.tv_weight, help=f"default {d.tv_weight}")
     p.add_argument("--level-weights", default="1,0.5,0.25", help="multimodal: lambda_k (default 1,0.5,0.25)")
     p.add_argument("--min-crop", type=float, default=d.min_crop,

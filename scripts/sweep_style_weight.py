@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--judge-size", type=int, default=384)
+    ap.add_argument("--style-layers", default=TrainOptions.style_layers, help="nst train's --style-layers")
+    ap.add_argument("--content-layers", default=TrainOptions.content_layers, help="nst train's --content-layers")
+    ap.add_argument("--balance-style", action="store_true", help="nst train's --balance-style")
     args = ap.parse_args(argv)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -92,11 +95,14 @@ def main(argv=None) -> int:
     def options(weight: float, steps: int, work: Path) -> TrainOptions:
         return TrainOptions(style=str(args.style), data=str(photos), size=args.size, width=args.width,
                             batch=args.batch, lr=args.lr, style_weight=weight, steps=steps, workdir=str(work),
+                            style_layers=args.style_layers, content_layers=args.content_layers,
+                            balance_style=args.balance_style,
                             checkpoint_every=50, sample_every=10**9, log_every=10)
 
     record = {"style": args.style.name, "holdout": args.holdout, "judged_on": [p.name for p in judged_on],
               "sweep_steps": args.sweep_steps, "size": args.size, "width": args.width, "batch": args.batch,
-              "lr": args.lr, "candidates": []}
+              "lr": args.lr, "style_layers": args.style_layers, "content_layers": args.content_layers,
+              "balance_style": args.balance_style, "candidates": []}
     for w in args.weights:
         work = args.workdir / f"w{w:g}"
         model = args.workdir / f"w{w:g}.pt"

@@ -7,7 +7,7 @@ import torch
 from nst_deploy.kernels import gram, gram_ref
 
 from nst_deploy.errors import NSTError
-from nst_deploy.losses import PerceptualLoss, content_loss, gram_style_loss, tv_loss
+from nst_deploy.losses import PerceptualLoss, balanced_style_layers, content_loss, gram_style_loss, tv_loss
 from nst_deploy.lossnets import load_lossnet
 from nst_deploy.recipes import PRESETS, parse_layers
 
@@ -62,6 +62,25 @@ def test_perceptual_loss_zero_at_targets_and_drops_zero_weights():
     assert other > 1.0
     with pytest.raises(NSTError, match="nothing to optimize"):
         PerceptualLoss(net, {"conv4_2": 0.0}, {"conv1_1": 0.0})
+
+
+def test_balanced_style_layers_make_each_term_its_squared_relative_gram_error():
+    net = load_lossnet("vgg19")
+    torch.manual_seed(0)
+    style, x = torch.rand(1, 3, 48, 40), torch.rand(1, 3, 40, 48)
+    layers = balanced_style_layers(net, style, {"relu1_1": 1.0, "relu3_1": 2.0, "relu5_1": 1.0})
+    with torch.no_grad():
+        fs, fx = net(style, list(layers)), net(x, list(layers))
+    expected = {}
+    for k in layers:
+        a, g = gram(fs[k].double(), "hw")[0], gram(fx[k].double(), "hw")[0]
+        expected[k] = float(torch.linalg.norm(g - a) ** 2 / torch.linalg.norm(a) ** 2)
+    expected["relu3_1"] *= 2.0  # the given weight is kept as a factor
+    for k, w in layers.items():
+        loss = PerceptualLoss(net, {}, {k: w}, 1.0, 1.0)
+        loss.set_style(style)
+        with torch.no_grad():
+            assert loss(x)[1].style == pytest.approx(expected[k], rel=1e-3), k
 
 
 def test_parse_layers_and_presets():

@@ -152,6 +152,42 @@ def test_cuda_tensors_bound_in_place(exported):
     assert (ts(x.cuda()).cpu() - cpu(x)).abs().max() < 2e-2
 
 
+def test_provider_options_and_engine_cache(monkeypatch, tmp_path):
+    from nst_deploy.backends import provider_options
+    from nst_deploy.devices import cache_dir
+
+    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path / "c"))
+    opts = dict(provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+                                 fp16=True))
+    trt = opts["TensorrtExecutionProvider"]
+    assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == str(tmp_path / "c" / "tensorrt")
+    assert trt["trt_engine_cache_enable"] == "True" and trt["trt_fp16_enable"] == "True"
+    assert dict(provider_options(["TensorrtExecutionProvider"]))["TensorrtExecutionProvider"]["trt_fp16_enable"] \
+        == "False"
+    assert opts["CUDAExecutionProvider"] == {"cudnn_conv_algo_search": "EXHAUSTIVE"}
+    assert opts["CPUExecutionProvider"] == {}
+    monkeypatch.delenv("NST_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cache_dir("tensorrt") == str(tmp_path / "x" / "nst-deploy" / "tensorrt")
+    Stylizer.load(bundled_models()["johnson__starry_night"].with_suffix(".onnx"), device="cpu")
+    assert not (tmp_path / "x" / "nst-deploy").exists()  # the CPU provider builds nothing
+
+
+def test_tensorrt_fp16_engine_cached(monkeypatch, tmp_path):
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" not in ort.get_available_providers() or not torch.cuda.is_available():
+        pytest.skip("onnxruntime has no TensorRT provider here")
+    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path / "cache"))
+    export_model(bundled_models()["johnson__starry_night"], tmp_path / "fp16", formats=("onnx",), precision="fp16")
+    x = torch.rand(1, 3, 128, 160)
+    ref = Stylizer.load(tmp_path / "fp16" / "model.onnx", device="cpu", precision="fp16")(x)
+    s = Stylizer.load(tmp_path / "fp16" / "model.onnx", device="cuda", providers=["TensorrtExecutionProvider"])
+    assert s.meta["providers"][0] == "TensorrtExecutionProvider"
+    assert (s(x.cuda()).float().cpu() - ref.float()).abs().max() < 3e-2
+    assert any((tmp_path / "cache" / "tensorrt").iterdir())  # the engine is kept for the next process
+
+
 def test_precision_option(exported):
     x = torch.rand(1, 3, 40, 56)
     ref = Stylizer.load(exported / "model.onnx")(x)

@@ -147,6 +147,23 @@ def test_training_lowers_the_loss(photos, style, tmp_path):
         assert torch.allclose(net(batch), tr.model.eval().cpu()(batch), atol=1e-6)
 
 
+def test_balance_style_weighs_the_layers_by_the_paintings_gram(photos, style, tmp_path):
+    o = _opts(photos, style, tmp_path, balance_style=True, style_weight=1e3, steps=2,
+              style_layers="relu1_1,relu2_1,relu3_1:0.5")
+    tr = _quiet_trainer(o, tmp_path / "m.pt")
+    layers = tr._level_loss(0).style.layers
+    plain = _quiet_trainer(_opts(photos, style, tmp_path / "plain", style_layers="relu1_1,relu2_1,relu3_1:0.5"),
+                           tmp_path / "p.pt")
+    assert tr._level_loss(0).style_layers != plain._level_loss(0).style_layers
+    assert layers == ["relu1_1", "relu2_1", "relu3_1"]
+    tr.run()
+    assert read_model(tmp_path / "m.pt")["meta"]["training"]["balance_style"] is True
+    assert "balance_style" not in plain.o.learned()  # off: the digests of earlier runs stay as they were
+    with pytest.raises(NSTError, match="other options"):  # a run with it on is not resumed with it off
+        _quiet_trainer(_opts(photos, style, tmp_path, style_weight=1e3, steps=4,
+                             style_layers="relu1_1,relu2_1,relu3_1:0.5"), tmp_path / "m.pt", resume=True).run()
+
+
 def test_resume_matches_uninterrupted(photos, style, tmp_path):
     # on a GPU only deterministic kernels in fp32 repeat a run exactly (resumed or not)
     kw = dict(deterministic=True, precision="fp32") if torch.cuda.is_available() else {}
