@@ -56,6 +56,9 @@ RUN_CONTROL = ("steps", "device", "deterministic", "workers", "checkpoint_every"
 #: The smallest side the painting is taken at by default. Measured (docs/feed-forward.md): at 128-px
 #: crops, a painting at 384 px instead of 128 lowered both the judged style and content ratios.
 MIN_STYLE_SIDE = 384
+#: The default style weights: the plain Gram terms, and the balanced ones (--balance-style), whose sum over
+#: relu1_1..relu5_1 is a few units on a photograph (the Starry Night sweep picked 6e4; docs/feed-forward.md).
+STYLE_WEIGHT, BALANCED_STYLE_WEIGHT = 5e-6, 6e4
 
 
 @dataclass
@@ -75,7 +78,7 @@ class TrainOptions:
     content_layers: str = "relu2_2"
     style_layers: str = "relu1_2,relu2_2,relu3_3,relu4_3"
     content_weight: float = 1.0
-    style_weight: float = 5e-6
+    style_weight: float | None = None  # see beta()
     balance_style: bool = False
     tv_weight: float = 1e4
     level_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
@@ -117,7 +120,7 @@ class TrainOptions:
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise NSTError(f"--{name} must be a positive number, got {v!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
-            v = getattr(self, name)
+            v = self.beta() if name == "style_weight" else getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise NSTError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v!r}")
         if not 0 < self.min_crop <= 1:
@@ -157,9 +160,17 @@ class TrainOptions:
             return {"width": float(self.width), "n_styles": len(self.styles())}
         return {"width": float(self.width)}
 
+    def beta(self) -> float:
+        """The style weight: ``style_weight``, else :data:`STYLE_WEIGHT` (plain layers) or
+        :data:`BALANCED_STYLE_WEIGHT` (``balance_style``: each layer's term a squared relative error)."""
+        if self.style_weight is not None:
+            return self.style_weight
+        return BALANCED_STYLE_WEIGHT if self.balance_style else STYLE_WEIGHT
+
     def learned(self) -> dict:
         """The options that decide what is learned (the resume check and the model's metadata)."""
         learned = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUN_CONTROL}
+        learned["style_weight"] = self.beta()
         if not self.balance_style:  # absent when off: the digests of runs from before the option stay valid
             del learned["balance_style"]
         return learned
@@ -305,7 +316,7 @@ class Trainer:
         if o.balance_style:
             style_layers = balanced_style_layers(self.lossnet, style, style_layers)
         loss = PerceptualLoss(self.lossnet, content, style_layers,
-                              content_weight=o.content_weight, style_weight=o.style_weight, tv_weight=o.tv_weight)
+                              content_weight=o.content_weight, style_weight=o.beta(), tv_weight=o.tv_weight)
         loss.set_style(style)
         return loss
 
@@ -555,10 +566,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--content-layers", default=d.content_layers, help=f"default {d.content_layers}")
     p.add_argument("--style-layers", default=d.style_layers, help=f"default {d.style_layers}")
     p.add_argument("--content-weight", type=float, default=d.content_weight, help="alpha (default 1)")
-    p.add_argument("--style-weight", type=float, default=d.style_weight, help=f"beta (default {d.style_weight})")
+    p.add_argument("--style-weight", type=float,
+                   help=f"beta (default {STYLE_WEIGHT:g}; {BALANCED_STYLE_WEIGHT:g} with --balance-style)")
     p.add_argument("--balance-style", action="store_true",
                    help="weigh each style layer by the painting's own Gram norm, so that every layer counts alike "
-                        "(its squared relative Gram error); style weights of about 1e5 then, not 1e-5")
+                        "(its squared relative Gram error)")
     p.add_argument("--tv-weight", type=float, default=d.tv_weight, help=f"default {d.tv_weight}")
     p.add_argument("--level-weights", default="1,0.5,0.25", help="multimodal: lambda_k (default 1,0.5,0.25)")
     p.add_argument("--min-crop", type=float, default=d.min_crop,

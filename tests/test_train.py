@@ -159,6 +159,8 @@ def test_balance_style_weighs_the_layers_by_the_paintings_gram(photos, style, tm
     tr.run()
     assert read_model(tmp_path / "m.pt")["meta"]["training"]["balance_style"] is True
     assert "balance_style" not in plain.o.learned()  # off: the digests of earlier runs stay as they were
+    assert plain.o.learned()["style_weight"] == 5e-6 and plain.o.beta() == 5e-6  # the defaults, as recorded
+    assert TrainOptions(balance_style=True).beta() == 6e4 and TrainOptions(style_weight=2.0).beta() == 2.0
     with pytest.raises(NSTError, match="other options"):  # a run with it on is not resumed with it off
         _quiet_trainer(_opts(photos, style, tmp_path, style_weight=1e3, steps=4,
                              style_layers="relu1_1,relu2_1,relu3_1:0.5"), tmp_path / "m.pt", resume=True).run()
