@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import NSTError
-from .kernels import gram_loss
+from .kernels import gram, gram_loss
 from .lossnets import LossNetwork
 from .styles import StyleLoss
 
@@ -56,10 +56,8 @@ def balanced_style_layers(net: LossNetwork, style: torch.Tensor, layers: dict[st
     feats = net(style, list(layers))
     out = {}
     for name, w in layers.items():
-        f = feats[name][:1].double()
-        n = f.shape[1]
-        f = f.reshape(n, -1)
-        a = f @ f.T / f.shape[1]
+        a = gram(feats[name][:1].double(), normalize="hw")[0]
+        n = a.shape[0]
         out[name] = float(w * 4.0 * n * n / a.square().sum().clamp_min(1e-30))
     return out
 
