@@ -7,6 +7,8 @@ photo's own), content ratio (relu4_2 distance to the photo over the painting's),
 Wasserstein in Lab) and border ratio (mean gradient in an 8-pixel border band over the interior; the
 photo's own beside it). With ``--optimize-steps N`` a per-image optimization (the Gatys preset, N
 L-BFGS steps) of the same photo and painting is scored too, as the reference for what the loss can reach.
+A multistyle model is scored on each of its styles, against its painting (found in ``nst_deploy/data`` or
+``--paintings``, the folder of ``scripts/fetch_paintings.sh``).
 
 Usage::
 
@@ -43,6 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--photos", nargs="*", type=Path, default=[],
                     help="photographs to judge on besides chelsea and coffee (e.g. the training folder's "
                          "held-out china.jpg, which scripts/fetch_training_photos.sh collects)")
+    ap.add_argument("--paintings", type=Path, help="the paintings' folder (scripts/fetch_paintings.sh) for the "
+                                                  "styles of a multistyle model")
     ap.add_argument("--out-dir")
     args = ap.parse_args(argv)
     from nst_deploy.images import load_image
@@ -56,14 +60,29 @@ def main(argv=None) -> int:
     if args.files:
         if args.style is None:
             ap.error("--files needs --style")
-        todo = [(p.stem, p, args.style) for p in args.files]
+        todo = [(p.stem, p, args.style, None) for p in args.files]
     else:
-        todo = [(stem.split("__", 1)[-1], path, DATA / (read_model(path)["meta"].get("style") or "")) for stem, path
-                in bundled_models().items() if not args.models or stem.split("__", 1)[-1] in args.models]
+        todo = []
+        for stem, path in bundled_models().items():
+            name, meta = stem.split("__", 1)[-1], read_model(path)["meta"]
+            if args.models and name not in args.models:
+                continue
+            if not meta.get("styles"):
+                todo.append((name, path, DATA / meta["style"], None))
+                continue
+            for i, st in enumerate(meta["styles"]):  # a multistyle model: each style against its painting
+                found = [d / st["file"] for d in (DATA, args.paintings) if d and (d / st["file"]).is_file()]
+                if not found:
+                    print(f"skipping {name} style {i} ({st['file']}): not in {DATA} nor --paintings",
+                          file=sys.stderr)
+                    continue
+                todo.append((f"{name}[{st['name']}]", path, found[0], i))
     with harness.keep_partial("quality", rows, args.out_dir):
-        for name, path, style_file in todo:
+        for name, path, style_file, index in todo:
             judge = Judge(load_image(style_file), size=args.size)
             model = Stylizer.load(path, device="cpu")
+            if index is not None:
+                model.style = index
             for photo_path in [DATA / p for p in PHOTOS] + list(args.photos):
                 photo_name = photo_path.name
                 photo = load_image(photo_path, size=args.size)

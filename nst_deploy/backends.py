@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, ONNX_STYLE, PRECISION_NAMES
+from .contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, ONNX_STYLE, PRECISION_NAMES, half_precision
 from .devices import cache_dir, cpu_threads, gpu_present
 from .errors import NSTError
 from .fsutil import sha256_file
@@ -239,7 +239,7 @@ def _check_meta(path: Path, meta: dict, kind: str) -> dict:
 
 def _half_io(path: Path, meta: dict, precision: str | None) -> bool:
     """Whether an exported file takes half-precision inputs, refusing a ``precision`` it was not exported in."""
-    have = meta.get("precision") or "fp32"
+    have = meta["precision"]
     if precision is not None and (precision == "fp32") != (have == "fp32"):
         flag = "--fp16" if precision == "fp16" else "no --fp16"
         raise NSTError(f"'{path}' was exported in {have}; for {precision}, export it with nst-export {flag}")
@@ -361,7 +361,7 @@ class OnnxBackend(Backend):
         _check_onnx_signature(path, sess, meta)
         self.half_io = _half_io(path, meta, precision)
         used = sess.get_providers()
-        if used[0] == "TensorrtExecutionProvider" and (meta.get("precision") or "fp32") != "fp32":
+        if used[0] == "TensorrtExecutionProvider" and half_precision(meta):
             sess = _session(path, device, providers, fp16=True)  # an fp16 export: TensorRT builds fp16 kernels
         meta["providers"] = used
         self.on_gpu = used[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -430,7 +430,7 @@ class OnnxBackend(Backend):
                     raise NSTError(f"this image needs tiling, but '{tpath.name}' is not beside '{self.path.name}': "
                                    "export with nst-export (without --static)")
                 self._tiles_sess = _session(tpath, self.device_name, self.providers, arena=False,
-                                            fp16=(self.meta.get("precision") or "fp32") != "fp32")
+                                            fp16=half_precision(self.meta))
             return self._tiles_sess
 
     def stats_runners(self):
@@ -546,7 +546,7 @@ class TorchScriptBackend(ModuleBackend):
         except ValueError:
             raise NSTError(f"TorchScript '{path}' has malformed metadata") from None
         meta = _check_meta(path, meta, "TorchScript")
-        if precision == "fp16" and (meta.get("precision") or "fp32") == "fp32":
+        if precision == "fp16" and not half_precision(meta):
             module.half()  # a float32 scripted module casts like an eager one
             meta["precision"], dtype = "fp16", torch.float16
         else:

@@ -309,7 +309,8 @@ def add_run(sub) -> None:
     p.add_argument("--stabilize", type=float, default=0.0,
                    help="video: 0 to 1, hold the output still where the input does not move (less flicker)")
     p.add_argument("--lossless", action="store_true", help="video: lossless RGB H.264 (large files)")
-    p.add_argument("--style", help="a multistyle model's style: an index (3) or a blend (0:0.5,3:0.5); default 0")
+    p.add_argument("--style", help="a multistyle model's style: an index (3) or name (the_scream), or a blend "
+                        "(0:0.5,the_scream:0.5); default 0 (nst run --list names them)")
     p.add_argument("--strength", type=float, default=1.0,
                    help="0 (the photo) to 1 (the full style, the default): a blend that keeps local contrast")
     p.add_argument("--preserve-color", action="store_true",

@@ -17,3 +17,8 @@ ONNX_INPUT, ONNX_OUTPUT = "image", "stylized"
 ONNX_STYLE = "style"
 #: Precisions of an export.
 PRECISION_NAMES = ("fp32", "fp16", "fp16-io")
+
+
+def half_precision(meta: dict) -> bool:
+    """Whether a file of checked metadata computes in 16-bit floats (``fp16`` or ``fp16-io``)."""
+    return meta["precision"] != "fp32"

@@ -51,27 +51,41 @@ def check_strength(strength: object) -> float:
     return s
 
 
-def style_weights(style, n_styles: int) -> np.ndarray:
-    """The style vector of a multistyle network (float32 ``(n_styles,)``, summing to one) from an index, a
-    ``{index: weight}`` dict or a sequence of ``n_styles`` weights (any array or tensor).
+def _style_index(key, n_styles: int, names) -> int:
+    """A style's index from its index or, where the network's metadata names its styles, its name."""
+    if isinstance(key, str) and not key.strip().lstrip("-").isdigit():
+        if key in (names or []):
+            return list(names).index(key)
+        have = f"its styles are {', '.join(names)}" if names else "its styles have no names: give an index"
+        raise NSTError(f"style '{key}' does not exist: {have}")
+    try:
+        if isinstance(key, bool) or int(key) != float(key):
+            raise ValueError
+        k = int(key)
+    except (TypeError, ValueError):
+        raise NSTError(f"style {key!r} is not an index or a style name") from None
+    if not 0 <= k < n_styles:
+        raise NSTError(f"style {k} does not exist: this network has styles 0 to {n_styles - 1}")
+    return k
+
+
+def style_weights(style, n_styles: int, names=None) -> np.ndarray:
+    """The style vector of a multistyle network (float32 ``(n_styles,)``, summing to one) from an index or a
+    style's name (``names``: the metadata's, in order), a ``{index or name: weight}`` dict or a sequence of
+    ``n_styles`` weights (any array or tensor).
 
     Raises:
-        NSTError: an index out of range, a negative or non-finite weight, all weights 0, or a vector of
-            another length.
+        NSTError: an index out of range, an unknown name, a negative or non-finite weight, all weights 0, or
+            a vector of another length.
     """
+    if isinstance(style, (str, int, float, np.integer, np.floating)) and not isinstance(style, bool):
+        style = {style: 1.0}
     if isinstance(style, bool):
         raise NSTError(f"style must be an index, {{index: weight}} or {n_styles} weights, not {style!r}")
-    if isinstance(style, (int, np.integer)):
-        if not 0 <= int(style) < n_styles:
-            raise NSTError(f"style {style} does not exist: this network has styles 0 to {n_styles - 1}")
-        w = np.zeros(n_styles, np.float64)
-        w[int(style)] = 1.0
-    elif isinstance(style, dict):
+    if isinstance(style, dict):
         w = np.zeros(n_styles, np.float64)
         for k, v in style.items():
-            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) < n_styles:
-                raise NSTError(f"style {k!r} does not exist: this network has styles 0 to {n_styles - 1}")
-            w[int(k)] += float(v)
+            w[_style_index(k, n_styles, names)] += float(v)
     else:
         try:
             w = np.asarray(style.detach().cpu() if hasattr(style, "detach") else style, np.float64).reshape(-1)
@@ -84,18 +98,22 @@ def style_weights(style, n_styles: int) -> np.ndarray:
     return (w / w.sum()).astype(np.float32)
 
 
-def parse_style(text: str) -> int | dict[int, float]:
-    """``nst run --style``: ``3`` (one style) or ``0:0.5,3:0.5`` (a blend)."""
+def parse_style(text: str) -> str | dict[str, float]:
+    """``nst run --style``: one style by index or name (``3``, ``the_scream``) or a blend of
+    ``style:weight`` pairs (``0:0.5,3:0.5``); the network resolves names (:func:`style_weights`)."""
+    text = text.strip()
+    if ":" not in text:
+        if not text:
+            raise NSTError("--style is empty: give an index (3), a name or style:weight pairs (0:0.5,3:0.5)")
+        return text
+    out: dict[str, float] = {}
     try:
-        if ":" not in text:
-            return int(text)
-        out: dict[int, float] = {}
         for part in text.split(","):
             k, v = part.split(":")
-            out[int(k)] = out.get(int(k), 0.0) + float(v)
-        return out
+            out[k.strip()] = out.get(k.strip(), 0.0) + float(v)
     except ValueError:
-        raise NSTError(f"--style '{text}': give an index (3) or index:weight pairs (0:0.5,3:0.5)") from None
+        raise NSTError(f"--style '{text}': give an index (3), a name or style:weight pairs (0:0.5,3:0.5)") from None
+    return out
 
 
 def _box_mean(x: np.ndarray, r: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, brief_error, open_backend
-from .contract import MAX_SIDE, MIN_SIDE
+from .contract import MAX_SIDE, MIN_SIDE, half_precision
 from .controls import apply_controls, check_strength, style_weights
 from .devices import available_memory, is_out_of_memory
 from .errors import NSTError
@@ -77,8 +77,9 @@ class Stylizer:
         progress: ``progress(done, total)`` called after each tile, or ``None``.
         strength: 0 (the photo) to 1 (the network's output, the default); see :mod:`nst_deploy.controls`.
         preserve_color: keep the photo's colours, with the output's luminance (default False).
-        style: a multistyle network's style: an index (default 0), ``{index: weight}`` or a weight vector
-            (see :func:`nst_deploy.controls.style_weights`); ``n_styles`` says how many it has (0: one style).
+        style: a multistyle network's style: an index (default 0) or a style's name, ``{index or name:
+            weight}`` or a weight vector (see :func:`nst_deploy.controls.style_weights`); ``n_styles`` says
+            how many it has (0: one style).
     """
 
     def __init__(self, engine: Backend, memory_mb: float | None = None):
@@ -213,7 +214,7 @@ class Stylizer:
 
     def working_bytes(self, n: int, h: int, w: int) -> int:
         """Estimated working memory of running ``n`` images of ``h x w`` whole."""
-        per = 4 if (self.meta.get("precision") or "fp32") == "fp32" else 2
+        per = 2 if half_precision(self.meta) else 4
         return int(n * h * w * self._floats_per_pixel() * per)
 
     def needs_tiles(self, n: int, h: int, w: int) -> bool:
@@ -281,7 +282,8 @@ class Stylizer:
             if style is not None:
                 raise NSTError(f"{self.engine.label} has one style: it takes no style choice")
             return self.engine
-        return self.engine.bound(style_weights(self.style if style is None else style, self.n_styles))
+        names = [st.get("name") for st in self.meta.get("styles") or []]
+        return self.engine.bound(style_weights(self.style if style is None else style, self.n_styles, names))
 
     def _infer(self, x, engine: Backend):
         """The network on a float tensor ``(N, 3, H, W)``, whole, its output checked; float32 on the CPU."""

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from nst_deploy.fsutil import atomic_write, sha256_file  # noqa: E402
 from nst_deploy.images import load_image, save_image  # noqa: E402
 from nst_deploy.nets.io import load_model, read_model  # noqa: E402
+from nst_deploy.nets.multistyle import style_vector  # noqa: E402
 
 MODELS = ROOT / "nst_deploy" / "data" / "models"
 DOCS = ROOT / "docs" / "models"
@@ -81,11 +82,13 @@ def loss_curve(history: list[dict], path: Path, title: str) -> None:
 
 
 def before_after(model: Path, photo: Path, out: Path, size: int = 384) -> None:
+    """The photo and what the model makes of it side by side (a multistyle model: every style, smaller)."""
     net, _ = load_model(model)
-    x = load_image(photo, size=size)
+    n = getattr(net, "n_styles", 0)
+    x = load_image(photo, size=size if not n else 256)
     with torch.no_grad():
-        y = net(x)
-    save_image(torch.cat([x, y], dim=-1), out, quality=88)
+        ys = [net(x)] if not n else [net(x, style_vector(i, n)[None]) for i in range(n)]
+    save_image(torch.cat([x, *ys], dim=-1), out, quality=88)
 
 
 def onnx_copy(model: Path) -> Path:
@@ -147,6 +150,9 @@ def main(argv=None) -> int:
             "options": log["options"], "images_per_s_last": hist[-1]["images_per_s"] if hist else None,
             "loss_curve": hist,
         }
+        if state["meta"].get("styles"):  # multistyle: its paintings, in the order of the style vector
+            record["styles"] = state["meta"]["styles"]
+            record["paintings"] = {"how": "scripts/fetch_paintings.sh (docs/paintings.md)"}
         if args.sweep:
             record["style_weight_sweep"] = json.loads(args.sweep.read_text())
         net, meta = load_model(m)

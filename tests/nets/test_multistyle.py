@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from nst_deploy.cli import main
-from nst_deploy.controls import style_weights
+from nst_deploy.controls import parse_style, style_weights
 from nst_deploy.errors import NSTError
 from nst_deploy.nets import create
 from nst_deploy.nets.io import load_model, save_model
@@ -56,9 +56,23 @@ def test_style_weights_are_checked():
     assert np.allclose(style_weights([2, 2], 2), [0.5, 0.5])
     for bad, msg in ((3, "does not exist"), (-1, "does not exist"), ({5: 1.0}, "does not exist"),
                      ([1, 2], "3 weights"), ([0, 0, 0], "not all 0"), ([1, -1, 1], "at least 0"),
-                     ([1, float("nan"), 0], "finite"), (True, "index")):
+                     ([1, float("nan"), 0], "finite"), (True, "index"), ("b", "no names"), (1.5, "not an index")):
         with pytest.raises(NSTError, match=msg):
             style_weights(bad, 3)
+
+
+def test_styles_by_name():
+    names = ["a", "b", "c"]
+    assert np.allclose(style_weights("c", 3, names), [0, 0, 1])
+    assert np.allclose(style_weights("1", 3, names), [0, 1, 0])
+    assert np.allclose(style_weights({"a": 1, 2: 1}, 3, names), [0.5, 0, 0.5])
+    with pytest.raises(NSTError, match="its styles are a, b, c"):
+        style_weights("d", 3, names)
+    assert parse_style("the_scream") == "the_scream"
+    assert parse_style("0:0.5, the_scream:0.5") == {"0": 0.5, "the_scream": 0.5}
+    for bad in ("", "a:b", "0:1:2"):
+        with pytest.raises(NSTError, match="--style"):
+            parse_style(bad)
 
 
 def test_adding_a_style_keeps_the_others_exactly():
@@ -158,13 +172,14 @@ def test_export_runtime_and_cli(trained, tmp_path):
     # nst run --style
     photo = tmp_path / "p.png"
     Image.fromarray((x * 255).astype(np.uint8)).save(photo)
-    for style, want in (("2", 2), ("0:0.5,1:0.5", {0: 0.5, 1: 0.5})):
-        out = tmp_path / f"o{len(style)}.png"
+    for i, (style, want) in enumerate((("2", 2), ("0:0.5,1:0.5", {0: 0.5, 1: 0.5}), ("stripes", 2),
+                                       ("the_scream:0.5,0:0.5", {0: 0.5, 1: 0.5}))):
+        out = tmp_path / f"o{i}.png"
         assert main(["run", str(tmp_path / "exp" / "model.onnx"), str(photo), "-o", str(out), "--style", style,
                      "-q"]) == 0
         ref = np.asarray(Stylizer.load(tmp_path / "exp" / "model.onnx")(Image.open(photo), style=want)).astype(int)
         assert np.abs(np.asarray(Image.open(out)).astype(int) - ref).max() <= 1
-    for bad in ("7", "a:b", "0:-1"):
+    for bad in ("7", "a:b", "0:-1", "monet"):
         assert main(["run", str(tmp_path / "exp" / "model.onnx"), str(photo), "-o", str(tmp_path / "bad.png"),
                      "--style", bad, "-q"]) != 0
     assert not (tmp_path / "bad.png").exists()
