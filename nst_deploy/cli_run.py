@@ -64,9 +64,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .nets.io import bundled_models, read_model
 
         for stem, p in bundled_models().items():
-            meta = read_model(p)["meta"]
-            print(f"{stem.split('__', 1)[-1]:16s} {read_model(p)['arch']:10s} style {meta.get('style')}, "
-                  f"{meta.get('steps')} steps  ({p})")
+            state = read_model(p)
+            meta, styles = state["meta"], state["meta"].get("styles") or []
+            what = f"{len(styles)} styles" if styles else f"style {meta.get('style')}"
+            print(f"{stem.split('__', 1)[-1]:16s} {state['arch']:10s} {what}, {meta.get('steps')} steps  ({p})")
+            for i, st in enumerate(styles):  # a multistyle network: --style takes the index or the name
+                print(f"  --style {i} or {st.get('name')}")
         return 0
     if args.sheet is not None:
         return _run_sheet(args)

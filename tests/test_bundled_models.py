@@ -10,6 +10,7 @@ import torch
 from nst_deploy.kernels import gram
 
 from nst_deploy.cli import main
+from nst_deploy.fsutil import sha256_file
 from nst_deploy.images import cover_crop, load_image
 from nst_deploy.lossnets import load_lossnet
 from nst_deploy.nets.io import bundled_models, load_model, read_model
@@ -17,6 +18,20 @@ from nst_deploy.nets.io import bundled_models, load_model, read_model
 DATA = Path(__file__).resolve().parents[1] / "nst_deploy" / "data"
 LAYERS = ["relu1_2", "relu2_2", "relu3_3", "relu4_3"]
 EXPECTED = {"johnson__starry_night": "starry_night.jpg", "johnson__the_scream": "the_scream.jpg"}
+#: The multistyle network's styles, in the order of its style vector (the paintings: scripts/fetch_paintings.sh).
+MULTI = "multistyle__paintings"
+MULTI_STYLES = ["starry_night", "the_scream", "shipwreck", "bridgewater_madonna", "mona_lisa",
+                "girl_with_a_pearl_earring", "cafe_terrace_at_night", "the_night_cafe"]
+#: (model, style index or None, the painting where the package has it): every bundled style.
+EVERY_STYLE = [(name, None, painting) for name, painting in EXPECTED.items()] + [
+    (MULTI, i, f"{n}.jpg" if (DATA / f"{n}.jpg").is_file() else None) for i, n in enumerate(MULTI_STYLES)]
+
+
+def _stylize(net, x, index):
+    from nst_deploy.nets.multistyle import style_vector
+
+    with torch.no_grad():
+        return net(x) if index is None else net(x, style_vector(index, net.n_styles)[None])
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +52,9 @@ def _style_distance(net, x, style) -> float:
 
 def test_bundled_models_are_listed_and_small():
     models = bundled_models()
-    assert set(EXPECTED) <= set(models)
+    assert set(EXPECTED) | {MULTI} <= set(models)
+    # every file of every bundled model (fp16 weights, ONNX, int8 ONNX, records) under 8 MB in all
+    assert sum(f.stat().st_size for f in models[MULTI].parent.iterdir()) < 8e6
     for name, path in models.items():
         assert path.stat().st_size <= 8 * 2**20
         state = read_model(path)
@@ -51,17 +68,30 @@ def test_bundled_models_are_listed_and_small():
         assert not any("chelsea" in f["file"] or "coffee" in f["file"] for f in record["data"]["files"]), name
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_bundled_model_stylizes_an_unseen_photo(vgg, name):
+def test_bundled_multistyle_network_names_its_paintings():
+    path = bundled_models()[MULTI]
+    net, meta = load_model(path)
+    assert net.n_styles == len(MULTI_STYLES) and [st["name"] for st in meta["styles"]] == MULTI_STYLES
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert [st["sha256"] for st in record["styles"]] == [st["sha256"] for st in meta["styles"]]
+    assert meta["styles"][0]["sha256"] == sha256_file(DATA / "starry_night.jpg")
+    # each style is its own picture: the outputs of any two styles differ clearly
+    x = load_image(DATA / "chelsea.jpg", size=128)
+    outs = [_stylize(net, x, i) for i in range(net.n_styles)]
+    gaps = [float((a - b).abs().mean()) for i, a in enumerate(outs) for b in outs[i + 1:]]
+    assert min(gaps) > 0.03, gaps
+
+
+@pytest.mark.parametrize("name,index,painting", [s for s in EVERY_STYLE if s[2]])
+def test_bundled_model_stylizes_an_unseen_photo(vgg, name, index, painting):
     net, meta = load_model(bundled_models()[name])
-    assert meta["style"] == EXPECTED[name]
-    style = load_image(DATA / EXPECTED[name], size=192)
+    assert index is not None or meta["style"] == painting
+    style = load_image(DATA / painting, size=192)
     # the style distance falls 2.6x-11x on both photographs (measured at 128-256 px: after / before
     # 0.09-0.17 for Starry Night, 0.11-0.38 for The Scream, whose colours are far from the cat's)
     for photo_name in ("coffee.jpg", "chelsea.jpg"):
         photo = load_image(DATA / photo_name, size=192)
-        with torch.no_grad():
-            out = net(photo)
+        out = _stylize(net, photo, index)
         assert out.shape == photo.shape
         before, after = _style_distance(vgg, photo, style), _style_distance(vgg, out, style)
         assert after < 0.5 * before, (photo_name, before, after)
@@ -83,8 +113,8 @@ def test_nst_run_with_a_bundled_name(tmp_path, capsys):
     assert "bundled models: " in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_no_border_fringe(name):
+@pytest.mark.parametrize("name,index,painting", EVERY_STYLE)
+def test_no_border_fringe(name, index, painting):
     """The outermost 2 px of an output are no busier than its interior (a flat grey input: within 20 %) and
     than the photo's own borders allow (at most 0.15 over the larger of 1 and the photo's ratio: a style
     adds texture everywhere, the borders included). Without the networks' mirrored margin the bundled
@@ -95,8 +125,8 @@ def test_no_border_fringe(name):
     torch.manual_seed(0)
     flat = 0.5 + 0.02 * torch.rand(1, 3, 256, 256)
     with torch.no_grad():
-        assert border_ratio(net(flat), 2) < 1.2
+        assert border_ratio(_stylize(net, flat, index), 2) < 1.2
         for photo in ("chelsea", "coffee"):
             x = load_image(DATA / f"{photo}.jpg", size=384)
-            own, out = border_ratio(x, 2), border_ratio(net(x), 2)
+            own, out = border_ratio(x, 2), border_ratio(_stylize(net, x, index), 2)
             assert out <= max(own, 1.0) + 0.15, (photo, out, own)
