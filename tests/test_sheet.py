@@ -26,14 +26,15 @@ def test_sheet_holds_every_bundled_style_labelled(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.stdout.split() == ["0", "False"], proc.stdout + proc.stderr
     sheet = np.asarray(Image.open(out)).astype(int)
-    models = bundled_models()
-    n = len(models) + 1
+    cells = [np.asarray(Image.open(photo)).astype(int)]
+    for p in bundled_models().values():  # a multistyle network: one cell per style
+        s = Stylizer.load(bundled_onnx(p), device="cpu")
+        for k in range(s.n_styles) if s.n_styles else [None]:
+            cells.append(np.asarray(s(Image.open(photo), style=k)).astype(int))
+    n = len(cells)
     cols = min(5, int(np.ceil(np.sqrt(n))))
     rows = int(np.ceil(n / cols))
     assert sheet.shape == (rows * (80 + LABEL_H) + (rows + 1) * GAP, cols * 120 + (cols + 1) * GAP, 3)
-    cells = [np.asarray(Image.open(photo)).astype(int)]
-    for p in models.values():
-        cells.append(np.asarray(Stylizer.load(bundled_onnx(p), device="cpu")(Image.open(photo))).astype(int))
     for k, want in enumerate(cells):
         r, c = divmod(k, cols)
         x0, y0 = GAP + c * (120 + GAP), GAP + r * (80 + LABEL_H + GAP)
