@@ -78,10 +78,10 @@ def style_weights(style, n_styles: int, names=None) -> np.ndarray:
         NSTError: an index out of range, an unknown name, a negative or non-finite weight, all weights 0, or
             a vector of another length.
     """
-    if isinstance(style, (str, int, float, np.integer, np.floating)) and not isinstance(style, bool):
-        style = {style: 1.0}
     if isinstance(style, bool):
         raise NSTError(f"style must be an index, {{index: weight}} or {n_styles} weights, not {style!r}")
+    if isinstance(style, (str, int, float, np.integer, np.floating)):  # one style: a one-entry blend
+        style = {style: 1.0}
     if isinstance(style, dict):
         w = np.zeros(n_styles, np.float64)
         for k, v in style.items():

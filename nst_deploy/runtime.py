@@ -207,6 +207,11 @@ class Stylizer:
             return "tensor", (image.shape[0], image.shape[2], image.shape[3]), image.detach()
         raise NSTError(f"expected an image path, PIL image, numpy array or tensor, not {type(image).__name__}")
 
+    @property
+    def style_names(self) -> list:
+        """A multistyle network's style names, in the order of its style vector (its metadata's; may be empty)."""
+        return [st.get("name") for st in self.meta.get("styles") or []]
+
     # -- memory and tiling
     def _floats_per_pixel(self) -> float:
         t = self.meta.get("tiling") or {}
@@ -282,8 +287,8 @@ class Stylizer:
             if style is not None:
                 raise NSTError(f"{self.engine.label} has one style: it takes no style choice")
             return self.engine
-        names = [st.get("name") for st in self.meta.get("styles") or []]
-        return self.engine.bound(style_weights(self.style if style is None else style, self.n_styles, names))
+        return self.engine.bound(style_weights(self.style if style is None else style, self.n_styles,
+                                               self.style_names))
 
     def _infer(self, x, engine: Backend):
         """The network on a float tensor ``(N, 3, H, W)``, whole, its output checked; float32 on the CPU."""

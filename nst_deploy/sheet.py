@@ -51,7 +51,7 @@ def contact_sheet(photo: np.ndarray, models: dict[str, os.PathLike], *, columns:
         path = Path(path)
         s = Stylizer.load(bundled_onnx(path) or path, device=device)
         # a multistyle network: one picture per style, named as its metadata names them
-        named = [st.get("name") for st in s.meta.get("styles") or []]
+        named = s.style_names
         styles = [(f"{k}: {named[k] if k < len(named) else name}", k) for k in range(s.n_styles)] or [(name, None)]
         for label, k in styles:
             y = s(photo, style=k, strength=strength, preserve_color=preserve_color)
