@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from nst_deploy.contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, ONNX_STYLE, PRECISION_NAMES
+from nst_deploy.contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, ONNX_STYLE, PRECISION_NAMES, style_count
 from nst_deploy.errors import NSTError
 from nst_deploy.fsutil import atomic_write, sha256_file
 from nst_deploy.interrupts import interrupts_held
@@ -103,11 +103,6 @@ class _TilesPrecision(torch.nn.Module):
         return (y.float() if self.precision == "fp16" else y), own
 
 
-def _n_styles(meta: dict) -> int:
-    """A multistyle network's style count (its second input's width), else 0."""
-    return int((meta.get("config") or {}).get("n_styles") or 0) if meta.get("arch") == "multistyle" else 0
-
-
 def _io_dtype(precision: str) -> torch.dtype:
     return torch.float16 if precision == "fp16-io" else torch.float32
 
@@ -174,7 +169,7 @@ def export_onnx(net: torch.nn.Module, meta: dict, path: Path, opset: int = 18, s
     h, w = static or (8 * multiple, 10 * multiple)
     x = torch.rand(1, 3, h, w).to(dtype)
     dims = _dims(static)
-    n_styles = _n_styles(meta)
+    n_styles = style_count(meta)
     style = torch.full((1, n_styles), 1.0 / max(n_styles, 1))
     if tiles:
         n_stats = 2 * sum(meta["tiling"]["norm_channels"])
@@ -565,7 +560,7 @@ def _export_into(stage: Path, out: Path, spec: _ExportSpec) -> dict:
     from nst_deploy.tiling import probe
 
     net, precision, static, log = spec.net, spec.precision, spec.static, spec.log
-    n_styles = _n_styles(spec.meta)
+    n_styles = style_count(spec.meta)
     if n_styles:  # probe the network with one style bound (the layout of its norms is the same for every style)
         first = torch.zeros(1, n_styles)
         first[0, 0] = 1.0

@@ -30,7 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import MAX_SIDE, MIN_SIDE, ONNX_INPUT, ONNX_OUTPUT, ONNX_STYLE, PRECISION_NAMES, half_precision
+from .contract import (
+    MAX_SIDE,
+    MIN_SIDE,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+    ONNX_STYLE,
+    PRECISION_NAMES,
+    half_precision,
+    style_count,
+)
 from .devices import cache_dir, cpu_threads, gpu_present
 from .errors import NSTError
 from .fsutil import sha256_file
@@ -177,7 +186,7 @@ def _check_onnx_signature(path: Path, sess, meta: dict) -> None:
         raise NSTError(f"ONNX model '{path}' is not an nst-export style network: {why}")
 
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
-    n_styles = int((meta.get("config") or {}).get("n_styles") or 0) if meta.get("arch") == "multistyle" else 0
+    n_styles = style_count(meta)
     if n_styles:  # a multistyle network's second input: the style vector, (N, n_styles) float32
         if len(inputs) != 2 or inputs[1].name != ONNX_STYLE or list(inputs[1].shape or [])[1:] != [n_styles] \
                 or inputs[1].type != "tensor(float)":
@@ -298,7 +307,7 @@ class Backend:
         self.scale = int(meta.get("output_scale") or 1)
         self._lock = threading.Lock()
         #: styles of a multistyle network (its second input, the style vector), else 0
-        self.n_styles = int((meta.get("config") or {}).get("n_styles") or 0) if meta.get("arch") == "multistyle" else 0
+        self.n_styles = style_count(meta)
 
     def bound(self, weights: np.ndarray) -> Backend:
         """A view of this backend that runs a multistyle network with the style vector ``weights``."""

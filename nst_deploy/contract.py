@@ -22,3 +22,8 @@ PRECISION_NAMES = ("fp32", "fp16", "fp16-io")
 def half_precision(meta: dict) -> bool:
     """Whether a file of checked metadata computes in 16-bit floats (``fp16`` or ``fp16-io``)."""
     return meta["precision"] != "fp32"
+
+
+def style_count(meta: dict) -> int:
+    """A multistyle network's style count (the width of its style input), else 0."""
+    return int((meta.get("config") or {}).get("n_styles") or 0) if meta.get("arch") == "multistyle" else 0
