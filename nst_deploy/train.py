@@ -96,6 +96,8 @@ class TrainOptions:
     log_every: int = 10
     workdir: str | None = None
     base: str | None = None
+    init: str | None = None
+    init_style: str | None = None
 
     def styles(self) -> list[str]:
         """The style images: one, or several for the multistyle network."""
@@ -143,6 +145,10 @@ class TrainOptions:
                            "learns several in one network)")
         if self.base is not None and self.arch != "multistyle":
             raise NSTError("--add-to takes a multistyle model (--arch multistyle)")
+        if self.init is not None and self.arch != "johnson":
+            raise NSTError(f"--init starts a Johnson network (--arch johnson), not --arch {self.arch}")
+        if self.init_style is not None and self.init is None:
+            raise NSTError("--init-style picks a style of the --init model: give --init too")
         return self
 
     def style_side(self, native: int | None = None) -> int:
@@ -173,6 +179,9 @@ class TrainOptions:
         learned["style_weight"] = self.beta()
         if not self.balance_style:  # absent when off: the digests of runs from before the option stay valid
             del learned["balance_style"]
+        for name in ("init", "init_style"):  # the same for these
+            if learned[name] is None:
+                del learned[name]
         return learned
 
 
@@ -255,6 +264,9 @@ class Trainer:
             self.model = self._extended_base(o).to(self.device)
         else:
             self.model = create(o.arch, **o.net_config()).to(self.device)
+        self.init_meta: dict = {}
+        if o.init is not None:
+            self._load_init(o)
         self.n_styles = getattr(self.model, "n_styles", 1)
         self.levels = o.levels if o.arch == "multimodal" else 1
         self.lossnet = load_lossnet(o.net, o.weights, pooling=o.pooling, device=self.device)
@@ -297,6 +309,37 @@ class Trainer:
         self.trained_from = old
         return net
 
+    def _load_init(self, o: TrainOptions) -> None:
+        """--init: start from a trained Johnson model, or from one style of a multistyle model (its
+        convolutions and that style's scales and shifts); every weight then learns."""
+        net, meta = load_model(o.init)
+        arch = meta.get("arch")
+        style = None
+        if arch == "multistyle":
+            names = [s.get("name") for s in meta.get("styles", []) if isinstance(s, dict)]
+            pick = "0" if o.init_style is None else str(o.init_style)
+            if pick.isdigit() and int(pick) < net.n_styles:
+                k = int(pick)
+            elif pick in names:
+                k = names.index(pick)
+            else:
+                raise NSTError(f"--init-style '{pick}': '{o.init}' has styles 0 to {net.n_styles - 1}"
+                               + (f" ({', '.join(names)})" if names else ""))
+            style = names[k] if k < len(names) else str(k)
+            net = net.single_style(k)
+        elif arch != "johnson":
+            raise NSTError(f"--init '{o.init}' is a {arch} model: give a johnson or multistyle one")
+        elif o.init_style is not None:
+            raise NSTError(f"--init-style: '{o.init}' is a one-style (johnson) model")
+        want = {"width": float(o.width), "n_residual": self.model.n_residual}
+        have = {"width": net.width, "n_residual": net.n_residual}
+        if have != want:
+            raise NSTError(f"--init '{o.init}' has width {net.width:g} and {net.n_residual} residual blocks; "
+                           f"this run trains width {o.width:g} with {self.model.n_residual}: use --width {net.width:g}")
+        self.model.load_state_dict(net.state_dict())
+        self.init_meta = {"model": Path(o.init).name, "sha256": sha256_file(o.init), "arch": arch,
+                          **({"style": style} if style is not None else {})}
+
     def _level_loss(self, k: int, style_index: int = 0) -> PerceptualLoss:
         o = self.o
         size = o.size * 2 ** k
@@ -321,9 +364,12 @@ class Trainer:
         return loss
 
     def _config_digest(self) -> str:
-        options = {k: v for k, v in self.o.learned().items() if k not in ("style", "data", "base")}  # by content
+        options = {k: v for k, v in self.o.learned().items() if k not in ("style", "data", "base", "init")}
+        # models by content, not by path
         if self.o.base is not None:
             options["base_sha256"] = sha256_file(self.o.base)
+        if self.o.init is not None:
+            options["init_sha256"] = sha256_file(self.o.init)
         options["style_side"] = self.o.style_side(self.style_native)  # the default's value counts, not None
         files = [p.relative_to(self.o.data).as_posix() for p in self.files]
         data = json.dumps({"options": options, "style": self.style_sha, "files": files}, sort_keys=True, default=str)
@@ -515,6 +561,8 @@ class Trainer:
                 "output_scale": 2 ** (self.levels - 1),
                 "toolkit": _version(),
             }
+            if self.init_meta:
+                meta["init"] = self.init_meta
             if self.o.arch == "multistyle":
                 before = self.base_meta.get("styles", [])
                 meta["styles"] = before + [{"name": Path(p).stem, "file": Path(p).name, "sha256": h}
@@ -552,6 +600,12 @@ def add_train_parser(sub) -> None:
     p.add_argument("--add-to", dest="base", metavar="MODEL",
                    help="multistyle: add the --style images to this trained multistyle model as new styles "
                         "(only their instance-norm scales and shifts learn; the rest is kept)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="johnson: start from this trained model's weights, not random ones (a Johnson model, or "
+                        "one style of a multistyle model: its convolutions and that style's scales and shifts); "
+                        "every weight learns")
+    p.add_argument("--init-style", metavar="STYLE",
+                   help="with a multistyle --init: the style to start from, by index or name (default 0)")
     p.add_argument("--data", required=True, help="folder of photographs (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="the model file to write (.pt)")
     p.add_argument("--arch", default=d.arch, help=f"network: {', '.join(list_models())} (default {d.arch})")

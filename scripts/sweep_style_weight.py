@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--style-layers", default=TrainOptions.style_layers, help="nst train's --style-layers")
     ap.add_argument("--content-layers", default=TrainOptions.content_layers, help="nst train's --content-layers")
     ap.add_argument("--balance-style", action="store_true", help="nst train's --balance-style")
+    ap.add_argument("--init", help="nst train's --init: every candidate starts from this model's weights")
+    ap.add_argument("--init-style", help="nst train's --init-style (a style of a multistyle --init)")
     args = ap.parse_args(argv)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -96,13 +98,15 @@ def main(argv=None) -> int:
         return TrainOptions(style=str(args.style), data=str(photos), size=args.size, width=args.width,
                             batch=args.batch, lr=args.lr, style_weight=weight, steps=steps, workdir=str(work),
                             style_layers=args.style_layers, content_layers=args.content_layers,
-                            balance_style=args.balance_style,
+                            balance_style=args.balance_style, init=args.init, init_style=args.init_style,
                             checkpoint_every=50, sample_every=10**9, log_every=10)
 
     record = {"style": args.style.name, "holdout": args.holdout, "judged_on": [p.name for p in judged_on],
               "sweep_steps": args.sweep_steps, "size": args.size, "width": args.width, "batch": args.batch,
               "lr": args.lr, "style_layers": args.style_layers, "content_layers": args.content_layers,
               "balance_style": args.balance_style, "candidates": []}
+    if args.init:
+        record.update(init=Path(args.init).name, init_style=args.init_style)
     for w in args.weights:
         work = args.workdir / f"w{w:g}"
         model = args.workdir / f"w{w:g}.pt"

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..controls import style_weights
 from ._blocks import MARGIN, channels, check_margin, pad_margin, to_range
+from .transformer import TransformerNet
 
 __all__ = ["MultiStyleNet", "style_vector"]
 
@@ -139,3 +140,24 @@ class MultiStyleNet(nn.Module):
                 new[k] = old
         net.load_state_dict(new)
         return net
+
+    def single_style(self, k: int) -> TransformerNet:
+        """The Johnson network that style ``k`` is: the shared convolutions, and style ``k``'s scales and
+        shifts as its instance norms' affine parameters. Its output equals ``self(x, one-hot k)``."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.n_styles:
+            raise ValueError(f"style {k!r} is not one of this network's {self.n_styles} (0 to {self.n_styles - 1})")
+        net = TransformerNet(self.width, self.n_residual, self.margin).to(next(self.parameters()).device)
+        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+        norms = self.norms()
+        j_convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+        j_norms = [m for m in net.modules() if isinstance(m, nn.InstanceNorm2d)]
+        # both walk down, residual, up and out in the same order: the layouts are the same by construction
+        assert len(convs) == len(j_convs) and len(norms) == len(j_norms)
+        with torch.no_grad():
+            for a, b in zip(convs, j_convs, strict=True):
+                b.weight.copy_(a.weight)
+                b.bias.copy_(a.bias)
+            for a, b in zip(norms, j_norms, strict=True):
+                b.weight.copy_(a.gamma[k])
+                b.bias.copy_(a.beta[k])
+        return net.train(self.training)

@@ -127,6 +127,42 @@ def test_training_learns_each_style_and_adding_one_changes_only_its_rows(trained
     assert any(added)  # the new style's scales learned (they start as the mean of the others)
 
 
+def test_one_style_is_a_johnson_network():
+    net = _randomized(3)
+    x = torch.rand(2, 3, 40, 52)
+    with torch.no_grad():
+        for k in range(3):
+            single = net.single_style(k).eval()
+            assert type(single).__name__ == "TransformerNet"
+            assert torch.allclose(single(x), net(x, style_vector(k, 3)), atol=1e-5)
+    with pytest.raises(ValueError, match="not one of"):
+        net.single_style(3)
+
+
+def test_init_starts_a_johnson_model_from_one_style(trained, tmp_path):
+    """--init: a Johnson run starts from the multistyle network's convolutions and one style's norms
+    (step 0 reproduces that style), then every weight learns; the model records where it started."""
+    tmp, two, _ = trained
+    photos = tmp / "photos"
+    common = ["train", "--style", str(STYLES[1]), "--data", str(photos), "--size", "32", "--width", "0.25",
+              "--style-size", "64", "--lr", "5e-3", "-q", "--init", str(two)]
+    out = tmp_path / "scream.pt"
+    assert main([*common, "--init-style", "the_scream", "-o", str(out), "--steps", "3"]) == 0
+    net2, _ = load_model(two)
+    johnson, meta = load_model(out)
+    assert meta["init"]["style"] == "the_scream" and meta["init"]["arch"] == "multistyle"
+    assert meta["training"]["init_style"] == "the_scream"
+    start = net2.single_style(1).state_dict()
+    moved = [k for k, v in johnson.state_dict().items() if not torch.allclose(v, start[k])]
+    assert any(k.endswith("weight") and ".1." in k for k in moved)  # convolutions learn too
+    assert main([*common, "--init-style", "9", "-o", str(tmp_path / "a.pt"), "--steps", "1"]) != 0
+    assert main([*common, "--init-style", "monet", "-o", str(tmp_path / "b.pt"), "--steps", "1"]) != 0
+    assert main([*common, "--width", "0.5", "-o", str(tmp_path / "c.pt"), "--steps", "1"]) != 0
+    assert main([*common, "--arch", "multistyle", "-o", str(tmp_path / "d.pt"), "--steps", "1"]) != 0
+    for bad in ("a", "b", "c", "d"):
+        assert not (tmp_path / f"{bad}.pt").exists()
+
+
 def test_add_to_refuses_other_models(trained, tmp_path):
     _, two, _ = trained
     single = tmp_path / "single.pt"
