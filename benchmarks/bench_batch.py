@@ -1,7 +1,7 @@
 """Benchmark: many images through one model (``nst run MODEL FOLDER -o OUT``), images per second.
 
 A folder of ``--count`` JPEG photographs at ``--size`` px (square crops of the bundled photographs,
-rotated), stylized by a bundled model (its ONNX copy, CPU) three ways:
+rotated), stylized by a bundled model (its int8 ONNX copy, CPU) three ways:
 
 * ``nst run per image``: one ``nst run MODEL photo -o out`` process per image, as a shell loop does;
 * ``one at a time``: one process, the Stylizer loaded once, each image read, stylized and written in

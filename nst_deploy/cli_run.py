@@ -27,7 +27,7 @@ def _single(args: argparse.Namespace) -> bool:
 
 
 class _Runner:
-    """The Stylizer of a run: a bundled model from its ONNX copy on the CPU (no torch to import), switched to
+    """The Stylizer of a run: a bundled model from its int8 ONNX copy on the CPU (no torch to import), switched to
     the model file for an image that needs tiles (the copy holds no tiles graph) or on a GPU."""
 
     def __init__(self, args: argparse.Namespace):

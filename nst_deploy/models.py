@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import NSTError
 
-__all__ = ["MODELS_DIR", "bundled_int8", "bundled_models", "bundled_onnx", "int8_beside", "load_paths", "model_path"]
+__all__ = ["MODELS_DIR", "bundled_models", "bundled_onnx", "int8_beside", "load_paths", "model_path"]
 
 #: Where the bundled models live: ``<arch>__<style>.pt``.
 MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
@@ -45,10 +45,10 @@ def model_path(name: str | os.PathLike) -> Path:
 
 
 def load_paths(model: Path, on_cpu: bool) -> tuple[Path, Path | None]:
-    """``(path, fallback)`` for ``Stylizer.load``: on the CPU a bundled model runs from its ONNX copy (no torch
-    to import, ONNX Runtime's speed; the int8 one where bundled) with the model file as the fallback for
-    images that need tiles (the copies hold no tiles graph); anything else from its own file."""
-    fast = (bundled_int8(model) or bundled_onnx(model)) if on_cpu else None
+    """``(path, fallback)`` for ``Stylizer.load``: on the CPU a bundled model runs from its int8 ONNX copy (no
+    torch to import, ONNX Runtime's int8 speed) with the model file as the fallback for images that need
+    tiles (the copies hold no tiles graph); anything else from its own file."""
+    fast = bundled_onnx(model) if on_cpu else None
     return (fast, Path(model)) if fast is not None else (Path(model), None)
 
 
@@ -68,16 +68,11 @@ def int8_beside(onnx: Path) -> Path | None:
     return int8 if listed else None
 
 
-def bundled_int8(model: Path) -> Path | None:
-    """The int8 ONNX copy of a bundled model file (``<name>.int8.onnx`` beside it), or None."""
-    onnx = bundled_onnx(model)
-    int8 = onnx.with_suffix(".int8.onnx") if onnx is not None else None
-    return int8 if int8 is not None and int8.is_file() else None
-
-
 def bundled_onnx(model: Path) -> Path | None:
-    """The ONNX copy of a bundled model file (``<name>.onnx`` beside it: the network only, no tiles graph),
-    or None for any other file."""
+    """The ONNX copy of a bundled model file: ``<name>.int8.onnx`` beside it (``nst-export --int8``'s
+    model, its quality drop checked when it was bundled; the network only, no tiles graph), or None for any
+    other file. Only the int8 copies are bundled: a float32 one would be the model file again, at 1 MB a
+    style (on a GPU the model file runs)."""
     model = Path(model)
-    onnx = model.with_suffix(".onnx")
+    onnx = model.with_suffix(".int8.onnx")
     return onnx if model.parent.resolve() == MODELS_DIR and model.suffix == ".pt" and onnx.is_file() else None

@@ -1,6 +1,6 @@
 """A contact sheet: one photograph through every bundled style, labelled (``nst run --sheet``).
 
-Torch-free: the bundled models run from their ONNX copies (:func:`nst_deploy.models.bundled_onnx`)
+Torch-free: the bundled models run from their int8 ONNX copies (:func:`nst_deploy.models.bundled_onnx`)
 through the :class:`~nst_deploy.runtime.Stylizer`; Pillow draws the grid and the labels.
 """
 

@@ -7,10 +7,8 @@ For each model (written by ``nst train`` with ``--half``; its work folder ``MODE
 it) this writes
 
 * ``nst_deploy/data/models/<name>.pt``: the model (fp16 weights);
-* ``nst_deploy/data/models/<name>.int8.onnx``: its int8 form (``nst-export --int8``), what ``nst run`` uses on
-  the CPU;
-* ``nst_deploy/data/models/<name>.onnx``: its ONNX export (the network only, weights stored in fp16,
-  verified against the model), what ``nst run <name>`` runs without torch;
+* ``nst_deploy/data/models/<name>.int8.onnx``: its int8 form (``nst-export --int8``: verified, its quality drop
+  measured and bounded), what ``nst run <name>`` runs on the CPU, without torch;
 * ``nst_deploy/data/models/<name>.json``: the exact command, the training photographs with their
   sha256, the options, and the loss curve (every logged step);
 * ``docs/models/<name>-loss.png``: the loss curve;
@@ -93,16 +91,15 @@ def before_after(model: Path, photo: Path, out: Path, size: int = 384) -> None:
 
 def onnx_copy(model: Path) -> Path:
     """Export ``model`` with nst-export (ONNX only, verified, and its int8 form, quality-checked) and put its
-    ``model.onnx`` and ``model.int8.onnx`` beside it as ``<name>.onnx`` and ``<name>.int8.onnx``."""
+    ``model.int8.onnx`` beside it as ``<name>.int8.onnx`` (the float32 ONNX is not bundled)."""
     import tempfile
 
     from nst_deploy.export import export_model
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = export_model(model, Path(tmp) / "exp", formats=("onnx",), int8=True)
-        out = model.with_suffix(".onnx")
-        shutil.copyfile(Path(tmp) / "exp" / "model.onnx", out)
-        shutil.copyfile(Path(tmp) / "exp" / "model.int8.onnx", model.with_suffix(".int8.onnx"))
+        out = model.with_suffix(".int8.onnx")
+        shutil.copyfile(Path(tmp) / "exp" / "model.int8.onnx", out)
     w = manifest["int8"]["worst"]
     print(f"{model.stem}: int8 loses {100 * w['style_drift']:.1f}% of the stylization, content drift "
           f"{w['content_drift']:.2f}, PSNR {w['psnr_db']:.1f} dB against float32")
@@ -114,7 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--data", type=Path, help="the training photographs' folder")
     ap.add_argument("--command-file", type=Path, help="a file holding the exact training commands, one per model")
-    ap.add_argument("--onnx-only", action="store_true", help="write the ONNX copies of bundled models only")
+    ap.add_argument("--onnx-only", action="store_true", help="write the int8 ONNX copies of bundled models only")
     ap.add_argument("--workdir", type=Path, help="the training work folder (one model; default MODEL.pt.train)")
     ap.add_argument("--sweep", type=Path, help="the sweep.json of scripts/sweep_style_weight.py that chose the "
                                                "style weight (kept in the model's record)")

@@ -21,8 +21,12 @@ from .conftest import DATA
 
 
 @pytest.fixture(scope="module")
-def onnx_stylizer():
-    return Stylizer.load(bundled_models()["johnson__starry_night"].with_suffix(".onnx"), device="cpu")
+def onnx_stylizer(tmp_path_factory):
+    from nst_deploy.export import export_model
+
+    out = tmp_path_factory.mktemp("exp") / "exp"  # a float32 ONNX export (the bundled copy is int8)
+    export_model(bundled_models()["johnson__starry_night"], out, formats=("onnx",), check=False)
+    return Stylizer.load(out / "model.onnx", device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -55,11 +55,11 @@ def test_a_bundled_model_runs_from_its_onnx_copy_without_torch(tmp_path):
                           text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.stdout.split() == ["exit", "0", "heavy", "none"], proc.stdout + proc.stderr
     # on the CPU it is the int8 copy's picture, close to the bundled model file's
-    from nst_deploy.models import bundled_int8
+    from nst_deploy.models import bundled_onnx
 
     pt = bundled_models()["johnson__starry_night"]
     got = np.asarray(Image.open(out)).astype(int)
-    int8 = np.asarray(Stylizer.load(bundled_int8(pt))(Image.open(photo))).astype(int)
+    int8 = np.asarray(Stylizer.load(bundled_onnx(pt))(Image.open(photo))).astype(int)
     assert np.abs(got - int8).max() <= 1
     want = np.asarray(Stylizer.load(pt)(Image.open(photo))).astype(float)
     psnr = 10 * np.log10(255.0**2 / np.mean((got - want) ** 2))
@@ -109,7 +109,8 @@ def test_exact_fp16_weights_are_stored_as_fp16(tmp_path):
     from nst_deploy.nets import create
     from nst_deploy.nets.io import save_model
 
-    bundled = onnx.load(str(bundled_models()["johnson__starry_night"].with_suffix(".onnx")))
+    export_model(bundled_models()["johnson__starry_night"], tmp_path / "b", formats=("onnx",), check=False)
+    bundled = onnx.load(str(tmp_path / "b" / "model.onnx"))
     halves = [i for i in bundled.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
     casts = [n for n in bundled.graph.node if n.op_type == "Cast" and n.input[0].endswith("__fp16")]
     assert len(halves) == len(casts) > 10

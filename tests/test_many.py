@@ -17,12 +17,12 @@ from nst_deploy.cli import main
 from nst_deploy.errors import NSTError
 from nst_deploy.imageio import read_rgb, write_image
 from nst_deploy.jobs import expand_inputs, run_items
-from nst_deploy.models import bundled_models
+from nst_deploy.models import bundled_models, bundled_onnx
 from nst_deploy.runtime import Stylizer
 
 from .conftest import DATA
 
-ONNX = bundled_models()["johnson__starry_night"].with_suffix(".onnx")
+ONNX = bundled_onnx(bundled_models()["johnson__starry_night"])
 
 
 @pytest.fixture(scope="module")

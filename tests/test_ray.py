@@ -14,7 +14,7 @@ from PIL import Image
 
 from nst_deploy.cli import main
 from nst_deploy.jobs import expand_inputs, run_items
-from nst_deploy.models import bundled_models
+from nst_deploy.models import bundled_models, bundled_onnx
 from nst_deploy.runtime import Stylizer
 
 from .conftest import DATA
@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 from nst_deploy.batch import run_on_ray  # noqa: E402
 
-ONNX = bundled_models()["johnson__starry_night"].with_suffix(".onnx")
+ONNX = bundled_onnx(bundled_models()["johnson__starry_night"])
 N = 50
 
 

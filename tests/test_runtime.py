@@ -16,6 +16,7 @@ from PIL import Image
 
 from nst_deploy.cli import main
 from nst_deploy.errors import NSTError
+from nst_deploy.models import bundled_onnx
 from nst_deploy.nets.io import bundled_models, load_model
 from nst_deploy.runtime import Stylizer
 
@@ -169,7 +170,7 @@ def test_provider_options_and_engine_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("NST_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert cache_dir("tensorrt") == str(tmp_path / "x" / "nst-deploy" / "tensorrt")
-    Stylizer.load(bundled_models()["johnson__starry_night"].with_suffix(".onnx"), device="cpu")
+    Stylizer.load(bundled_onnx(bundled_models()["johnson__starry_night"]), device="cpu")
     assert not (tmp_path / "x" / "nst-deploy").exists()  # the CPU provider builds nothing
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from nst_deploy.cli import main
 from nst_deploy.errors import NSTError
-from nst_deploy.models import bundled_models
+from nst_deploy.models import bundled_models, bundled_onnx
 from nst_deploy.runtime import Stylizer
 
 from .conftest import DATA
@@ -64,7 +64,7 @@ def _streams(path):
 
 @pytest.fixture(scope="module")
 def stylizer():
-    return Stylizer.load(bundled_models()["johnson__starry_night"].with_suffix(".onnx"), device="cpu")
+    return Stylizer.load(bundled_onnx(bundled_models()["johnson__starry_night"]), device="cpu")
 
 
 def test_round_trip_equals_per_frame_stylization(tmp_path, stylizer):
