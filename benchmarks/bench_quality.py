@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--photos", nargs="*", type=Path, default=[],
                     help="photographs to judge on besides chelsea and coffee (e.g. the training folder's "
                          "held-out china.jpg, which scripts/fetch_training_photos.sh collects)")
-    ap.add_argument("--paintings", type=Path, help="the paintings' folder (scripts/fetch_paintings.sh) for the "
-                                                  "styles of a multistyle model")
+    ap.add_argument("--paintings", type=Path, help="the paintings' folder (scripts/fetch_paintings.sh): the "
+                                                  "paintings the package does not hold")
     ap.add_argument("--out-dir")
     args = ap.parse_args(argv)
     from nst_deploy.images import load_image
@@ -67,16 +67,17 @@ def main(argv=None) -> int:
             name, meta = stem.split("__", 1)[-1], read_model(path)["meta"]
             if args.models and name not in args.models:
                 continue
-            if not meta.get("styles"):
-                todo.append((name, path, DATA / meta["style"], None))
-                continue
-            for i, st in enumerate(meta["styles"]):  # a multistyle model: each style against its painting
+            # a multistyle model: each style against its painting
+            styles = meta.get("styles") or [{"file": meta["style"], "name": None}]
+            for i, st in enumerate(styles):
                 found = [d / st["file"] for d in (DATA, args.paintings) if d and (d / st["file"]).is_file()]
                 if not found:
-                    print(f"skipping {name} style {i} ({st['file']}): not in {DATA} nor --paintings",
-                          file=sys.stderr)
+                    print(f"skipping {name} ({st['file']}): not in {DATA} nor --paintings", file=sys.stderr)
                     continue
-                todo.append((f"{name}[{st['name']}]", path, found[0], i))
+                if st["name"] is None:
+                    todo.append((name, path, found[0], None))
+                else:
+                    todo.append((f"{name}[{st['name']}]", path, found[0], i))
     with harness.keep_partial("quality", rows, args.out_dir):
         for name, path, style_file, index in todo:
             judge = Judge(load_image(style_file), size=args.size)

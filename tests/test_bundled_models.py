@@ -17,14 +17,27 @@ from nst_deploy.nets.io import bundled_models, load_model, read_model
 
 DATA = Path(__file__).resolve().parents[1] / "nst_deploy" / "data"
 LAYERS = ["relu1_2", "relu2_2", "relu3_3", "relu4_3"]
-EXPECTED = {"johnson__starry_night": "starry_night.jpg", "johnson__the_scream": "the_scream.jpg"}
 #: The multistyle network's styles, in the order of its style vector (the paintings: scripts/fetch_paintings.sh).
 MULTI = "multistyle__paintings"
 MULTI_STYLES = ["starry_night", "the_scream", "shipwreck", "bridgewater_madonna", "mona_lisa",
                 "girl_with_a_pearl_earring", "cafe_terrace_at_night", "the_night_cafe"]
+#: The per-style Johnson models: model -> the painting file it was trained on.
+EXPECTED = {"johnson__starry_night": "starry_night.jpg", "johnson__the_scream": "the_scream.jpg",
+            "johnson__shipwreck": "shipwreck.jpg", "johnson__bridgewater_madonna": "bridgewater_madonna.jpg",
+            "johnson__mona_lisa": "mona_lisa.jpg",
+            "johnson__girl_with_a_pearl_earring": "girl_with_a_pearl_earring.png",
+            "johnson__cafe_terrace_at_night": "cafe_terrace_at_night.webp",
+            "johnson__the_night_cafe": "the_night_cafe.webp"}
+
+
+def _packaged(painting: str) -> str | None:
+    """The painting's file name where the package has the painting (two of them), else None."""
+    return painting if (DATA / painting).is_file() else None
+
+
 #: (model, style index or None, the painting where the package has it): every bundled style.
-EVERY_STYLE = [(name, None, painting) for name, painting in EXPECTED.items()] + [
-    (MULTI, i, f"{n}.jpg" if (DATA / f"{n}.jpg").is_file() else None) for i, n in enumerate(MULTI_STYLES)]
+EVERY_STYLE = [(name, None, _packaged(painting)) for name, painting in EXPECTED.items()] + [
+    (MULTI, i, _packaged(f"{n}.jpg")) for i, n in enumerate(MULTI_STYLES)]
 
 
 def _stylize(net, x, index):
@@ -53,9 +66,12 @@ def _style_distance(net, x, style) -> float:
 def test_bundled_models_are_listed_and_small():
     models = bundled_models()
     assert set(EXPECTED) | {MULTI} <= set(models)
-    # every file of every bundled model (fp16 weights, ONNX, int8 ONNX, records) under 8 MB in all
-    assert sum(f.stat().st_size for f in models[MULTI].parent.iterdir()) < 8e6
+    # the nine networks (fp16 weights) under 8 MB in all; with their int8 ONNX copies and records under 14 MB
+    assert sum(p.stat().st_size for p in models.values()) < 8e6
+    assert sum(f.stat().st_size for f in models[MULTI].parent.iterdir()) < 14e6
     for name, path in models.items():
+        if name in EXPECTED:
+            assert read_model(path)["meta"]["style"] == EXPECTED[name]
         assert path.stat().st_size <= 8 * 2**20
         state = read_model(path)
         assert all(v.dtype == torch.float16 for v in state["state_dict"].values() if v.is_floating_point())
