@@ -63,11 +63,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.list:
         from .nets.io import bundled_models, read_model
 
-        for stem, p in bundled_models().items():
+        models = bundled_models()
+        width = max((len(stem.split("__", 1)[-1]) for stem in models), default=0)
+        for stem, p in models.items():
             state = read_model(p)
             meta, styles = state["meta"], state["meta"].get("styles") or []
             what = f"{len(styles)} styles" if styles else f"style {meta.get('style')}"
-            print(f"{stem.split('__', 1)[-1]:16s} {state['arch']:10s} {what}, {meta.get('steps')} steps  ({p})")
+            init = meta.get("init") if isinstance(meta.get("init"), dict) else None
+            start = f" (from {init.get('model')} {init.get('style')})" if init and init.get("style") else ""
+            print(f"{stem.split('__', 1)[-1]:{width}s} {state['arch']:10s} {what}, {meta.get('steps')} steps"
+                  f"{start}  ({p})")
             for i, st in enumerate(styles):  # a multistyle network: --style takes the index or the name
                 print(f"  --style {i} or {st.get('name')}")
         return 0
