@@ -281,7 +281,7 @@ def test_load_eight_clients_mixed_sizes_no_errors_and_bounded_memory(server):
 
 def test_the_model_file_deleted_after_start_keeps_serving(tmp_path):
     model = tmp_path / "copy.onnx"
-    shutil.copyfile(MODELS_DIR / "johnson__starry_night.onnx", model)
+    shutil.copyfile(MODELS_DIR / "johnson__starry_night.int8.onnx", model)
     x = _image(1, 48, 64)
     want = _reference(Stylizer.load(model), x)
     with Server([f"mine={model}"], **_ports()) as srv:
