@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .controls import style_weights
 from .devices import deterministic, resolve_device
 from .errors import NSTError
 from .fsutil import atomic_write, check_folder, check_writable, load_torch, sha256_file
@@ -317,14 +318,10 @@ class Trainer:
         style = None
         if arch == "multistyle":
             names = [s.get("name") for s in meta.get("styles", []) if isinstance(s, dict)]
-            pick = "0" if o.init_style is None else str(o.init_style)
-            if pick.isdigit() and int(pick) < net.n_styles:
-                k = int(pick)
-            elif pick in names:
-                k = names.index(pick)
-            else:
-                raise NSTError(f"--init-style '{pick}': '{o.init}' has styles 0 to {net.n_styles - 1}"
-                               + (f" ({', '.join(names)})" if names else ""))
+            try:  # one index or name: a one-hot style vector
+                k = int(style_weights(0 if o.init_style is None else o.init_style, net.n_styles, names).argmax())
+            except NSTError as e:
+                raise NSTError(f"--init-style: {e} ('{o.init}')") from None
             style = names[k] if k < len(names) else str(k)
             net = net.single_style(k)
         elif arch != "johnson":
@@ -368,8 +365,8 @@ class Trainer:
         # models by content, not by path
         if self.o.base is not None:
             options["base_sha256"] = sha256_file(self.o.base)
-        if self.o.init is not None:
-            options["init_sha256"] = sha256_file(self.o.init)
+        if self.init_meta:
+            options["init_sha256"] = self.init_meta["sha256"]
         options["style_side"] = self.o.style_side(self.style_native)  # the default's value counts, not None
         files = [p.relative_to(self.o.data).as_posix() for p in self.files]
         data = json.dumps({"options": options, "style": self.style_sha, "files": files}, sort_keys=True, default=str)
