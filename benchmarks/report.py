@@ -237,6 +237,22 @@ def quality_table(rows: list[dict], path: Path) -> str:
 LAYOUTS["quality"] = quality_table
 
 
+def tradeoff_table(rows: list[dict], path: Path) -> str:
+    """The multistyle network against the per-style Johnson models, at full strength and at the same
+    content ratio (the model keeping less of the photo run at a lower strength; ``benchmarks/bench_tradeoff.py``)."""
+    lines = ["| style | Johnson style / content (strength) | multistyle style / content (strength) | "
+             "multistyle / Johnson, same content | at full strength |", "| --- | --- | --- | ---: | ---: |"]
+    for r in rows:
+        j, m = r["johnson"], r["multistyle"]
+        lines.append(f"| {r['provider']} | {j['style_ratio']:.3f} / {j['content_ratio']:.3f} ({j['strength']:.2f}) | "
+                     f"{m['style_ratio']:.3f} / {m['content_ratio']:.3f} ({m['strength']:.2f}) | "
+                     f"{r['ratio_matched']:.2f}x | {r['ratio_full']:.2f}x |")
+    return _head(rows, path) + "\n".join(lines) + "\n"
+
+
+LAYOUTS["tradeoff"] = tradeoff_table
+
+
 def batch_table(rows: list[dict], path: Path) -> str:
     """Images per second over a folder (``benchmarks/bench_batch.py``), and each way's speed-up over the loop
     of one ``nst run`` per image."""

@@ -26,7 +26,7 @@ import torch
 from .images import cover_crop, resize_longest
 from .lossnets import LossNetwork, load_lossnet
 
-__all__ = ["STYLE_LAYERS", "CONTENT_LAYER", "Judge", "Scores", "drift", "lab", "sliced_wasserstein"]
+__all__ = ["STYLE_LAYERS", "CONTENT_LAYER", "Judge", "Prepared", "Scores", "drift", "lab", "sliced_wasserstein"]
 
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 CONTENT_LAYER = "relu4_2"
@@ -120,19 +120,38 @@ class Judge:
              for k, g in self.style_grams.items()]
         return float(np.mean(d))
 
-    def score(self, output: torch.Tensor, photo: torch.Tensor) -> Scores:
-        """The measures of ``output`` (the stylized ``photo``)."""
+    def prepare(self, photo: torch.Tensor) -> Prepared:
+        """The photo's own measures, computed once for scoring several outputs of it (:meth:`score`)."""
         photo = resize_longest(photo.float(), self.size)
-        output = cover_crop(output.float(), tuple(photo.shape[-2:]))
-        style_ratio = self.style_distance(output) / max(self.style_distance(photo), 1e-12)
         with torch.no_grad():
             fp = self.net(photo, [CONTENT_LAYER])[CONTENT_LAYER]
-            fo = self.net(output, [CONTENT_LAYER])[CONTENT_LAYER]
             fs = self.net(cover_crop(self.painting, tuple(photo.shape[-2:])), [CONTENT_LAYER])[CONTENT_LAYER]
-        content_ratio = float(torch.linalg.norm(fo - fp) / torch.linalg.norm(fs - fp).clamp_min(1e-12))
+        return Prepared(photo, self.style_distance(photo), fp, float(torch.linalg.norm(fs - fp)),
+                        sliced_wasserstein(lab(_pixels(photo)), self.painting_lab), border_ratio(photo))
+
+    def score(self, output: torch.Tensor, photo: torch.Tensor | Prepared) -> Scores:
+        """The measures of ``output`` (the stylized ``photo``, or its :meth:`prepare`)."""
+        ref = photo if isinstance(photo, Prepared) else self.prepare(photo)
+        output = cover_crop(output.float(), tuple(ref.photo.shape[-2:]))
+        style_ratio = self.style_distance(output) / max(ref.style_distance, 1e-12)
+        with torch.no_grad():
+            fo = self.net(output, [CONTENT_LAYER])[CONTENT_LAYER]
+        content_ratio = float(torch.linalg.norm(fo - ref.content) / max(ref.painting_content_distance, 1e-12))
         palette_ratio = (sliced_wasserstein(lab(_pixels(output)), self.painting_lab)
-                         / max(sliced_wasserstein(lab(_pixels(photo)), self.painting_lab), 1e-12))
-        return Scores(style_ratio, content_ratio, palette_ratio, border_ratio(output), border_ratio(photo))
+                         / max(ref.palette_distance, 1e-12))
+        return Scores(style_ratio, content_ratio, palette_ratio, border_ratio(output), ref.border_ratio)
+
+
+@dataclass
+class Prepared:
+    """A photo's own measures against one :class:`Judge`'s painting (:meth:`Judge.prepare`)."""
+
+    photo: torch.Tensor
+    style_distance: float
+    content: torch.Tensor
+    painting_content_distance: float
+    palette_distance: float
+    border_ratio: float
 
 
 def drift(reference: torch.Tensor, other: torch.Tensor, photo: torch.Tensor, size: int = 512,

@@ -265,6 +265,36 @@ def test_bench_quality_scores_the_bundled_models(tmp_path):
     assert "| starry_night.jpg | chelsea.jpg | model starry_night |" in report.quality_table(rows, path)
 
 
+def test_bisect_strength_finds_the_matching_content_ratio():
+    import bench_tradeoff
+
+    calls = []
+
+    def content_at(s):
+        calls.append(s)
+        return 0.9 * s ** 0.5  # grows with strength, 0 at the photo
+
+    s = bench_tradeoff.bisect_strength(content_at, 0.6)
+    assert abs(0.9 * s ** 0.5 - 0.6) <= 0.002
+    assert bench_tradeoff.bisect_strength(content_at, 0.95) == 1.0  # full strength already under
+
+
+def test_bench_tradeoff_matches_content_ratios(tmp_path):
+    import bench_tradeoff
+
+    assert bench_tradeoff.main(["--size", "64", "--styles", "starry_night", "--out-dir", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("tradeoff-*.json")
+    (r,) = json.loads(path.read_text())
+    assert r["provider"] == "starry_night" and r["photos"] == ["chelsea.jpg", "coffee.jpg"]
+    j, m = r["johnson"], r["multistyle"]
+    # one of the two runs at full strength, the other is brought to its content ratio
+    assert sorted([j["strength"], m["strength"]])[1] == 1.0
+    if min(j["strength"], m["strength"]) < 1.0:
+        assert abs(j["content_ratio"] - m["content_ratio"]) <= 0.01
+    assert r["ratio_matched"] == pytest.approx(m["style_ratio"] / j["style_ratio"])
+    assert "| starry_night |" in report.tradeoff_table([r], path)
+
+
 def test_bench_serve_times_direct_and_served(tmp_path):
     pytest.importorskip("pytriton", reason="needs the serve extra")
     import bench_serve

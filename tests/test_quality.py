@@ -61,3 +61,12 @@ def test_a_stylized_photo_moves_toward_the_painting(judge):
     painting = judge.painting
     t = judge.score(painting, photo)
     assert t.style_ratio < 0.3 and t.content_ratio == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_prepared_photo_scores_the_same(judge):
+    """Judge.prepare takes the photo's own measures once; scoring against it changes no figure."""
+    photo = load_image(DATA / "chelsea.jpg", size=128)
+    out = Stylizer.load(bundled_models()["johnson__starry_night"], device="cpu")(photo)
+    ref = judge.prepare(photo)
+    assert judge.score(out, ref) == judge.score(out, photo)
+    assert judge.score(out, ref).style_ratio < 0.9  # a real stylization, not the photo against itself
