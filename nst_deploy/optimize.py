@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .controls import RGB_TO_YIQ
-from .deform import draw_keypoints, flow_tv, match_keypoints, read_keypoints, tps_grid, warp, warp_loss
+from .deform import flow_tv, tps_grid, warp, warp_loss
 from .devices import available_memory, deterministic, resolve_device
 from .errors import NSTError
 from .fsutil import atomic_write, check_writable, load_torch
@@ -46,6 +46,7 @@ from .images import (
     to_pil,
 )
 from .interrupts import DeferredInterrupt
+from .keypoints import draw_keypoints, match_keypoints, read_keypoints
 from .losses import LossTerms, PerceptualLoss
 from .lossnets import load_lossnet
 from .options import DEFAULT_LR, INITS, MAX_SIZE, OPTIMIZERS, StylizeOptions  # noqa: F401 (re-exported)

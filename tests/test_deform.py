@@ -11,11 +11,8 @@ from PIL import Image
 
 from nst_deploy.deform import (
     KeypointError,
-    draw_keypoints,
     flow_tv,
     identity_grid,
-    match_keypoints,
-    read_keypoints,
     tps_eval,
     tps_fit,
     tps_grid,
@@ -24,6 +21,7 @@ from nst_deploy.deform import (
 )
 from nst_deploy.errors import NSTError
 from nst_deploy.images import load_image
+from nst_deploy.keypoints import draw_keypoints, match_keypoints, read_keypoints
 from nst_deploy.lossnets import load_lossnet
 
 D64 = torch.float64
