@@ -7,7 +7,7 @@ strength mixes the two. Here, for each style of the bundled multistyle network t
 model of the same painting, both are judged (:mod:`nst_deploy.quality`, the photos of
 ``bench_quality.py``); the one with the higher mean content ratio is then run at a lower ``strength``
 (the run-time control of :mod:`nst_deploy.controls`, through the public ``Stylizer`` call), found by
-bisection, until its mean content ratio equals the other's; the style ratios are compared there.
+false position, until its mean content ratio equals the other's; the style ratios are compared there.
 
 Usage::
 
@@ -33,20 +33,23 @@ DATA = ROOT / "nst_deploy" / "data"
 PHOTOS = ("chelsea.jpg", "coffee.jpg")
 
 
-def bisect_strength(content_at, target: float, tol: float = 0.002, iters: int = 12) -> float:
-    """The strength in [0, 1] whose mean content ratio ``content_at(s)`` is ``target``, by false position
-    (Illinois) on [0, 1]: content ratio grows with strength and is 0 at strength 0 (the photo itself).
-    Returns 1.0 when full strength is already at or under ``target``."""
+def match_strength(scores_at, target: float, full: dict, tol: float = 0.002, iters: int = 12) -> tuple[float, dict]:
+    """The strength in [0, 1] at which ``scores_at(s)["content_ratio"]`` (the mean content ratio) is
+    ``target``, and the scores there, by false position (Illinois) on [0, 1]: the content ratio grows with
+    strength and is 0 at strength 0 (the photo itself); ``full`` is ``scores_at(1.0)``, already known.
+    Full strength when it is already at or under ``target``; after ``iters`` steps the last point tried
+    (its scores say how near it came)."""
     lo, flo = 0.0, -target
-    hi, fhi = 1.0, content_at(1.0) - target
+    hi, fhi = 1.0, full["content_ratio"] - target
     if fhi <= 0:
-        return hi
+        return hi, full
     side = 0
     for _ in range(iters):
         mid = (lo * fhi - hi * flo) / (fhi - flo)
-        f = content_at(mid) - target
+        scores = scores_at(mid)
+        f = scores["content_ratio"] - target
         if abs(f) <= tol:
-            return mid
+            break
         if f < 0:
             lo, flo = mid, f
             if side == -1:
@@ -57,7 +60,7 @@ def bisect_strength(content_at, target: float, tol: float = 0.002, iters: int = 
             if side == 1:
                 flo /= 2
             side = 1
-    return (lo * fhi - hi * flo) / (fhi - flo)
+    return mid, scores
 
 
 def compare(judge, nets: dict, photos: list) -> tuple[dict, dict]:
@@ -74,8 +77,8 @@ def compare(judge, nets: dict, photos: list) -> tuple[dict, dict]:
     # the one that keeps less of the photo is brought back to the other's content ratio
     high = max(full, key=lambda w: full[w]["content_ratio"])
     (low,) = [w for w in nets if w != high]
-    strength = bisect_strength(lambda s: scores(high, s)["content_ratio"], full[low]["content_ratio"])
-    return full, {low: dict(full[low], strength=1.0), high: dict(scores(high, strength), strength=strength)}
+    strength, at = match_strength(lambda s: scores(high, s), full[low]["content_ratio"], full[high])
+    return full, {low: dict(full[low], strength=1.0), high: dict(at, strength=strength)}
 
 
 def main(argv=None) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "warp_loss",
 ]
 
+
 class KeypointError(NSTError):
     """Keypoints cannot be read, are malformed, or too few of them can be found."""
 
@@ -57,6 +58,7 @@ def _sqdist(u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 def check_points(name: str, pts: torch.Tensor) -> None:
+    """Raise :class:`KeypointError` (naming ``name``) unless ``pts`` is a tensor of shape ``(k, 2)``."""
     if not isinstance(pts, torch.Tensor) or pts.dim() != 2 or pts.shape[1] != 2:
         shape = tuple(pts.shape) if isinstance(pts, torch.Tensor) else type(pts).__name__
         raise KeypointError(f"{name} must be a float tensor of shape (k, 2), got {shape}")
@@ -229,6 +231,3 @@ def warp_loss(points: torch.Tensor, theta: torch.Tensor, targets: torch.Tensor, 
         check_points(name, t)
     d = points + theta - targets
     return torch.sqrt(d.square().sum(-1) + eps).mean()
-
-
-# ------------------------------------------------------------------------------ keypoint matching

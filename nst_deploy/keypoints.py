@@ -516,7 +516,7 @@ def draw_keypoints(content: torch.Tensor, style: torch.Tensor, P: torch.Tensor, 
 
     Panels, side by side at a common height (the content's, at least 256 px): the content with its points, the
     style with its points, pair ``i`` drawn in the same colour with its number and joined by a
-    line; and, if ``grid`` (a ``(1, H, W, 2)`` sampling grid, e.g. from :func:`tps_grid`) is given,
+    line; and, if ``grid`` (a ``(1, H, W, 2)`` sampling grid, e.g. from :func:`nst_deploy.deform.tps_grid`) is given,
     the content warped by it with a regular grid (lines every 16 px) deformed by the same warp.
 
     Args:

@@ -126,12 +126,14 @@ class Judge:
         with torch.no_grad():
             fp = self.net(photo, [CONTENT_LAYER])[CONTENT_LAYER]
             fs = self.net(cover_crop(self.painting, tuple(photo.shape[-2:])), [CONTENT_LAYER])[CONTENT_LAYER]
-        return Prepared(photo, self.style_distance(photo), fp, float(torch.linalg.norm(fs - fp)),
+        return Prepared(id(self), photo, self.style_distance(photo), fp, float(torch.linalg.norm(fs - fp)),
                         sliced_wasserstein(lab(_pixels(photo)), self.painting_lab), border_ratio(photo))
 
     def score(self, output: torch.Tensor, photo: torch.Tensor | Prepared) -> Scores:
         """The measures of ``output`` (the stylized ``photo``, or its :meth:`prepare`)."""
         ref = photo if isinstance(photo, Prepared) else self.prepare(photo)
+        if ref.judge != id(self):
+            raise ValueError("score: this photo was prepared by another Judge (another painting or size)")
         output = cover_crop(output.float(), tuple(ref.photo.shape[-2:]))
         style_ratio = self.style_distance(output) / max(ref.style_distance, 1e-12)
         with torch.no_grad():
@@ -142,10 +144,11 @@ class Judge:
         return Scores(style_ratio, content_ratio, palette_ratio, border_ratio(output), ref.border_ratio)
 
 
-@dataclass
+@dataclass(eq=False)
 class Prepared:
     """A photo's own measures against one :class:`Judge`'s painting (:meth:`Judge.prepare`)."""
 
+    judge: int  # id() of the Judge that made it: its painting and size are in these figures
     photo: torch.Tensor
     style_distance: float
     content: torch.Tensor

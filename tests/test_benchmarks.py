@@ -265,18 +265,15 @@ def test_bench_quality_scores_the_bundled_models(tmp_path):
     assert "| starry_night.jpg | chelsea.jpg | model starry_night |" in report.quality_table(rows, path)
 
 
-def test_bisect_strength_finds_the_matching_content_ratio():
+def test_match_strength_finds_the_matching_content_ratio():
     import bench_tradeoff
 
-    calls = []
+    def scores_at(s):
+        return {"content_ratio": 0.9 * s ** 0.5, "style_ratio": 1 - 0.5 * s}  # 0 at the photo, growing
 
-    def content_at(s):
-        calls.append(s)
-        return 0.9 * s ** 0.5  # grows with strength, 0 at the photo
-
-    s = bench_tradeoff.bisect_strength(content_at, 0.6)
-    assert abs(0.9 * s ** 0.5 - 0.6) <= 0.002
-    assert bench_tradeoff.bisect_strength(content_at, 0.95) == 1.0  # full strength already under
+    s, at = bench_tradeoff.match_strength(scores_at, 0.6, scores_at(1.0))
+    assert abs(at["content_ratio"] - 0.6) <= 0.002 and at == scores_at(s)
+    assert bench_tradeoff.match_strength(scores_at, 0.95, scores_at(1.0)) == (1.0, scores_at(1.0))
 
 
 def test_bench_tradeoff_matches_content_ratios(tmp_path):

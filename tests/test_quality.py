@@ -70,3 +70,6 @@ def test_a_prepared_photo_scores_the_same(judge):
     ref = judge.prepare(photo)
     assert judge.score(out, ref) == judge.score(out, photo)
     assert judge.score(out, ref).style_ratio < 0.9  # a real stylization, not the photo against itself
+    other = Judge(load_image(DATA / "the_scream.jpg"), size=128, net=judge.net)
+    with pytest.raises(ValueError, match="another Judge"):
+        other.score(out, ref)
