@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .contract import all_finite
 from .errors import ImageError, MaskError
 from .imageio import (  # noqa: F401 (the file side, re-exported: nst_deploy.images is the public module)
     ALLOWED_FORMATS,
@@ -189,7 +190,7 @@ def _as_hwc(x: torch.Tensor) -> np.ndarray:
             f"cannot save tensor of shape {tuple(x.shape)}: expected (1|3, H, W) or (1, 3, H, W)"
         )
     t = t.to("cpu", torch.float32)
-    if not torch.isfinite(t).all():
+    if not all_finite(t):
         raise ImageError("refusing to save: the image contains NaN or infinite values")
     return t.clamp(0.0, 1.0).permute(1, 2, 0).numpy()
 
@@ -238,7 +239,7 @@ def as_image_tensor(img, what: str, size: int | None = None) -> torch.Tensor:
             raise ImageError(f"{what} tensor must be floating point in [0, 1], got {x.dtype}")
         if x.numel() == 0:
             raise ImageError(f"{what} tensor is empty: {tuple(img.shape)}")
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             raise ImageError(f"{what} tensor has NaN or Inf values")
         return x.float().cpu().clamp(0.0, 1.0)
     raise ImageError(f"{what} must be a path, PIL image, numpy array or tensor, not {type(img).__name__}")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, brief_error, open_backend
-from .contract import MAX_SIDE, MIN_SIDE, half_precision
+from .contract import MAX_SIDE, MIN_SIDE, all_finite, half_precision
 from .controls import apply_controls, check_strength, style_weights
 from .devices import available_memory, is_out_of_memory
 from .errors import NSTError
@@ -196,13 +196,11 @@ class Stylizer:
                 return "float", (1, image.shape[0], image.shape[1]), image
             return "numpy", (1, image.shape[0], image.shape[1]), image
         if _is_tensor(image):
-            import torch
-
             if image.dim() != 4 or image.shape[1] != 3:
                 raise NSTError(f"expected an RGB tensor (N, 3, H, W), got {tuple(image.shape)}")
             if not image.is_floating_point():
                 raise NSTError(f"expected a floating-point tensor in [0, 1], got {image.dtype}")
-            if not torch.isfinite(image).all():
+            if not all_finite(image):
                 raise NSTError("the input tensor has NaN or Inf values")
             return "tensor", (image.shape[0], image.shape[2], image.shape[3]), image.detach()
         raise NSTError(f"expected an image path, PIL image, numpy array or tensor, not {type(image).__name__}")
@@ -277,7 +275,7 @@ class Stylizer:
             raise NSTError(f"{self.engine.label} returned a {y.dtype} {'array' if array else 'tensor'} of shape "
                            f"{tuple(y.shape)} for a {n}x3x{h}x{w} input; a style network returns a float "
                            f"{'array' if array else 'tensor'} of shape {want}")
-        if not (np.isfinite(y).all() if array else bool(sys.modules["torch"].isfinite(y).all())):
+        if not all_finite(y):
             raise NSTError(f"{self.engine.label} returned NaN or Inf values for a {n}x3x{h}x{w} input")
         return y
 

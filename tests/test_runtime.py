@@ -467,3 +467,18 @@ def test_tiles_are_checked_too(exported, monkeypatch):
         monkeypatch.setattr(s.engine, "stats_runners", lambda bad=bad: (stats_of, bad))
         with pytest.raises(NSTError, match=match):
             s(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_all_finite_sees_every_value(dtype):
+    from nst_deploy.contract import all_finite
+
+    x = torch.rand(2, 3, 17, 9, dtype=torch.float32).to(dtype)
+    assert all_finite(x) and all_finite(x.transpose(2, 3)) and all_finite(x.numpy() if dtype != torch.bfloat16 else x)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[1, 2, 16, 8] = bad  # the last value
+        assert not all_finite(y) and not all_finite(y.transpose(2, 3)) and not all_finite(y[1:])
+        if dtype != torch.bfloat16:
+            assert not all_finite(y.numpy())
+    assert not all_finite(torch.full((1, 3, 4, 4), float("nan"), requires_grad=True))
