@@ -5,7 +5,9 @@ rotated), stylized by a bundled model (its int8 ONNX copy, CPU) three ways:
 
 * ``nst run per image``: one ``nst run MODEL photo -o out`` process per image, as a shell loop does;
 * ``one at a time``: one process, the Stylizer loaded once, each image read, stylized and written in
-  turn (``read_rgb``, ``Stylizer``, ``write_image``);
+  turn (``read_rgb``, ``Stylizer``, ``write_image``), each stage timed: the loop's time over the
+  stylizing time alone (``overlap_bound``) is the most any overlap of reading and writing with the
+  inference can gain over this loop;
 * ``pipeline``: ``nst_deploy.jobs.run_items`` (what ``nst run MODEL FOLDER -o OUT`` runs): batches of
   ``--batch``, decoding and writing on ``--workers`` threads beside the inference;
 * ``ray``: ``nst_deploy.batch.run_on_ray`` on a local Ray cluster of ``--workers`` CPUs (started
@@ -132,10 +134,21 @@ def main(argv=None) -> int:
 
             s = Stylizer.load(model, device="cpu")
             (tmp / "seq").mkdir()
+            stages = [0.0, 0.0, 0.0]  # read, stylize, write: what overlapping them can gain at most
             t0 = time.perf_counter()
             for p in files:
-                write_image(s(read_rgb(p)), tmp / "seq" / p.name)
-            record("one at a time", len(files), time.perf_counter() - t0)
+                t1 = time.perf_counter()
+                x = read_rgb(p)
+                t2 = time.perf_counter()
+                y = s(x)
+                t3 = time.perf_counter()
+                write_image(y, tmp / "seq" / p.name)
+                for i, dt in enumerate((t2 - t1, t3 - t2, time.perf_counter() - t3)):
+                    stages[i] += dt
+            total = time.perf_counter() - t0
+            ms = [round(1000 * v / len(files), 1) for v in stages]
+            record("one at a time", len(files), total, read_ms=ms[0], stylize_ms=ms[1], write_ms=ms[2],
+                   overlap_bound=round(total / stages[1], 3))
 
             items = expand_inputs([str(tmp / "in")], str(tmp / "pipe"))
             t0 = time.perf_counter()
