@@ -250,7 +250,13 @@ def test_bench_batch_times_the_three_ways(tmp_path):
     assert [r["provider"] for r in rows] == ["nst run per image", "one at a time", "pipeline", "video 854x480",
                                              "video 1280x720"]
     assert [r["images"] for r in rows] == [1, 6, 6, 2, 2] and all(r["images_per_s"] > 0 for r in rows)
-    assert "| pipeline | 6 | 64x64 |" in report.batch_table(rows, path)
+    loop = rows[1]  # its stages account for its time, and the bound follows from them
+    stages = loop["read_ms"] + loop["stylize_ms"] + loop["write_ms"]
+    assert 0 < stages <= 1000 * loop["seconds"] / 6 + 0.5 and loop["stylize_ms"] > 0
+    assert loop["overlap_bound"] >= 1.0
+    assert abs(loop["overlap_bound"] - 1000 * loop["seconds"] / 6 / loop["stylize_ms"]) < 0.1 * loop["overlap_bound"]
+    table = report.batch_table(rows, path)
+    assert "| pipeline | 6 | 64x64 |" in table and f"({loop['overlap_bound']:.2f}x) |" in table
 
 
 def test_bench_quality_scores_the_bundled_models(tmp_path):
