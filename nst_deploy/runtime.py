@@ -184,14 +184,14 @@ class Stylizer:
         if isinstance(image, np.ndarray) and image.ndim == 4:  # a batch of same-size images, NxHxWx3
             if image.shape[3] != 3 or image.dtype not in (np.uint8, np.float32):
                 raise NSTError(f"expected an NxHxWx3 uint8 or float32 batch, got {image.shape} {image.dtype}")
-            if image.dtype == np.float32 and not np.isfinite(image).all():
+            if image.dtype == np.float32 and not all_finite(image):
                 raise NSTError("the input array has NaN or Inf values")
             return "batch", (image.shape[0], image.shape[1], image.shape[2]), image
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.float32):
                 raise NSTError(f"expected an HxWx3 uint8 or float32 array, got {image.shape} {image.dtype}")
             if image.dtype == np.float32:  # in [0, 1]: checked as tensors are
-                if not np.isfinite(image).all():
+                if not all_finite(image):
                     raise NSTError("the input array has NaN or Inf values")
                 return "float", (1, image.shape[0], image.shape[1]), image
             return "numpy", (1, image.shape[0], image.shape[1]), image
