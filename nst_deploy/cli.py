@@ -315,7 +315,7 @@ def _add_synth(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    from .train import add_train_parser
+    from .cli_train import add_train_parser
 
     add_train_parser(sub)
 

@@ -87,8 +87,9 @@ def _columns(stream) -> int | None:
 class TrainProgress:
     """One progress line on stderr (a line every ``log_every`` steps when stderr is not a terminal)."""
 
-    def __init__(self, every: int, stream=None):
+    def __init__(self, every: int, stream=None, distill_steps: int = 0):
         self.stream = stream or sys.stderr
+        self.distill_steps = distill_steps  # steps whose terms are the distillation's pixel and feature terms
         self.tty = self.stream.isatty()
         self.every = every
         self.t0 = time.perf_counter()
@@ -102,8 +103,12 @@ class TrainProgress:
         done = step - self.first
         eta = (time.perf_counter() - self.t0) / max(done, 1) * (steps - step)
         fill = round(24 * step / steps)
-        line = (f"step {step}/{steps} [{'#' * fill}{'.' * (24 - fill)}] {rate:.2f} img/s eta {eta:.0f}s  "
-                f"loss {terms.total:.3e} (content {terms.content:.2e} style {terms.style:.2e} tv {terms.tv:.2e})")
+        line = f"step {step}/{steps} [{'#' * fill}{'.' * (24 - fill)}] {rate:.2f} img/s eta {eta:.0f}s  "
+        if step <= self.distill_steps:
+            line += f"distill {terms.total:.3e} (pixel {terms.content:.2e} feature {terms.style:.2e})"
+        else:
+            line += (f"loss {terms.total:.3e} (content {terms.content:.2e} style {terms.style:.2e} "
+                     f"tv {terms.tv:.2e})")
         self.stream.write(("\r" + line + ("\n" if step == steps else "")) if self.tty else line + "\n")
         self.stream.flush()
 

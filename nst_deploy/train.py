@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,12 +32,13 @@ import torch.nn.functional as F
 
 from .controls import style_weights
 from .devices import deterministic, resolve_device
+from .distill import DistillLoss, distill_lr
 from .errors import NSTError
-from .fsutil import atomic_write, check_folder, check_writable, load_torch, sha256_file
+from .fsutil import atomic_write, check_folder, load_torch, sha256_file
 from .images import load_image, save_image, source_size
 from .interrupts import DeferredInterrupt
 from .losses import LossTerms, PerceptualLoss, balanced_style_layers
-from .lossnets import LOSSNETS, load_lossnet
+from .lossnets import load_lossnet
 from .nets import create, list_models
 from .nets.io import load_model, save_model
 from .photos import IMAGE_SUFFIXES, PhotoDataset, scan_photos, step_batches  # noqa: F401 (re-exported)
@@ -99,6 +99,9 @@ class TrainOptions:
     base: str | None = None
     init: str | None = None
     init_style: str | None = None
+    teacher: str | None = None
+    distill_steps: int = 0
+    distill_size: int | None = None
 
     def styles(self) -> list[str]:
         """The style images: one, or several for the multistyle network."""
@@ -150,6 +153,17 @@ class TrainOptions:
             raise NSTError(f"--init starts a Johnson network (--arch johnson), not --arch {self.arch}")
         if self.init_style is not None and self.init is None:
             raise NSTError("--init-style picks a style of the --init model: give --init too")
+        if self.teacher is None and (self.distill_steps or self.distill_size is not None):
+            raise NSTError("--distill-steps and --distill-size need a model to learn from: give --teacher")
+        if self.teacher is not None:
+            if self.arch != "johnson":
+                raise NSTError(f"--teacher trains a Johnson network (--arch johnson), not --arch {self.arch}")
+            # more than --steps is allowed: a long distillation trained in parts with --resume
+            if not isinstance(self.distill_steps, int) or self.distill_steps < 1:
+                raise NSTError(f"--distill-steps must be a positive integer, got {self.distill_steps!r}")
+            if self.distill_size is not None and not 16 <= self.distill_size <= self.size:
+                raise NSTError(f"--distill-size must be between 16 and --size ({self.size}), "
+                               f"got {self.distill_size!r}")
         return self
 
     def style_side(self, native: int | None = None) -> int:
@@ -180,9 +194,11 @@ class TrainOptions:
         learned["style_weight"] = self.beta()
         if not self.balance_style:  # absent when off: the digests of runs from before the option stay valid
             del learned["balance_style"]
-        for name in ("init", "init_style"):  # the same for these
+        for name in ("init", "init_style", "teacher", "distill_size"):  # the same for these
             if learned[name] is None:
                 del learned[name]
+        if not self.distill_steps:
+            del learned["distill_steps"]
         return learned
 
 
@@ -271,6 +287,8 @@ class Trainer:
         self.n_styles = getattr(self.model, "n_styles", 1)
         self.levels = o.levels if o.arch == "multimodal" else 1
         self.lossnet = load_lossnet(o.net, o.weights, pooling=o.pooling, device=self.device)
+        #: --teacher: the loss of the first --distill-steps steps
+        self.distill = None if o.teacher is None else DistillLoss(o.teacher, self.lossnet, self.device)
         for p in self.style_files:
             self.lossnet.check_image_size(source_size(p), parse_layers(o.style_layers, "style layers"), "style image")
         self.in_size = o.size
@@ -361,12 +379,15 @@ class Trainer:
         return loss
 
     def _config_digest(self) -> str:
-        options = {k: v for k, v in self.o.learned().items() if k not in ("style", "data", "base", "init")}
+        options = {k: v for k, v in self.o.learned().items()
+                   if k not in ("style", "data", "base", "init", "teacher")}
         # models by content, not by path
         if self.o.base is not None:
             options["base_sha256"] = sha256_file(self.o.base)
         if self.init_meta:
             options["init_sha256"] = self.init_meta["sha256"]
+        if self.distill is not None:
+            options["teacher_sha256"] = self.distill.meta["sha256"]
         options["style_side"] = self.o.style_side(self.style_native)  # the default's value counts, not None
         files = [p.relative_to(self.o.data).as_posix() for p in self.files]
         data = json.dumps({"options": options, "style": self.style_sha, "files": files}, sort_keys=True, default=str)
@@ -387,10 +408,12 @@ class Trainer:
         run's style ``style_index``)."""
         o = self.o
         photos = photos.to(self.device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if self.distill is not None and self.step < o.distill_steps:
+            return self.distill(self.module, photos, o.distill_size or o.size, dtype)
         b = photos.shape[0]
         x = photos if self.levels == 1 else F.interpolate(photos, size=(self.in_size, self.in_size),
                                                          mode="bicubic", antialias=True).clamp(0, 1)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             outs = self.module(x) if o.arch != "multistyle" else self.module(x, self._style_weights(style_index, b))
         outs = [outs] if self.levels == 1 else list(outs)
@@ -517,6 +540,8 @@ class Trainer:
         for photos in batches:
             if self.step >= o.steps:
                 break
+            if self.distill is not None:
+                self._distill_phase()
             self.optimizer.zero_grad(set_to_none=True)
             total, terms = self.loss(photos.to(self.device, non_blocking=True), self.style_of_step(self.step))
             if not torch.isfinite(total):  # nothing updated yet: the last checkpoint stays valid
@@ -527,11 +552,14 @@ class Trainer:
             self.scaler.update()
             self.step += 1
             window.append(terms)
-            if self.step % o.log_every == 0 or self.step == o.steps:
+            # a log line ends the distillation too: no mean mixes its terms with the perceptual loss's
+            if self.step % o.log_every == 0 or self.step in (o.steps, o.distill_steps):
                 rate = (self.step - seen0) * o.batch / max(time.perf_counter() - t0, 1e-9)
                 mean = {k: sum(getattr(t, k) for t in window) / len(window)
                         for k in ("total", "content", "style", "tv")}
-                self.history.append({"step": self.step, **mean, "images_per_s": rate})
+                # distillation steps: content holds the pixel term, style the feature term
+                phase = {"distill": True} if self.step <= o.distill_steps else {}
+                self.history.append({"step": self.step, **mean, "images_per_s": rate, **phase})
                 window = []
                 self._write_log()
             if self.progress is not None and self.rank == 0:
@@ -544,6 +572,14 @@ class Trainer:
             if stop.requested:
                 self.save_checkpoint()
                 raise KeyboardInterrupt
+
+    def _distill_phase(self) -> None:
+        """--teacher: this step's learning rate; a fresh Adam when the style phase begins."""
+        o = self.o
+        if self.step == o.distill_steps:
+            self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=o.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = distill_lr(self.step, o.distill_steps, o.lr)
 
     def finish(self) -> Path:
         if self.rank == 0:
@@ -560,6 +596,8 @@ class Trainer:
             }
             if self.init_meta:
                 meta["init"] = self.init_meta
+            if self.distill is not None:
+                meta["distilled"] = {**self.distill.meta, "steps": self.o.distill_steps}
             if self.o.arch == "multistyle":
                 before = self.base_meta.get("styles", [])
                 meta["styles"] = before + [{"name": Path(p).stem, "file": Path(p).name, "sha256": h}
@@ -582,110 +620,3 @@ def _version() -> str:
 def train(options: TrainOptions, output: str | os.PathLike, *, resume: bool = False, progress=None) -> Path:
     """Train a feed-forward network for one style and write it to ``output`` (see :class:`Trainer`)."""
     return Trainer(options, output, resume=resume, progress=progress).run()
-
-
-# --- command line -------------------------------------------------------------------------------
-
-def add_train_parser(sub) -> None:
-    d = TrainOptions()
-    p = sub.add_parser("train", help="train a feed-forward network for one style",
-                       description="Train a feed-forward style network (Johnson or Multimodal) on a folder of "
-                                   "photographs with the perceptual loss. Single process, or several with torchrun "
-                                   "(DistributedDataParallel).")
-    p.add_argument("--style", required=True, action="append",
-                   help="the style image (--arch multistyle: repeat it, one per style)")
-    p.add_argument("--add-to", dest="base", metavar="MODEL",
-                   help="multistyle: add the --style images to this trained multistyle model as new styles "
-                        "(only their instance-norm scales and shifts learn; the rest is kept)")
-    p.add_argument("--init", metavar="MODEL",
-                   help="johnson: start from this trained model's weights, not random ones (a Johnson model, or "
-                        "one style of a multistyle model: its convolutions and that style's scales and shifts); "
-                        "every weight learns")
-    p.add_argument("--init-style", metavar="STYLE",
-                   help="with a multistyle --init: the style to start from, by index or name (default 0)")
-    p.add_argument("--data", required=True, help="folder of photographs (searched recursively)")
-    p.add_argument("-o", "--output", required=True, help="the model file to write (.pt)")
-    p.add_argument("--arch", default=d.arch, help=f"network: {', '.join(list_models())} (default {d.arch})")
-    p.add_argument("--width", type=float, default=d.width, help="width multiplier (default 1.0)")
-    p.add_argument("--levels", type=int, default=d.levels, help="multimodal: levels trained (default 3)")
-    p.add_argument("--size", type=int, default=d.size, help=f"training crop size (default {d.size})")
-    p.add_argument("--style-size", type=int,
-                   help=f"style image's longest side (default: --size, at least {MIN_STYLE_SIDE})")
-    p.add_argument("--batch", type=int, default=d.batch, help=f"global batch (default {d.batch})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    p.add_argument("--content-layers", default=d.content_layers, help=f"default {d.content_layers}")
-    p.add_argument("--style-layers", default=d.style_layers, help=f"default {d.style_layers}")
-    p.add_argument("--content-weight", type=float, default=d.content_weight, help="alpha (default 1)")
-    p.add_argument("--style-weight", type=float,
-                   help=f"beta (default {STYLE_WEIGHT:g}; {BALANCED_STYLE_WEIGHT:g} with --balance-style)")
-    p.add_argument("--balance-style", action="store_true",
-                   help="weigh each style layer by the painting's own Gram norm, so that every layer counts alike "
-                        "(its squared relative Gram error)")
-    p.add_argument("--tv-weight", type=float, default=d.tv_weight, help=f"default {d.tv_weight}")
-    p.add_argument("--level-weights", default="1,0.5,0.25", help="multimodal: lambda_k (default 1,0.5,0.25)")
-    p.add_argument("--min-crop", type=float, default=d.min_crop,
-                   help=f"smallest crop side as a share of the photo's short side (default {d.min_crop})")
-    p.add_argument("--net", default=d.net, choices=LOSSNETS, help="loss network (default vgg19)")
-    p.add_argument("--weights", help="loss network weights (default: the bundled VGG19)")
-    p.add_argument("--pooling", default=d.pooling, choices=("max", "avg"), help=f"loss network pooling ({d.pooling})")
-    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
-                   help="auto: bf16 autocast on CUDA, fp32 elsewhere; fp16: the network in fp16 with a grad "
-                        "scaler, the loss network in fp32 (the VGG19 activations overflow fp16)")
-    p.add_argument("--device", default=d.device, help="auto (default: cuda when available), cpu, cuda, cuda:N")
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic algorithms only: a resumed run ends where an uninterrupted one does on a GPU "
-                        "too (slower there)")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the weights and the data order ({d.seed})")
-    p.add_argument("--workers", type=int, default=d.workers, help="data loading processes (default 0)")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help=f"steps between checkpoints in the workdir ({d.checkpoint_every})")
-    p.add_argument("--sample-every", type=int, default=d.sample_every,
-                   help=f"steps between sample pictures in the workdir ({d.sample_every})")
-    p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between progress lines ({d.log_every})")
-    p.add_argument("--workdir", help="checkpoint, samples and loss log (default: OUTPUT.train/)")
-    p.add_argument("--resume", action="store_true", help="continue from the workdir's checkpoint")
-    p.add_argument("--half", action="store_true", help="store the model's weights in fp16 (half the size)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
-    p.set_defaults(func=cmd_train)
-
-
-def cmd_train(args) -> int:
-    try:
-        lw = [float(v) for v in args.level_weights.split(",")]
-    except ValueError:
-        raise NSTError(f"--level-weights '{args.level_weights}': expected numbers separated by commas") from None
-    o = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions)
-                        if f.name not in ("level_weights", "style") and hasattr(args, f.name)}, level_weights=lw,
-                     style=args.style[0] if len(args.style) == 1 else list(args.style))
-
-    out = Path(args.output)
-    if out.suffix.lower() not in (".pt", ".pth"):
-        raise NSTError(f"cannot write '{out}': nst train writes a PyTorch model, name it .pt (nst-export makes "
-                       "TorchScript and ONNX files from it)")
-    check_writable(out, "model")
-    from .progress import TrainProgress
-
-    progress = None if args.quiet else TrainProgress(o.log_every)
-    trainer = Trainer(o, out, resume=args.resume, progress=progress, half=args.half)
-    try:
-        path = trainer.run()
-    except KeyboardInterrupt:
-        if trainer.rank == 0:
-            print(f"\nnst: interrupted at step {trainer.step}; checkpoint in '{trainer.workdir}': "
-                  "continue with --resume", file=sys.stderr)
-        return 130
-    if trainer.rank == 0 and not args.quiet:
-        print(f"wrote {path} ({trainer.step} steps)", file=sys.stderr)
-    return 0
-
-
-# --- nst run ------------------------------------------------------------------------------------
-
-def stylize_with(model_path: str | os.PathLike, image: torch.Tensor, device: str = "auto") -> torch.Tensor:
-    """Run a trained model file on an RGB ``(1, 3, H, W)`` image in ``[0, 1]``; returns the stylized image."""
-
-    dev = resolve_device(device)
-    net, _ = load_model(model_path, device=dev)
-    with torch.inference_mode():
-        return net(image.to(dev)).float().cpu()

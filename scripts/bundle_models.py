@@ -150,6 +150,8 @@ def main(argv=None) -> int:
         if state["meta"].get("styles"):  # multistyle: its paintings, in the order of the style vector
             record["styles"] = state["meta"]["styles"]
             record["paintings"] = {"how": "scripts/fetch_paintings.sh (docs/paintings.md)"}
+        if state["meta"].get("distilled"):  # nst train --teacher: the model it learned first
+            record["distilled"] = state["meta"]["distilled"]
         if args.sweep:
             record["style_weight_sweep"] = json.loads(args.sweep.read_text())
         net, meta = load_model(m)
@@ -164,7 +166,11 @@ def main(argv=None) -> int:
         onnx_copy(MODELS / f"{name}.pt")
         with atomic_write(MODELS / f"{name}.json", "w") as fh:
             json.dump(record, fh, indent=1)
-        loss_curve(hist, DOCS / f"{name}-loss.png", f"{name}: training loss (moving average of 5 logs)")
+        title = f"{name}: training loss (moving average of 5 logs)"
+        if record.get("distilled"):  # the distillation's terms are other measures: only the style phase
+            title += f"; after {record['distilled']['steps']} steps of distillation"
+            hist = [r for r in hist if not r.get("distill")] or hist
+        loss_curve(hist, DOCS / f"{name}-loss.png", title)
         for photo in UNSEEN:
             if photo.is_file():
                 before_after(m, photo, DOCS / f"{name}-{photo.stem}.jpg")
