@@ -9,7 +9,9 @@ rotated), stylized by a bundled model (its int8 ONNX copy, CPU) three ways:
   stylizing time alone (``overlap_bound``) is the most any overlap of reading and writing with the
   inference can gain over this loop;
 * ``pipeline``: ``nst_deploy.jobs.run_items`` (what ``nst run MODEL FOLDER -o OUT`` runs): batches of
-  ``--batch``, decoding and writing on ``--workers`` threads beside the inference;
+  ``--batch``, decoding and writing on ``--workers`` threads beside the inference, its default lanes
+  (two batches stylized at once, each on its share of the cores); ``pipeline, 1 lane`` the same with
+  one batch at a time on every core;
 * ``ray``: ``nst_deploy.batch.run_on_ray`` on a local Ray cluster of ``--workers`` CPUs (started
   before the clock, as a running cluster would be), one actor per worker.
 
@@ -103,8 +105,9 @@ def main(argv=None) -> int:
     ap.add_argument("--video-frames", type=int, default=24, help="frames of the 480p and 720p clips (0: none)")
     ap.add_argument("--out-dir")
     args = ap.parse_args(argv)
+    from nst_deploy.devices import lane_threads
     from nst_deploy.imageio import read_rgb, write_image
-    from nst_deploy.jobs import expand_inputs, run_items
+    from nst_deploy.jobs import default_lanes, expand_inputs, run_items
     from nst_deploy.models import bundled_onnx, model_path
     from nst_deploy.runtime import Stylizer
 
@@ -150,11 +153,15 @@ def main(argv=None) -> int:
             record("one at a time", len(files), total, read_ms=ms[0], stylize_ms=ms[1], write_ms=ms[2],
                    overlap_bound=round(total / stages[1], 3))
 
-            items = expand_inputs([str(tmp / "in")], str(tmp / "pipe"))
-            t0 = time.perf_counter()
-            summary = run_items(s, items, batch=args.batch, workers=args.workers)
-            assert summary.written == len(files), summary
-            record("pipeline", len(files), time.perf_counter() - t0, batch=args.batch, workers=args.workers)
+            lanes = default_lanes(Path(model).suffix == ".onnx")
+            laned = Stylizer.load(model, device="cpu", threads=lane_threads(lanes))  # as nst run loads it
+            for name, st, n_lanes in (("pipeline, 1 lane", s, 1), ("pipeline", laned, lanes)):
+                items = expand_inputs([str(tmp / "in")], str(tmp / name.replace(",", "").replace(" ", "-")))
+                t0 = time.perf_counter()
+                summary = run_items(st, items, batch=args.batch, workers=args.workers, lanes=n_lanes)
+                assert summary.written == len(files), summary
+                record(name, len(files), time.perf_counter() - t0, batch=args.batch, workers=args.workers,
+                       lanes=n_lanes, threads=lane_threads(n_lanes))
 
             try:
                 from nst_deploy.batch import run_on_ray

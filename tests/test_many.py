@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,53 @@ def test_batches_group_images_of_one_size(folder, tmp_path, stylizer):
     assert np.abs(got - _expected(stylizer, folder / "sub" / "b2.png")).max() <= 1
 
 
+def test_lanes_stylize_batches_side_by_side(folder, tmp_path, stylizer):
+    """Two lanes: two batches in flight at once, the same files byte for byte, a failing batch named."""
+    (folder / "broken.jpg").unlink()
+    one = run_items(stylizer, expand_inputs([str(folder)], str(tmp_path / "one"), ext="png"), batch=2, workers=2)
+    lock, active, most = threading.Lock(), [0], [0]
+
+    def stylize(x):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            time.sleep(0.1)  # long enough for the other lane to start
+            if x.shape[1:3] == (72, 56) and len(x) == 1:  # the last PNG's batch fails
+                raise NSTError("the model failed on this batch")
+            return stylizer(x)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    two = run_items(stylize, expand_inputs([str(folder)], str(tmp_path / "two"), ext="png"), batch=2, workers=2,
+                    lanes=2)
+    assert most[0] == 2 and one.written == 8 and two.written == 7
+    assert [Path(src).name for src, _ in two.failed] == ["b2.png"]
+    for f in (tmp_path / "two").rglob("*.png"):
+        assert f.read_bytes() == (tmp_path / "one" / f.relative_to(tmp_path / "two")).read_bytes(), f
+    with pytest.raises(NSTError, match="--lanes must be at least 1"):
+        run_items(stylizer, [], lanes=0)
+
+
+def test_lane_defaults_and_threads(monkeypatch):
+    from nst_deploy.devices import lane_threads
+    from nst_deploy.jobs import default_lanes
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert default_lanes(True) == 2 and default_lanes(False) == 1 and lane_threads(2) == 4
+    assert lane_threads(1) is None
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert default_lanes(True) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's setting wins
+    assert lane_threads(2) == 3
+    s = Stylizer.load(ONNX, device="cpu", threads=1, warmup=False)
+    assert s.engine.session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(NSTError, match="threads must be at least 1"):
+        Stylizer.load(ONNX, device="cpu", threads=0)
+
+
 def test_interrupt_then_skip_existing_finishes_exactly_the_rest(folder, tmp_path, stylizer):
     (folder / "broken.jpg").unlink()
     items = expand_inputs([str(folder)], str(tmp_path / "o"), ext="png")
@@ -140,6 +189,7 @@ def test_bad_arguments(folder, tmp_path):
         expand_inputs([str(folder / "a0.jpg"), str(tmp_path / "x" / "a0.png")], str(tmp_path / "o"), ext="png")
     assert main(["run", "starry_night", str(folder), "-o", str(tmp_path / "file.png")]) != 0
     assert main(["run", "starry_night", str(folder), "-o", str(tmp_path / "o"), "--ext", "gif"]) != 0
+    assert main(["run", "starry_night", str(folder), "-o", str(tmp_path / "o"), "--lanes", "0"]) == 2
     assert not (tmp_path / "o").exists() and not (tmp_path / "file.png").exists()
     assert os.listdir(tmp_path / "x") == ["a0.png"]
 

@@ -431,8 +431,9 @@ def test_float_arrays_in_and_out(exported, name):
     assert y.dtype == np.float32 and y.shape == (40, 56, 3)
     ref = s(x)[0].permute(1, 2, 0).numpy()
     assert np.abs(y - ref).max() < 1e-5
-    s.memory_mb = 40  # tiled
+    s.memory_mb = 20
     big = torch.rand(1, 3, 150, 230)
+    assert s.needs_tiles(1, 150, 230)
     tiled = s(big[0].permute(1, 2, 0).numpy().copy())
     assert tiled.dtype == np.float32 and np.abs(tiled - s(big)[0].permute(1, 2, 0).numpy()).max() < 1e-5
 
@@ -460,7 +461,8 @@ def test_tiles_are_checked_too(exported, monkeypatch):
     s = Stylizer.load(exported / "model.onnx")
     stats_of, _ = s.engine.stats_runners()
     x = torch.rand(1, 3, 150, 230)
-    s.memory_mb = 40  # tiled
+    s.memory_mb = 20
+    assert s.needs_tiles(1, 150, 230)
     for bad, match in ((lambda t, st: t[:, :1], r"returned a torch.float32 tensor of shape \(1, 1, "),
                        (lambda t, st: t * float("nan"), "NaN or Inf"),
                        (lambda t, st: t.reshape(7), "failed on a 1x3x")):
