@@ -72,6 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             what = f"{len(styles)} styles" if styles else f"style {meta.get('style')}"
             init = meta.get("init") if isinstance(meta.get("init"), dict) else None
             start = f" (from {init.get('model')} {init.get('style')})" if init and init.get("style") else ""
+            if isinstance(meta.get("distilled"), dict):  # nst train --teacher
+                start = f" (distilled from {meta['distilled'].get('model')}, width {state['config'].get('width')})"
             print(f"{stem.split('__', 1)[-1]:{width}s} {state['arch']:10s} {what}, {meta.get('steps')} steps"
                   f"{start}  ({p})")
             for i, st in enumerate(styles):  # a multistyle network: --style takes the index or the name
@@ -85,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.size is not None and args.size < MIN_SIDE:
         raise NSTError(f"--size {args.size} is too small: use {MIN_SIDE} pixels or more")
+    if args.batch is not None and args.batch < 1:
+        raise NSTError(f"--batch must be at least 1, got {args.batch}")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise NSTError(f"--quality must be between 1 and 100, not {args.quality}")
     if len(args.inputs) == 1 and args.inputs[0] != "-" and Path(args.inputs[0]).is_file():
@@ -98,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_video(args: argparse.Namespace) -> int:
+    from .jobs import default_batch
     from .progress import CountProgress
     from .video import is_video, stylize_video
 
@@ -110,12 +115,15 @@ def _run_video(args: argparse.Namespace) -> int:
         raise NSTError(f"the output '{output}' is the input video: give another -o")
     if args.size is not None:
         raise NSTError("--size does not apply to video: the output has the input's size")
-    runner = _Runner(args)
+    # a batch's frames are split among the lanes: by default one frame a lane on a CPU
+    lanes, threads, on_cpu = _lanes(args, args.batch if args.batch is not None else 1 << 30)
+    batch = args.batch if args.batch is not None else default_batch(on_cpu) * lanes
+    runner = _Runner(args, threads)
     if runner.scale != 1:
         raise NSTError("an upscaling (multimodal) network cannot keep a video's size: use a Johnson model")
     bar = None if args.quiet else CountProgress(0, what="frames")
-    summary = stylize_video(runner, src, output, start=args.start, duration=args.duration, batch=args.batch,
-                            stabilize=args.stabilize, lossless=args.lossless, progress=bar)
+    summary = stylize_video(runner, src, output, start=args.start, duration=args.duration, batch=batch,
+                            stabilize=args.stabilize, lossless=args.lossless, lanes=lanes, progress=bar)
     if bar:
         bar.clear()
     if not args.quiet:
@@ -169,7 +177,7 @@ def _run_one(args: argparse.Namespace) -> int:
 
 def _run_many(args: argparse.Namespace) -> int:
     """Files, folders, globs and stdin (module docstring of :mod:`nst_deploy.jobs`)."""
-    from .jobs import STDIO, expand_inputs, json_record, run_items
+    from .jobs import STDIO, default_batch, expand_inputs, json_record, run_items
     from .progress import CountProgress
 
     if args.output is not None and args.output != STDIO and Path(args.output).suffix and \
@@ -183,7 +191,7 @@ def _run_many(args: argparse.Namespace) -> int:
         items = expand_inputs(args.inputs, args.output, args.ext)
     if args.ray is not None:
         return _run_ray(args, items)
-    lanes, threads = _lanes(args, len(items))
+    lanes, threads, on_cpu = _lanes(args, len(items))
     runner = _Runner(args, threads)
     to_stdout = any(it.out == STDIO for it in items)
     quiet = args.quiet or to_stdout and not args.json
@@ -195,7 +203,8 @@ def _run_many(args: argparse.Namespace) -> int:
             bar.clear()
         print(f"nst: skipping {msg}", file=sys.stderr)
 
-    summary = run_items(runner, items, size=args.size, scale=runner.scale, batch=args.batch,
+    batch = args.batch if args.batch is not None else default_batch(on_cpu)
+    summary = run_items(runner, items, size=args.size, scale=runner.scale, batch=batch,
                         workers=args.workers, lanes=lanes, skip_existing=args.skip_existing, quality=args.quality,
                         progress=bar, record=record, warn=warn)
     if bar:
@@ -213,9 +222,10 @@ def _run_many(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _lanes(args: argparse.Namespace, count: int) -> tuple[int, int | None]:
-    """``(lanes, threads)``: batches stylized at once (``--lanes``, else :func:`~nst_deploy.jobs.default_lanes`)
-    and the CPU threads of each (their share of the cores; None: the default)."""
+def _lanes(args: argparse.Namespace, count: int) -> tuple[int, int | None, bool]:
+    """``(lanes, threads, on_cpu)``: batches stylized at once (``--lanes``, else
+    :func:`~nst_deploy.jobs.default_lanes`), the CPU threads of each (their share of the cores; None: the
+    default), and whether the run is on the CPU."""
     from .devices import gpu_present, lane_threads
     from .jobs import default_lanes
     from .models import load_paths, model_path
@@ -226,7 +236,7 @@ def _lanes(args: argparse.Namespace, count: int) -> tuple[int, int | None]:
     lanes = args.lanes if args.lanes is not None else default_lanes(
         on_cpu and load_paths(model_path(args.model), on_cpu)[0].suffix == ".onnx")
     lanes = max(1, min(lanes, count))  # one image gets every core
-    return lanes, lane_threads(lanes) if on_cpu else None
+    return lanes, lane_threads(lanes) if on_cpu else None, on_cpu
 
 
 def _run_ray(args: argparse.Namespace, items) -> int:
@@ -251,7 +261,8 @@ def _run_ray(args: argparse.Namespace, items) -> int:
         controls["style"] = parse_style(args.style)
     t0 = time.perf_counter()
     recs = run_on_ray(path, [(it.src, it.out) for it in todo], address=args.ray or None,
-                      workers=args.workers, batch=args.batch, device="cuda" if gpu else "cpu",
+                      workers=args.workers, batch=4 if args.batch is None else args.batch,
+                      device="cuda" if gpu else "cpu",
                       num_gpus=1.0 if gpu else 0.0, size=args.size, quality=args.quality, controls=controls,
                       memory_mb=args.memory_mb, fallback=fallback and str(fallback))
     seconds = time.perf_counter() - t0
@@ -319,13 +330,15 @@ def add_run(sub) -> None:
     p.add_argument("--memory-mb", type=float,
                    help="working-memory budget; larger images run in tiles that agree (default: half the "
                         "available memory)")
-    p.add_argument("--batch", type=int, default=4, help="images of one size run together, at most this many "
-                                                        "(default 4)")
+    p.add_argument("--batch", type=int,
+                   help="images of one size (video: frames) run together, at most this many (default: on a CPU one "
+                        "image a lane, a video frame a lane: larger batches of large images run slower there; "
+                        "4 on a GPU and on Ray)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help=f"threads decoding and writing images beside the inference (default {default_workers()})")
     p.add_argument("--lanes", type=int,
-                   help="many images: batches stylized at once, each on its share of the CPU cores (default 2 "
-                        "for an ONNX model on a CPU of 2 cores or more, else 1)")
+                   help="many images: batches stylized at once, each on its share of the CPU cores (video: the parts "
+                        "of a batch); default 2 for an ONNX model on a CPU of 2 cores or more, else 1")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave inputs whose output exists (finish an interrupted run)")
     p.add_argument("--json", action="store_true", help="one JSON record per image on stdout")

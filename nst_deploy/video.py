@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -88,11 +89,14 @@ class _Stabilizer:
 
 def stylize_video(stylize: Callable[[np.ndarray], np.ndarray], src: str | os.PathLike, dst: str | os.PathLike, *,
                   start: float | None = None, duration: float | None = None, batch: int = 4,
-                  stabilize: float = 0.0, lossless: bool = False, crf: int = 18,
+                  stabilize: float = 0.0, lossless: bool = False, crf: int = 18, lanes: int = 1,
                   progress: Callable[[int, int, float], None] | None = None,
                   keep: Callable[[np.ndarray, np.ndarray], None] | None = None) -> VideoSummary:
     """Stylize the video ``src`` into ``dst`` (see the module docstring); ``stylize`` takes an NxHxWx3
     float32 batch. ``keep(input_frame, output_frame)`` sees every frame pair (uint8), e.g. for :func:`flicker`.
+    ``lanes`` > 1: each batch is split into that many parts stylized at once on their own threads
+    (``stylize`` must be thread-safe, as the ``Stylizer`` is; the frames' order is kept), as
+    :func:`nst_deploy.jobs.run_items` does with whole batches.
 
     Raises:
         NSTError: no PyAV, an unreadable file or one without a video stream, a bad start or duration.
@@ -101,6 +105,8 @@ def stylize_video(stylize: Callable[[np.ndarray], np.ndarray], src: str | os.Pat
     src, dst = Path(src), Path(dst)
     if start is not None and start < 0 or duration is not None and duration <= 0:
         raise NSTError("--start must be >= 0 and --duration > 0")
+    if lanes < 1:
+        raise NSTError(f"--lanes must be at least 1, got {lanes}")
     if not dst.parent.is_dir():
         raise NSTError(f"cannot write '{dst}': folder '{dst.parent}' does not exist")
     try:
@@ -109,6 +115,7 @@ def stylize_video(stylize: Callable[[np.ndarray], np.ndarray], src: str | os.Pat
         raise NSTError(f"cannot read video '{src}': {e}") from None
     tmp = dst.with_name(f".{dst.name}.nst-tmp{dst.suffix}")
     t0 = time.perf_counter()
+    pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="nst-infer") if lanes > 1 else None
     try:
         with inp:
             if not inp.streams.video:
@@ -146,7 +153,11 @@ def stylize_video(stylize: Callable[[np.ndarray], np.ndarray], src: str | os.Pat
                     if not pending:
                         return
                     xs = np.stack([x for _, x, _ in pending])
-                    ys = stylize(xs)
+                    if pool is None or len(xs) < 2:
+                        ys = stylize(xs)
+                    else:  # the parts side by side, each on its share of the cores
+                        parts = np.array_split(xs, min(lanes, len(xs)))
+                        ys = np.concatenate([np.asarray(y) for y in pool.map(stylize, parts)])
                     for (pts, x, raw), y in zip(pending, ys, strict=True):
                         y = stab(x, np.asarray(y, np.float32))
                         y8 = (np.clip(y, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -201,4 +212,7 @@ def stylize_video(stylize: Callable[[np.ndarray], np.ndarray], src: str | os.Pat
         if isinstance(e, av.error.FFmpegError):
             raise NSTError(f"video '{src}': {e}") from None
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return VideoSummary(done, float(rate), w, h, ain is not None, time.perf_counter() - t0)

@@ -249,9 +249,12 @@ def test_bench_batch_times_the_three_ways(tmp_path):
     (path,) = tmp_path.glob("batch-*.json")
     rows = json.loads(path.read_text())
     assert [r["provider"] for r in rows] == ["nst run per image", "one at a time", "pipeline, 1 lane", "pipeline",
-                                             "video 854x480", "video 1280x720"]
-    assert [r["images"] for r in rows] == [1, 6, 6, 6, 2, 2] and all(r["images_per_s"] > 0 for r in rows)
+                                             "video 854x480, 1 lane", "video 854x480", "video 1280x720, 1 lane",
+                                             "video 1280x720"]
+    assert [r["images"] for r in rows] == [1, 6, 6, 6, 2, 2, 2, 2] and all(r["images_per_s"] > 0 for r in rows)
     assert rows[2]["lanes"] == 1 and rows[3]["lanes"] == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    for r in rows[1:4]:  # the median of three interleaved rounds
+        assert len(r["rounds_images_per_s"]) == 3 and sorted(r["rounds_images_per_s"])[1] == r["images_per_s"]
     loop = rows[1]  # its stages account for its time, and the bound follows from them
     stages = loop["read_ms"] + loop["stylize_ms"] + loop["write_ms"]
     assert 0 < stages <= 1000 * loop["seconds"] / 6 + 0.5 and loop["stylize_ms"] > 0

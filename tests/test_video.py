@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -90,6 +92,29 @@ def test_a_cut_from_the_cli(tmp_path):
     assert main(["run", "starry_night", str(clip), "-o", str(out), "--start", "0.5", "--duration", "1", "-q"]) == 0
     info, got, _ = _streams(out)
     assert len(got) == FPS and info["video"][1] == pytest.approx(1.0) and abs(info["audio"][1] - 1.0) < 0.1
+
+
+def test_lanes_split_each_batch_in_order(tmp_path, stylizer):
+    """--lanes 2: each batch's frames in two parts on two threads, the same frames as one lane."""
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, audio=False)
+    outs: dict[int, list] = {1: [], 2: []}
+    for lanes in (1, 2):
+        stylize_video(stylizer, clip, tmp_path / f"l{lanes}.mp4", lossless=True, batch=5, lanes=lanes,
+                      keep=lambda a, b, ys=outs[lanes]: ys.append(b))
+    assert len(outs[2]) == N
+    assert max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(outs[1], outs[2], strict=True)) <= 1
+    seen = set()
+
+    def spy(x):
+        seen.add(threading.get_ident())
+        time.sleep(0.05)  # the other part starts meanwhile
+        return stylizer(x)
+
+    stylize_video(spy, clip, tmp_path / "spy.mp4", batch=4, lanes=2)
+    assert len(seen) == 2 and threading.get_ident() not in seen
+    with pytest.raises(NSTError, match="--lanes must be at least 1"):
+        stylize_video(stylizer, clip, tmp_path / "x.mp4", lanes=0)
 
 
 def test_stabilization_lowers_flicker_without_ghosting(tmp_path, stylizer):
