@@ -124,7 +124,8 @@ def test_nst_run_with_a_bundled_name(tmp_path, capsys):
     assert main(["run", "starry_night", str(DATA / "chelsea.jpg"), "-o", str(out), "--size", "96", "-q"]) == 0
     assert load_image(out).shape[-1] == 96
     assert main(["run", "--list"]) == 0
-    assert "starry_night" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "starry_night" in listed and "distilled from johnson__starry_night.pt, width 0.25" in listed
     assert main(["run", "monet", str(DATA / "chelsea.jpg"), "-o", str(tmp_path / "x.png")]) == 2
     assert "bundled models: " in capsys.readouterr().err
 

@@ -190,6 +190,7 @@ def test_bad_arguments(folder, tmp_path):
     assert main(["run", "starry_night", str(folder), "-o", str(tmp_path / "file.png")]) != 0
     assert main(["run", "starry_night", str(folder), "-o", str(tmp_path / "o"), "--ext", "gif"]) != 0
     assert main(["run", "starry_night", str(folder), "-o", str(tmp_path / "o"), "--lanes", "0"]) == 2
+    assert main(["run", "starry_night", str(folder), "-o", str(tmp_path / "o"), "--batch", "0"]) == 2
     assert not (tmp_path / "o").exists() and not (tmp_path / "file.png").exists()
     assert os.listdir(tmp_path / "x") == ["a0.png"]
 
