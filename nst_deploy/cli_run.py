@@ -32,7 +32,6 @@ class _Runner:
 
     def __init__(self, args: argparse.Namespace, threads: int | None = None):
         from .controls import check_strength, parse_style
-        from .devices import gpu_present
         from .models import load_paths, model_path
         from .runtime import Stylizer
 
@@ -45,7 +44,7 @@ class _Runner:
         self.style = None if args.style is None else parse_style(args.style)
         self.args = args
         self.model = model_path(args.model)
-        on_cpu = args.device == "cpu" or (args.device == "auto" and not gpu_present())
+        on_cpu = _on_cpu(args)
         path, fallback = load_paths(self.model, on_cpu)
         self.stylizer = Stylizer.load(path, device=args.device, memory_mb=args.memory_mb, fallback=fallback,
                                       threads=threads)
@@ -222,17 +221,24 @@ def _run_many(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _on_cpu(args: argparse.Namespace) -> bool:
+    """Whether the run is on the CPU (``--device cpu``, or ``auto`` without a GPU)."""
+    from .devices import gpu_present
+
+    return args.device == "cpu" or (args.device == "auto" and not gpu_present())
+
+
 def _lanes(args: argparse.Namespace, count: int) -> tuple[int, int | None, bool]:
     """``(lanes, threads, on_cpu)``: batches stylized at once (``--lanes``, else
     :func:`~nst_deploy.jobs.default_lanes`), the CPU threads of each (their share of the cores; None: the
     default), and whether the run is on the CPU."""
-    from .devices import gpu_present, lane_threads
+    from .devices import lane_threads
     from .jobs import default_lanes
     from .models import load_paths, model_path
 
     if args.lanes is not None and args.lanes < 1:
         raise NSTError(f"--lanes must be at least 1, got {args.lanes}")
-    on_cpu = args.device == "cpu" or (args.device == "auto" and not gpu_present())
+    on_cpu = _on_cpu(args)
     lanes = args.lanes if args.lanes is not None else default_lanes(
         on_cpu and load_paths(model_path(args.model), on_cpu)[0].suffix == ".onnx")
     lanes = max(1, min(lanes, count))  # one image gets every core

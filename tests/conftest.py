@@ -37,3 +37,11 @@ def png_file(tmp_path, rgb_array) -> Path:
 @pytest.fixture
 def chelsea() -> Path:
     return DATA / "chelsea.jpg"
+
+
+@pytest.fixture(scope="module")
+def style(tmp_path_factory) -> Path:
+    """A small copy of the bundled Starry Night (64x51): the style image of the training tests."""
+    p = tmp_path_factory.mktemp("style") / "starry.png"
+    Image.open(DATA / "starry_night.jpg").convert("RGB").resize((64, 51)).save(p)
+    return p

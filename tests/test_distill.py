@@ -29,13 +29,6 @@ def photos(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def style(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("style") / "starry.png"
-    Image.open(DATA / "starry_night.jpg").convert("RGB").resize((64, 51)).save(p)
-    return p
-
-
-@pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
     """A small "trained" teacher: a width-0.5 network with random weights (any fixed function will do)."""
     torch.manual_seed(7)

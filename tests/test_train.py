@@ -37,13 +37,6 @@ def photos(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def style(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("style") / "starry.png"
-    Image.open(DATA / "starry_night.jpg").convert("RGB").resize((64, 51)).save(p)
-    return p
-
-
 def _opts(photos, style, tmp_path, **kw) -> TrainOptions:
     base = dict(style=str(style), data=str(photos), size=32, batch=2, steps=4, width=0.25, lr=5e-3,
                 checkpoint_every=2, sample_every=1000, log_every=1, workdir=str(tmp_path / "work"))
